@@ -28,7 +28,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-fn answer(health: &Health, status: Status, query: &ProbeQuery<'_>, only: Option<&str>) -> HttpResponse {
+fn answer(
+    health: &Health,
+    status: Status,
+    query: &ProbeQuery<'_>,
+    only: Option<&str>,
+) -> HttpResponse {
     let code = if status == Status::Fail {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -62,7 +67,11 @@ async fn livez(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
                 "observedUnit": "ms",
             }]},
         });
-        let code = if status == Status::Pass { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let code = if status == Status::Pass {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         return HttpResponse::build(code)
             .insert_header((CONTENT_TYPE, HEALTH_JSON))
             .insert_header((CACHE_CONTROL, "no-store"))
@@ -76,7 +85,11 @@ async fn readyz(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
     answer(&health, health.readiness(&query), &query, None)
 }
 
-async fn readyz_check(health: web::Data<Health>, req: HttpRequest, name: web::Path<String>) -> HttpResponse {
+async fn readyz_check(
+    health: web::Data<Health>,
+    req: HttpRequest,
+    name: web::Path<String>,
+) -> HttpResponse {
     let query = ProbeQuery::parse(req.query_string());
     match health.check_status(&name) {
         Some(status) => answer(&health, status, &query, Some(&name)),

@@ -1,10 +1,10 @@
 //! [`Health`]: the shared handle to every check, the lifecycle and the liveness heartbeat.
 
+use crate::lifecycle::LifecycleCell;
 use crate::liveness::Heartbeat;
 use crate::metrics::HealthMetrics;
 use crate::snapshot::{CheckSlot, CheckState};
 use crate::{Check, CheckPolicy, LifecycleState, ProbeQuery, Status};
-use crate::lifecycle::LifecycleCell;
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,12 @@ pub struct HealthBuilder {
 impl HealthBuilder {
     /// Adds a check under `name` (`postgres`, `rabbitmq`, ...).
     #[must_use]
-    pub fn check(mut self, name: impl Into<String>, policy: CheckPolicy, check: impl Check) -> Self {
+    pub fn check(
+        mut self,
+        name: impl Into<String>,
+        policy: CheckPolicy,
+        check: impl Check,
+    ) -> Self {
         self.checks
             .push(CheckSlot::new(name.into(), policy, Arc::new(check)));
         self

@@ -2,8 +2,8 @@
 
 use crate::Health;
 use crate::snapshot::CheckSlot;
-use tokio::time::Instant;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +71,9 @@ async fn run_once(health: &Health, slot: &CheckSlot) {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation, ProbeQuery, Status};
+    use crate::{
+        Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation, ProbeQuery, Status,
+    };
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -102,7 +104,10 @@ mod tests {
     async fn wait_for(health: &Health, want: Status) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while health.readiness(&ProbeQuery::default()) != want {
-            assert!(tokio::time::Instant::now() < deadline, "never reached {want}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reached {want}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -139,8 +144,12 @@ mod tests {
         health.advance(LifecycleState::Ready);
         let stop = CancellationToken::new();
         let _tasks = health.spawn_scheduler(stop.clone());
-        wait_for(&health, Status::Warn).await;
-        let output = health.slot("broker").unwrap().state.load().observation.output.clone();
+        let slot = health.slot("broker").unwrap();
+        while !slot.state.load().has_run {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(health.readiness(&ProbeQuery::default()), Status::Warn);
+        let output = slot.state.load().observation.output.clone();
         assert_eq!(output.as_deref(), Some("timed out after 50ms"));
         stop.cancel();
     }

@@ -49,7 +49,11 @@ impl Check for RabbitMqCheck {
         if !status.connected() {
             return Err(CheckFailure::new(format!(
                 "connection is {}",
-                if status.blocked() { "blocked by the broker" } else { "not open" }
+                if status.blocked() {
+                    "blocked by the broker"
+                } else {
+                    "not open"
+                }
             )));
         }
         let mut slot = self.channel.lock().await;

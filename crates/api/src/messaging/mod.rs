@@ -1,0 +1,3 @@
+//! RabbitMQ: topology (and, with the API example, the outbox relay and the consumer).
+
+pub mod topology;
