@@ -1,0 +1,49 @@
+# shipshape: the one entry point. `make run` runs the service, `make test` runs every check.
+# Every target installs what it needs (idempotently; a second run is quick).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+TOOLS := $(CURDIR)/.tools
+export PATH := $(TOOLS)/bin:$(PATH)
+CARGO ?= cargo
+NEXTEST_VERSION := 0.9.143
+
+.PHONY: help run build test lint fmt fmt-check clippy unit doc-test deps-up deps-down tools
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+run: build deps-up ## Run the service on :8080 (API) and :9090 (probes, metrics)
+	APP_CONFIG_DIR=config $(CARGO) run --quiet --bin shipshape
+
+build: ## Build the workspace
+	$(CARGO) build --workspace
+
+deps-up: ## Make PostgreSQL and RabbitMQ reachable (reuse, compose, or local throwaway servers)
+	@deploy/local-deps.sh up
+
+deps-down: ## Stop the local dependencies that deps-up started
+	@deploy/local-deps.sh down
+
+tools: $(TOOLS)/.nextest ## Install the test tools into .tools/
+	@deploy/local-deps.sh packages
+
+$(TOOLS)/.nextest:
+	@mkdir -p $(TOOLS)
+	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked --quiet --root $(TOOLS) cargo-nextest@$(NEXTEST_VERSION)
+	@touch $@
+
+test: tools fmt-check clippy ## Formatting, lints, and every test (unit, doc, integration, fault)
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --workspace --doc --quiet
+
+lint: fmt-check clippy ## Formatting and clippy
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
