@@ -2,9 +2,11 @@
 
 mod app;
 mod db;
+mod domain;
 mod messaging;
 mod openapi;
 mod problem;
+mod routes;
 
 use std::process::ExitCode;
 

@@ -1,14 +1,19 @@
-//! `GET /openapi.json`, generated from the handlers' types.
+//! `GET /openapi.json`, generated from the handlers' types and annotations.
 
+use crate::domain::item::{Item, NewItem};
+use crate::problem::Problem;
+use crate::routes::items;
 use actix_web::HttpResponse;
-use actix_web::web::Bytes;
+use actix_web::web::{Bytes, Data};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
-#[openapi(info(
-    title = "shipshape",
-    description = "Example service of the shipshape template."
-))]
+#[openapi(
+    info(title = "shipshape", description = "Example resource of the shipshape template: items on PostgreSQL, events through a transactional outbox."),
+    paths(items::create::create, items::get::get, items::list::list, items::delete::delete),
+    components(schemas(Item, NewItem, Problem, items::list::ItemPage)),
+    tags((name = "items", description = "The example resource"))
+)]
 struct ApiDoc;
 
 /// The document, serialised once at start.
@@ -21,7 +26,7 @@ pub fn document() -> Bytes {
 }
 
 /// Serves the precomputed document.
-pub async fn serve(document: actix_web::web::Data<Bytes>) -> HttpResponse {
+pub async fn serve(document: Data<Bytes>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(document.get_ref().clone())

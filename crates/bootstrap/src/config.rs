@@ -143,6 +143,19 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// Check tuning.
     pub health: HealthSettings,
+    /// The outbox relay.
+    pub outbox: OutboxSettings,
+}
+
+/// `APP__OUTBOX__*`.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// Rows the relay publishes per transaction (100).
+    pub batch_size: usize,
+    /// How long sent rows are kept before they are pruned (24 h).
+    pub retention: Duration,
+    /// The outbox check warns when the oldest pending event is older than this (30 s).
+    pub lag_warn_after: Duration,
 }
 
 /// `APP__SERVER__*`.
@@ -500,6 +513,13 @@ impl Reader<'_> {
                 rabbitmq: self.policy("rabbitmq", check_defaults.critical(false))?,
                 liveness_stall_after: self
                     .positive_duration("health.liveness.stall_after", Duration::from_secs(10))?,
+            },
+            outbox: OutboxSettings {
+                batch_size: self.count("outbox.batch_size", 100, 1, 10_000)?,
+                retention: self
+                    .positive_duration("outbox.retention", Duration::from_secs(24 * 3600))?,
+                lag_warn_after: self
+                    .positive_duration("outbox.lag_warn_after", Duration::from_secs(30))?,
             },
         };
         if settings.server.port == settings.management.port {

@@ -2,9 +2,10 @@
 //!
 //! - Logs: JSON lines (pretty when stdout is a terminal), filtered by `RUST_LOG` (default `info`).
 //! - Traces: exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; otherwise no
-//!   exporter exists at all, so there is nothing to retry, log or pay for.
-//! - W3C `traceparent` propagation is always on, so a trace continues through this service
-//!   even when it does not export.
+//!   exporter exists at all, so there is nothing to retry, log or send.
+//! - W3C `traceparent` propagation is always on (spans get OTel contexts even without an
+//!   exporter), so a trace continues through this service, into the AMQP messages it publishes,
+//!   even when this service does not export.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -14,10 +15,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
+/// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes it.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    provider: SdkTracerProvider,
+    exporting: bool,
 }
 
 /// Telemetry could not start.
@@ -54,38 +56,40 @@ impl Telemetry {
                 .with_span_list(false)
                 .boxed()
         };
-        let provider = otlp_provider(service_name)?;
-        let traces = provider.as_ref().map(|provider| {
-            tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()))
-        });
+        let (provider, exporting) = tracer_provider(service_name)?;
+        let traces =
+            tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()));
         tracing_subscriber::registry()
             .with(filter)
             .with(logs)
             .with(traces)
             .try_init()
             .map_err(|e| TelemetryError::Install(e.to_string()))?;
-        if let Some(provider) = &provider {
-            opentelemetry::global::set_tracer_provider(provider.clone());
-        }
-        Ok(Telemetry { provider })
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        Ok(Telemetry {
+            provider,
+            exporting,
+        })
     }
 
     /// True when traces are being exported.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        self.exporting
     }
 
     /// Flushes and stops the exporter; the last step of a graceful shutdown.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(error) = provider.shutdown()
+        if self.exporting
+            && let Err(error) = self.provider.shutdown()
         {
             tracing::warn!(%error, "flushing traces at shutdown");
         }
     }
 }
 
-fn otlp_provider(service_name: &str) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+/// A provider that exports over OTLP when an endpoint is configured, and otherwise only gives
+/// spans their trace context (no processor, nothing leaves the process).
+fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), TelemetryError> {
     let endpoint_set = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -93,7 +97,7 @@ fn otlp_provider(service_name: &str) -> Result<Option<SdkTracerProvider>, Teleme
     .iter()
     .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
     if !endpoint_set {
-        return Ok(None);
+        return Ok((SdkTracerProvider::builder().build(), false));
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -104,10 +108,9 @@ fn otlp_provider(service_name: &str) -> Result<Option<SdkTracerProvider>, Teleme
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name)
         .build();
-    Ok(Some(
-        SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource)
-            .build(),
-    ))
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    Ok((provider, true))
 }

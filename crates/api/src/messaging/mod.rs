@@ -1,3 +1,6 @@
-//! RabbitMQ: topology (and, with the API example, the outbox relay and the consumer).
+//! RabbitMQ: topology, the outbox relay, the consumer, and trace propagation across the broker.
 
+pub mod consumer;
+pub mod relay;
 pub mod topology;
+pub mod trace;
