@@ -282,6 +282,7 @@ async fn start(
     let began = Instant::now();
     let state = AppState {
         pool: pool.clone(),
+        query_timeout: settings.database.query_timeout,
         outbox_written: parts.outbox_written.clone(),
     };
     let api = api_server(settings, state, &parts.registry)?;

@@ -122,3 +122,131 @@ fn probes_are_not_access_logged_and_state_changes_are_logged_once() {
         "one failure, one recovery after the initial pass:\n{logs}"
     );
 }
+
+/// Holds an exclusive lock on `items` for `hold` from a psql session of its own, so API requests
+/// that touch the table stay in flight; returns once the lock is held.
+fn lock_items(database: &str, hold: Duration) -> std::thread::JoinHandle<()> {
+    let sql = format!(
+        "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
+        hold.as_secs_f64()
+    );
+    let db = database.to_owned();
+    let handle = std::thread::spawn(move || {
+        let output = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                &db,
+                "-XAtq",
+                "-c",
+                &sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+    let check = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE d.datname = '{database}' AND l.mode = 'AccessExclusiveLock' AND l.granted AND l.locktype = 'relation'"
+    );
+    testkit::wait_until("the items lock", Duration::from_secs(10), || {
+        psql(&check) != "0"
+    });
+    handle
+}
+
+#[test]
+fn a_request_in_flight_at_sigterm_completes() {
+    let shared = Shared::new("inflight");
+    let mut env = shared.env();
+    env.push(("APP__SHUTDOWN__DRAIN_DELAY".into(), "1s".into()));
+    env.push(("APP__SHUTDOWN__TIMEOUT".into(), "10s".into()));
+    let service = spawn(&env);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let lock = lock_items(&shared.name, Duration::from_secs(3));
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| {
+            service
+                .http()
+                .get(service.api_url("/v1/items"))
+                .timeout(Duration::from_secs(20))
+                .send()
+                .map(|r| r.status().as_u16())
+        });
+        // Wait until the request is inside the service, blocked on the lock.
+        testkit::wait_until(
+            "the request to wait on the lock",
+            Duration::from_secs(10),
+            || {
+                psql(&format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+                    shared.name
+                )) != "0"
+            },
+        );
+        service.signal(Signal::SIGTERM);
+        service.wait_for("/readyz", 503, Duration::from_millis(500));
+        assert_eq!(
+            in_flight.join().unwrap().unwrap(),
+            200,
+            "the in-flight request must complete"
+        );
+    });
+    lock.join().unwrap();
+    let (exit, _) = service.wait_exit(Duration::from_secs(15));
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn a_saturated_pool_does_not_flip_readiness_and_shows_in_the_gauges() {
+    let shared = Shared::new("saturated");
+    let mut env = shared.env();
+    env.push(("APP__DATABASE__POOL_MAX_SIZE".into(), "2".into()));
+    env.push(("APP__DATABASE__POOL_WAIT_TIMEOUT".into(), "3s".into()));
+    env.push(("APP__DATABASE__QUERY_TIMEOUT".into(), "10s".into()));
+    let service = spawn(&env);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let lock = lock_items(&shared.name, Duration::from_secs(4));
+    std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..5)
+            .map(|_| {
+                scope.spawn(|| {
+                    service
+                        .http()
+                        .get(service.api_url("/v1/items"))
+                        .timeout(Duration::from_secs(20))
+                        .send()
+                        .map(|r| r.status().as_u16())
+                })
+            })
+            .collect();
+        // Both pooled connections busy, the other requests queued for one.
+        testkit::wait_until("a saturated pool", Duration::from_secs(5), || {
+            let metrics = service.probe("/metrics").2;
+            metrics.contains("db_pool_connections{state=\"in_use\"} 2")
+                && !metrics.contains("db_pool_connections{state=\"waiting\"} 0")
+        });
+        // Checks use their own connection: readiness stays green throughout.
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            assert_eq!(
+                service.probe("/readyz").0,
+                200,
+                "a busy pool must not fail readiness"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for request in requests {
+            let status = request.join().unwrap().unwrap();
+            assert!(status == 200 || status == 503, "got {status}");
+        }
+    });
+    lock.join().unwrap();
+}

@@ -189,6 +189,8 @@ pub struct DatabaseSettings {
     pub pool_max_size: usize,
     /// How long a request waits for a pooled connection before it gets a 503 (2 s).
     pub pool_wait_timeout: Duration,
+    /// Longest time a request's database work may take before it is abandoned with a 503 (5 s).
+    pub query_timeout: Duration,
 }
 
 /// `APP__RABBITMQ__*`.
@@ -489,6 +491,8 @@ impl Reader<'_> {
                 pool_max_size: self.count("database.pool_max_size", 16, 1, 1024)?,
                 pool_wait_timeout: self
                     .positive_duration("database.pool_wait_timeout", Duration::from_secs(2))?,
+                query_timeout: self
+                    .positive_duration("database.query_timeout", Duration::from_secs(5))?,
             },
             rabbitmq: RabbitMqSettings {
                 url: self.url(

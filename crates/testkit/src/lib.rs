@@ -6,6 +6,7 @@
     missing_debug_implementations
 )]
 
+pub mod amqp;
 pub mod net;
 pub mod postgres;
 pub mod proxy;

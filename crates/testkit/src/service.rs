@@ -83,6 +83,16 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A client with no proxy and a 5 s timeout, for requests the helpers below do not cover.
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+
+    /// `http://127.0.0.1:<api port><path>`.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
     /// GET on the management port: (status, content type, body). Status 0 when nothing answered.
     pub fn probe(&self, path: &str) -> (u16, String, String) {
         self.get(self.management_port, path)

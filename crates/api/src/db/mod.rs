@@ -4,8 +4,11 @@ pub mod idempotency;
 pub mod items;
 pub mod outbox;
 
+use crate::problem::ApiError;
 use bootstrap::config::DatabaseSettings;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Client, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures_util::future::BoxFuture;
+use std::time::Duration;
 use tokio_postgres::NoTls;
 
 mod embedded {
@@ -85,4 +88,32 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
     }
+}
+
+/// Runs a request's database work on one pooled connection, bounded by `limit`.
+///
+/// The pool's wait timeout bounds getting a connection; this bounds using it. A connection
+/// whose work timed out is in an unknown state (a black-holed network, a frozen server), so it
+/// is taken out of the pool instead of going back to it.
+pub async fn within<T>(
+    pool: &Pool,
+    limit: Duration,
+    work: impl for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let mut client = pool.get().await?;
+    let outcome = tokio::time::timeout(limit, work(&mut client)).await;
+    match outcome {
+        Ok(result) => result,
+        Err(_) => {
+            drop(Object::take(client));
+            Err(ApiError::Unavailable(format!(
+                "database work exceeded {}",
+                humantime_secs(limit)
+            )))
+        }
+    }
+}
+
+fn humantime_secs(limit: Duration) -> String {
+    format!("{:.1}s", limit.as_secs_f64())
 }

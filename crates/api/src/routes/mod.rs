@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: Pool,
+    /// Bound on one request's database work.
+    pub query_timeout: std::time::Duration,
     /// Wakes the outbox relay after a write, so events leave within milliseconds.
     pub outbox_written: Arc<Notify>,
 }

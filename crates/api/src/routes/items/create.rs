@@ -38,42 +38,54 @@ pub async fn create(
     let key = idempotency_key(&req)?;
     let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
 
-    let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    if let Some(key) = &key {
-        db::idempotency::lock(&tx, key).await?;
-        if let Some(stored) = db::idempotency::find(&tx, key).await? {
-            if stored.request != request {
-                return Err(ApiError::Unprocessable(
-                    "Idempotency-Key was already used with a different request body".into(),
-                ));
+    let headers = crate::messaging::trace::current_headers();
+    let outcome = db::within(&state.pool, state.query_timeout, |client| {
+        Box::pin(async move {
+            let tx = client.transaction().await?;
+            if let Some(key) = &key {
+                db::idempotency::lock(&tx, key).await?;
+                if let Some(stored) = db::idempotency::find(&tx, key).await? {
+                    if stored.request != request {
+                        return Err(ApiError::Unprocessable(
+                            "Idempotency-Key was already used with a different request body".into(),
+                        ));
+                    }
+                    return Ok(Outcome::Replayed(stored));
+                }
             }
-            return Ok(replay(&stored));
+            let item = db::items::insert(&tx, &new).await?;
+            let event = ItemEvent::new(ItemEventKind::Created, item.id);
+            db::outbox::enqueue(&tx, &event, &headers).await?;
+            if let Some(key) = &key {
+                let body =
+                    serde_json::to_value(&item).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let stored = Stored {
+                    request,
+                    status: 201,
+                    body,
+                    location: Some(super::location(item.id)),
+                };
+                db::idempotency::store(&tx, key, &stored).await?;
+            }
+            tx.commit().await?;
+            Ok(Outcome::Created(item))
+        })
+    })
+    .await?;
+    match outcome {
+        Outcome::Replayed(stored) => Ok(replay(&stored)),
+        Outcome::Created(item) => {
+            state.outbox_written.notify_one();
+            Ok(HttpResponse::Created()
+                .insert_header((LOCATION, super::location(item.id)))
+                .json(item))
         }
     }
-    let item: Item = db::items::insert(&tx, &new).await?;
-    let event = ItemEvent::new(ItemEventKind::Created, item.id);
-    db::outbox::enqueue(&tx, &event, &crate::messaging::trace::current_headers()).await?;
-    let location = super::location(item.id);
-    if let Some(key) = &key {
-        let body = serde_json::to_value(&item).map_err(|e| ApiError::Internal(e.to_string()))?;
-        db::idempotency::store(
-            &tx,
-            key,
-            &Stored {
-                request,
-                status: 201,
-                body,
-                location: Some(location.clone()),
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    state.outbox_written.notify_one();
-    Ok(HttpResponse::Created()
-        .insert_header((LOCATION, location))
-        .json(item))
+}
+
+enum Outcome {
+    Created(Item),
+    Replayed(Stored),
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
