@@ -1,6 +1,8 @@
 //! Configuration errors stop the process with exit code 2 and one line naming the variable,
 //! before any port is bound.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

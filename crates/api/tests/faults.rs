@@ -2,6 +2,8 @@
 //! service runs. In every case readiness must follow the truth within the detection bound,
 //! `/livez` must never fail, and the process must never exit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

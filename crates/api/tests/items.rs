@@ -1,6 +1,8 @@
 //! The items API on real PostgreSQL and RabbitMQ: status codes, media types, idempotency,
 //! pagination, and events reaching the consumer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! Graceful shutdown and what the logs show.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

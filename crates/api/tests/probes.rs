@@ -1,5 +1,7 @@
 //! The probe contract, against the real binary on real PostgreSQL and RabbitMQ.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
