@@ -427,29 +427,6 @@ fn three_replicas_starting_together_on_an_empty_database_all_become_ready() {
     }
 }
 
-fn psql_in(database: &str, sql: &str) -> String {
-    let output = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-XAtq",
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 fn publish_raw(shared: &Shared, routing_key: &str, body: &[u8]) {
     testkit::amqp::publish(
         &shared.rabbitmq_url(),

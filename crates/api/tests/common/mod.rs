@@ -76,13 +76,21 @@ impl Drop for Shared {
     }
 }
 
+/// Runs SQL in the machine's `postgres` database.
 pub fn psql(sql: &str) -> String {
+    psql_in("postgres", sql)
+}
+
+/// Runs SQL in `database` on the machine's PostgreSQL; returns the unaligned output.
+pub fn psql_in(database: &str, sql: &str) -> String {
     let output = Command::new("psql")
         .args([
             "-h",
             "127.0.0.1",
             "-U",
             "postgres",
+            "-d",
+            database,
             "-XAtq",
             "-v",
             "ON_ERROR_STOP=1",
