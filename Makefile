@@ -8,7 +8,8 @@ export PATH := $(TOOLS)/bin:$(PATH)
 CARGO ?= cargo
 NEXTEST_VERSION := 0.9.143
 
-.PHONY: help run build test lint fmt fmt-check clippy unit doc-test deps-up deps-down tools
+VENV := $(CURDIR)/.venv
+.PHONY: help run build test lint fmt fmt-check clippy fuzz deps-up deps-down tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,17 +26,27 @@ deps-up: ## Make PostgreSQL and RabbitMQ reachable (reuse, compose, or local thr
 deps-down: ## Stop the local dependencies that deps-up started
 	@deploy/local-deps.sh down
 
-tools: $(TOOLS)/.nextest ## Install the test tools into .tools/
+tools: $(TOOLS)/.nextest $(VENV)/.installed ## Install the test tools into .tools/ and .venv/
 	@deploy/local-deps.sh packages
+
+# Python tools, pinned in deploy/tools/requirements.txt; reinstalled only when that file changes.
+$(VENV)/.installed: deploy/tools/requirements.txt
+	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@cp $< $@
 
 $(TOOLS)/.nextest:
 	@mkdir -p $(TOOLS)
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked --quiet --root $(TOOLS) cargo-nextest@$(NEXTEST_VERSION)
 	@touch $@
 
-test: tools fmt-check clippy ## Formatting, lints, and every test (unit, doc, integration, fault)
+test: tools fmt-check clippy ## Formatting, lints, and every test (unit, doc, integration, fault, fuzz)
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc --quiet
+	$(MAKE) --no-print-directory fuzz
+
+fuzz: tools ## Schema-driven fuzzing of the API (schemathesis against /openapi.json)
+	SCHEMATHESIS=$(VENV)/bin/st $(CARGO) nextest run -p shipshape --test schemathesis --run-ignored only --no-capture
 
 lint: fmt-check clippy ## Formatting and clippy
 
