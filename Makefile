@@ -14,7 +14,7 @@ HELM4 := $(TOOLS)/helm4/helm
 HELM3 := $(TOOLS)/helm3/helm
 
 VENV := $(CURDIR)/.venv
-.PHONY: help run build test lint fmt fmt-check clippy fuzz chart-check deps-up deps-down tools
+.PHONY: help run build test lint fmt fmt-check clippy fuzz chart-check probe-contract deps-up deps-down tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,7 +54,14 @@ $(TOOLS)/.nextest:
 test: tools fmt-check clippy chart-check ## Formatting, lints, chart checks, and every test (unit, doc, integration, fault, fuzz)
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc --quiet
-	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory fuzz probe-contract
+
+probe-contract: tools ## The chart's probe settings, played by a kubelet stand-in against the real binary
+	@mkdir -p target/chart
+	@$(HELM4) template shipshape helm/shipshape -s templates/deployment.yaml -s templates/configmap.yaml \
+	  | $(VENV)/bin/python -c 'import sys, yaml, json; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' \
+	  > target/chart/rendered.json
+	CHART_JSON=$(CURDIR)/target/chart/rendered.json $(CARGO) nextest run -p shipshape --test probe_contract --run-ignored only --no-capture
 
 chart-check: tools ## Lint (Helm 3 and 4), render, validate (3 Kubernetes versions), policy-scan the chart
 	@HELM4=$(HELM4) HELM3=$(HELM3) VENV=$(VENV) deploy/tools/chart-check.sh

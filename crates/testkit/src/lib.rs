@@ -7,6 +7,7 @@
 )]
 
 pub mod amqp;
+pub mod kubelet;
 pub mod net;
 pub mod postgres;
 pub mod proxy;
