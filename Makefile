@@ -14,10 +14,10 @@ HELM4 := $(TOOLS)/helm4/helm
 HELM3 := $(TOOLS)/helm3/helm
 
 VENV := $(CURDIR)/.venv
-.PHONY: help run build test lint fmt fmt-check clippy fuzz chart-check probe-contract deps-up deps-down tools
+.PHONY: help run build test lint fmt fmt-check clippy hadolint fuzz chart-check probe-contract probe-docs image-check deps-up deps-down tools
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 run: build deps-up ## Run the service on :8080 (API) and :9090 (probes, metrics)
 	APP_CONFIG_DIR=config $(CARGO) run --quiet --bin shipshape
@@ -51,7 +51,7 @@ $(TOOLS)/.nextest:
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked --quiet --root $(TOOLS) cargo-nextest@$(NEXTEST_VERSION)
 	@touch $@
 
-test: tools fmt-check clippy chart-check ## Formatting, lints, chart checks, and every test (unit, doc, integration, fault, fuzz)
+test: tools lint chart-check ## Lints, chart checks, and every test (unit, doc, integration, fault, fuzz, probe contract)
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc --quiet
 	$(MAKE) --no-print-directory fuzz probe-contract
@@ -63,13 +63,22 @@ probe-contract: tools ## The chart's probe settings, played by a kubelet stand-i
 	  > target/chart/rendered.json
 	CHART_JSON=$(CURDIR)/target/chart/rendered.json $(CARGO) nextest run -p shipshape --test probe_contract --run-ignored only --no-capture
 
+probe-docs: tools ## Regenerate the probe arithmetic in docs/probes.md from values.yaml
+	$(VENV)/bin/python deploy/tools/probe-timeline.py
+
 chart-check: tools ## Lint (Helm 3 and 4), render, validate (3 Kubernetes versions), policy-scan the chart
 	@HELM4=$(HELM4) HELM3=$(HELM3) VENV=$(VENV) deploy/tools/chart-check.sh
 
 fuzz: tools ## Schema-driven fuzzing of the API (schemathesis against /openapi.json)
 	SCHEMATHESIS=$(VENV)/bin/st $(CARGO) nextest run -p shipshape --test schemathesis --run-ignored only --no-capture
 
-lint: fmt-check clippy ## Formatting and clippy
+lint: fmt-check clippy hadolint ## Formatting, clippy, Dockerfile lint
+
+hadolint: tools
+	$(VENV)/bin/hadolint deploy/Dockerfile deploy/Containerfile.scratch
+
+image-check: deps-up ## Build a static binary into a scratch image with podman, run it read-only, check /readyz and SIGTERM
+	@deploy/tools/image-check.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

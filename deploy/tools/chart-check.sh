@@ -46,6 +46,9 @@ PATH="$(dirname "$HELM4"):$PATH" "$VENV/bin/checkov" -d "$chart" --config-file "
 grep -E 'Passed checks' "$out/checkov.log"
 grep -q 'Failed checks: 0,' "$out/checkov.log" || { cat "$out/checkov.log" >&2; exit 1; }
 
+step "docs/probes.md in step with values.yaml"
+"$VENV/bin/python" deploy/tools/probe-timeline.py --check
+
 step "alert rules"
 if command -v promtool >/dev/null; then
   promtool check rules "$chart/files/alerts.yaml"
