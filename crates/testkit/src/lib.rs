@@ -7,6 +7,7 @@
 )]
 
 pub mod amqp;
+pub mod balancer;
 pub mod kubelet;
 pub mod net;
 pub mod postgres;

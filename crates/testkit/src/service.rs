@@ -39,13 +39,21 @@ const BASE_ENV: &[(&str, &str)] = &[
 impl Service {
     /// Spawns `binary` with `env` on top of the test defaults and fresh ports.
     pub fn spawn(binary: &Path, env: &[(&str, &str)]) -> Service {
+        Service::spawn_on(binary, env, free_port(), free_port())
+    }
+
+    /// Like [`Service::spawn`], on ports chosen by the caller (a load balancer slot).
+    pub fn spawn_on(
+        binary: &Path,
+        env: &[(&str, &str)],
+        api_port: u16,
+        management_port: u16,
+    ) -> Service {
         let log_dir = tempfile::Builder::new()
             .prefix("testkit-svc-")
             .tempdir()
             .unwrap();
         let log = log_dir.path().join("service.log");
-        let api_port = free_port();
-        let management_port = free_port();
         let mut command = Command::new(binary);
         command
             .env_clear()

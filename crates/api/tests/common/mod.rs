@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+pub mod chart;
+
 pub use testkit::{Fault, FaultProxy, Postgres, RabbitMq, Service, Signal};
 
 /// The binary under test, built by cargo for these tests.
