@@ -14,7 +14,7 @@ HELM4 := $(TOOLS)/helm4/helm
 HELM3 := $(TOOLS)/helm3/helm
 
 VENV := $(CURDIR)/.venv
-.PHONY: help run build test lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e image-check deps-up deps-down tools
+.PHONY: help run build bench test lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e image-check deps-up deps-down tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ run: build deps-up ## Run the service on :8080 (API) and :9090 (probes, metrics)
 
 build: ## Build the workspace
 	$(CARGO) build --workspace
+
+bench: tools deps-up ## Probe cost vs reference servers, startup, detection, RSS; writes docs/benchmarks.md (+ .svg)
+	$(CARGO) build --release --workspace --bins
+	target/release/bench
 
 deps-up: ## Make PostgreSQL and RabbitMQ reachable (reuse, compose, or local throwaway servers)
 	@deploy/local-deps.sh up

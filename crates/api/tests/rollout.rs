@@ -13,7 +13,8 @@ mod common;
 use common::chart::Chart;
 use common::*;
 use std::time::{Duration, Instant};
-use testkit::balancer::{Balancer, LoadReport, Slot, wrk};
+use testkit::balancer::{Balancer, Slot};
+use testkit::load::{LoadReport, wrk};
 
 /// Endpoint-propagation lag between SIGTERM and the balancer dropping the replica
 /// (`E2E_PROPAGATION_LAG_MS`, default 1000; try up to 3000).

@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod balancer;
 pub mod kubelet;
+pub mod load;
 pub mod net;
 pub mod postgres;
 pub mod proxy;

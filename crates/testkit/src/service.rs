@@ -49,6 +49,23 @@ impl Service {
         api_port: u16,
         management_port: u16,
     ) -> Service {
+        Service::launch(binary, BASE_ENV, env, api_port, management_port)
+    }
+
+    /// Spawns `binary` with the service's own default tuning (loopback only), for measurements
+    /// that must reflect what users get.
+    pub fn spawn_untuned(binary: &Path, env: &[(&str, &str)]) -> Service {
+        let base = [("APP__SERVER__HOST", "127.0.0.1")];
+        Service::launch(binary, &base, env, free_port(), free_port())
+    }
+
+    fn launch(
+        binary: &Path,
+        base: &[(&str, &str)],
+        env: &[(&str, &str)],
+        api_port: u16,
+        management_port: u16,
+    ) -> Service {
         let log_dir = tempfile::Builder::new()
             .prefix("testkit-svc-")
             .tempdir()
@@ -61,7 +78,7 @@ impl Service {
             .env("APP__SERVER__PORT", api_port.to_string())
             .env("APP__MANAGEMENT__PORT", management_port.to_string())
             .env("APP_CONFIG_DIR", log_dir.path().join("no-config"));
-        for (key, value) in BASE_ENV.iter().chain(env) {
+        for (key, value) in base.iter().chain(env) {
             command.env(key, value);
         }
         let file = std::fs::File::create(&log).unwrap();
@@ -84,6 +101,22 @@ impl Service {
             management_port,
             http,
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    /// Resident memory of the process, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
     }
 
     /// Everything the process wrote so far.
