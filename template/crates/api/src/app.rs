@@ -1,0 +1,356 @@
+//! Wiring: the startup phases in order, the two servers, and the graceful shutdown.
+
+use crate::messaging::consumer::Consumer;
+use crate::messaging::relay::{Backlog, OutboxLagCheck, Relay};
+use crate::routes::AppState;
+use crate::{db, messaging, openapi, problem, routes};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, middleware, web};
+use bootstrap::broker::BrokerSupervisor;
+use bootstrap::web::HttpMetrics;
+use bootstrap::{Lifecycle, Settings, Startup, StartupPhase, Telemetry};
+use health::checks::postgres::{PoolGauges, PostgresCheck};
+use health::checks::rabbitmq::RabbitMqCheck;
+use health::{CancellationToken, Health, ProbeQuery, Status};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing_actix_web::TracingLogger;
+
+/// Version reported by the probes.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the service until it is told to stop; returns the process exit code.
+pub async fn run(settings: Settings) -> ExitCode {
+    let began = Instant::now();
+    let telemetry = match Telemetry::init(&settings.service_name) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("configuration error: {error}");
+            return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
+        }
+    };
+    let startup = Startup::new(settings.startup.deadline);
+    startup.record(StartupPhase::Telemetry, began.elapsed());
+    let code = match serve(&settings, &startup).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Startup(error)) => {
+            tracing::error!(%error, "startup failed");
+            ExitCode::from(bootstrap::EXIT_STARTUP as u8)
+        }
+        Err(Failure::Other(error)) => {
+            tracing::error!(error = format!("{error:#}"), "service failed");
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+enum Failure {
+    Startup(bootstrap::StartupError),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Other(error)
+    }
+}
+
+impl From<bootstrap::StartupError> for Failure {
+    fn from(error: bootstrap::StartupError) -> Self {
+        Failure::Startup(error)
+    }
+}
+
+/// What the process holds while it runs, created before the dependencies are reached.
+struct Parts {
+    health: Health,
+    registry: prometheus::Registry,
+    broker: BrokerSupervisor,
+    backlog: Arc<Backlog>,
+    outbox_written: Arc<Notify>,
+}
+
+/// What startup produced.
+struct Running {
+    pool: deadpool_postgres::Pool,
+    /// The relay and the consumer.
+    workers: JoinSet<()>,
+    /// One task per check; stopped last.
+    scheduler: JoinSet<()>,
+    api: Server,
+}
+
+async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
+    let terminate = bootstrap::shutdown::listen()
+        .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
+    let parts = parts(settings)?;
+    let lifecycle = Lifecycle::new(parts.health.clone());
+    // Two stop signals: workers (relay, consumer) stop after the API; the health scheduler
+    // and the watchdog keep running until the very end so probes stay truthful.
+    let stop_workers = CancellationToken::new();
+    let stop_health = CancellationToken::new();
+    let _watchdog = parts.health.spawn_watchdog(stop_health.clone());
+
+    // Management first: /livez and /startupz answer during the whole startup.
+    let began = Instant::now();
+    let management = management_server(settings, &parts.health)?;
+    let management_handle = management.handle();
+    let management_task = tokio::spawn(management);
+    startup.record(StartupPhase::ManagementServer, began.elapsed());
+
+    // The remaining phases race the termination signal: SIGTERM during startup stops at once.
+    let started = tokio::select! {
+        _ = terminate.cancelled() => None,
+        result = start(settings, startup, &parts, &stop_workers, &stop_health) => Some(result?),
+    };
+    let Some(Running {
+        pool,
+        mut workers,
+        scheduler,
+        api,
+    }) = started
+    else {
+        tracing::info!("terminated during startup");
+        stop_workers.cancel();
+        stop_health.cancel();
+        parts.broker.close().await;
+        stop_server(management_handle, management_task).await;
+        return Ok(());
+    };
+    let api_handle = api.handle();
+    let mut api_task = tokio::spawn(api);
+    lifecycle.ready();
+    tracing::info!(
+        ready_after_ms = startup.elapsed().as_millis() as u64,
+        "service ready"
+    );
+
+    let mut result: Result<(), Failure> = Ok(());
+    tokio::select! {
+        _ = terminate.cancelled() => {}
+        ended = &mut api_task => {
+            result = Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}").into());
+        }
+    }
+
+    // Draining: not ready from this instant, still serving while endpoints are removed.
+    lifecycle.draining();
+    tokio::time::sleep(settings.shutdown.drain_delay).await;
+    tracing::info!("drain delay over: closing the API listener, finishing in-flight requests");
+    // Graceful stop waits for in-flight requests up to `shutdown.timeout` (set on the server).
+    stop_server(api_handle, api_task).await;
+    // The consumer settles the delivery in hand, the relay finishes its batch.
+    stop_workers.cancel();
+    let settle = tokio::time::timeout(settings.shutdown.timeout, async {
+        while workers.join_next().await.is_some() {}
+    });
+    if settle.await.is_err() {
+        tracing::warn!("background workers did not stop within the shutdown timeout");
+    }
+    parts.broker.close().await;
+    pool.close();
+    lifecycle.stopped();
+    stop_health.cancel();
+    scheduler.join_all().await;
+    stop_server(management_handle, management_task).await;
+    tracing::info!("stopped");
+    result
+}
+
+fn parts(settings: &Settings) -> anyhow::Result<Parts> {
+    let registry = prometheus::Registry::new();
+    // The supervisor exists from the start so the rabbitmq check can follow it; it connects in
+    // the background and declares the topology on every connection.
+    let broker = BrokerSupervisor::spawn(
+        settings.rabbitmq.url.clone(),
+        settings.service_name.clone(),
+        settings.rabbitmq.reconnect_max_backoff,
+        messaging::topology::declare(&settings.rabbitmq),
+    );
+    let backlog = Backlog::register(&registry)?;
+    let health = Health::builder(settings.service_name.clone(), VERSION)
+        .registry(registry.clone())
+        .liveness_stall_after(settings.health.liveness_stall_after)
+        .check(
+            "postgres",
+            settings.health.postgres,
+            PostgresCheck::new(db::connection_config(&settings.database)?),
+        )
+        .check(
+            "rabbitmq",
+            settings.health.rabbitmq,
+            RabbitMqCheck::new(broker.link()),
+        )
+        // Never critical: a lagging relay means late events, not failing requests.
+        .check(
+            "outbox",
+            settings.health.postgres.critical(false),
+            OutboxLagCheck::new(backlog.clone(), settings.outbox.lag_warn_after),
+        )
+        .build()?;
+    Ok(Parts {
+        health,
+        registry,
+        broker,
+        backlog,
+        outbox_written: Arc::new(Notify::new()),
+    })
+}
+
+async fn start(
+    settings: &Settings,
+    startup: &Startup,
+    parts: &Parts,
+    stop_workers: &CancellationToken,
+    stop_health: &CancellationToken,
+) -> Result<Running, Failure> {
+    let pool = db::pool(&settings.database)?;
+    startup
+        .run(StartupPhase::PostgresPool, || async {
+            let client = pool.get().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    parts
+        .registry
+        .register(Box::new(
+            PoolGauges::new(pool.clone()).map_err(anyhow::Error::from)?,
+        ))
+        .map_err(anyhow::Error::from)?;
+
+    startup
+        .run(StartupPhase::Migrations, || async {
+            let applied = db::migrate(&settings.database).await?;
+            tracing::info!(applied, "migrations");
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+
+    // A critical broker holds startup; a non-critical one is connected in the background.
+    if settings.health.rabbitmq.critical {
+        startup
+            .run(StartupPhase::RabbitMq, || async {
+                tokio::time::timeout(Duration::from_secs(5), parts.broker.connected())
+                    .await
+                    .map_err(|_| "broker not connected yet")
+            })
+            .await?;
+    }
+
+    let began = Instant::now();
+    let scheduler = parts.health.spawn_scheduler(stop_health.clone());
+    let mut workers = JoinSet::new();
+    let relay = Relay {
+        pool: pool.clone(),
+        link: parts.broker.link(),
+        exchange: settings.rabbitmq.exchange.clone(),
+        settings: settings.outbox.clone(),
+        written: parts.outbox_written.clone(),
+        backlog: parts.backlog.clone(),
+    };
+    workers.spawn(relay.run(stop_workers.clone()));
+    let consumer = Consumer {
+        pool: pool.clone(),
+        link: parts.broker.link(),
+        queue: settings.rabbitmq.queue.clone(),
+        tag: format!("{}-{}", settings.service_name, std::process::id()),
+    };
+    workers.spawn(consumer.run(stop_workers.clone()));
+    startup.record(StartupPhase::BackgroundWorkers, began.elapsed());
+
+    // Warm-up: wait for the first verdict of every critical check, so the pod turns ready on
+    // evidence rather than on the absence of it. A service fills in its own (caches, ...).
+    startup
+        .run(StartupPhase::WarmUp, || async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while parts.health.checks_status(&ProbeQuery::default()) == Status::Fail {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err("critical checks not passing yet");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(())
+        })
+        .await?;
+
+    let began = Instant::now();
+    let state = AppState {
+        pool: pool.clone(),
+        query_timeout: settings.database.query_timeout,
+        outbox_written: parts.outbox_written.clone(),
+    };
+    let api = api_server(settings, state, &parts.registry)?;
+    startup.record(StartupPhase::ApiServer, began.elapsed());
+    Ok(Running {
+        pool,
+        workers,
+        scheduler,
+        api,
+    })
+}
+
+fn management_server(settings: &Settings, health: &Health) -> anyhow::Result<Server> {
+    let health = health.clone();
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(health.clone()))
+            .configure(health::http::configure)
+    })
+    .workers(settings.management.workers)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind((settings.server.host, settings.management.port))
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "binding the management port {}: {e}",
+            settings.management.port
+        )
+    })?
+    .run())
+}
+
+fn api_server(
+    settings: &Settings,
+    state: AppState,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Server> {
+    let metrics = HttpMetrics::register(registry)?;
+    let document = web::Data::new(openapi::document());
+    let state = web::Data::new(state);
+    let body_limit = settings.server.body_limit;
+    let mut server = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        App::new()
+            .app_data(document.clone())
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(body_limit))
+            .wrap(middleware::from_fn(move |req, next| {
+                bootstrap::web::observe(metrics.clone(), req, next)
+            }))
+            .wrap(TracingLogger::default())
+            .route("/openapi.json", web::get().to(openapi::serve))
+            .configure(|cfg| routes::configure(cfg, body_limit))
+            .default_service(web::to(problem::not_found))
+    })
+    .disable_signals()
+    // Graceful stop waits this long for in-flight requests, then closes what is left.
+    .shutdown_timeout(settings.shutdown.timeout.as_secs().max(1));
+    if settings.server.workers > 0 {
+        server = server.workers(settings.server.workers);
+    }
+    Ok(server
+        .bind((settings.server.host, settings.server.port))
+        .map_err(|e| anyhow::anyhow!("binding the API port {}: {e}", settings.server.port))?
+        .run())
+}
+
+async fn stop_server(handle: ServerHandle, task: tokio::task::JoinHandle<std::io::Result<()>>) {
+    handle.stop(true).await;
+    let _ = task.await;
+}

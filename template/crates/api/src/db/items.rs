@@ -1,0 +1,67 @@
+//! Item rows.
+
+use crate::domain::item::{Item, NewItem};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+fn from_row(row: &Row) -> Item {
+    Item {
+        id: row.get("id"),
+        name: row.get("name"),
+        note: row.get("note"),
+        created_at: row.get("created_at"),
+    }
+}
+
+/// Inserts a new item with a fresh UUIDv7.
+pub async fn insert(db: &impl GenericClient, new: &NewItem) -> Result<Item, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached("INSERT INTO items (id, name, note) VALUES ($1, $2, $3) RETURNING id, name, note, created_at")
+        .await?;
+    let row = db
+        .query_one(&statement, &[&Uuid::now_v7(), &new.name, &new.note])
+        .await?;
+    Ok(from_row(&row))
+}
+
+/// One item by id.
+pub async fn find(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<Item>, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached("SELECT id, name, note, created_at FROM items WHERE id = $1")
+        .await?;
+    Ok(db
+        .query_opt(&statement, &[&id])
+        .await?
+        .as_ref()
+        .map(from_row))
+}
+
+/// Up to `limit` items after `cursor`, in creation order (UUIDv7 ids sort by time).
+pub async fn page(
+    db: &impl GenericClient,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Item>, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached(
+            "SELECT id, name, note, created_at FROM items \
+             WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
+        )
+        .await?;
+    Ok(db
+        .query(&statement, &[&after, &limit])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect())
+}
+
+/// Deletes an item; false when there was none.
+pub async fn delete(db: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+    let statement = db.prepare_cached("DELETE FROM items WHERE id = $1").await?;
+    Ok(db.execute(&statement, &[&id]).await? == 1)
+}

@@ -1,0 +1,94 @@
+//! The transactional outbox: events written with the change, published later by the relay.
+
+use crate::domain::item::ItemEvent;
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Stores `event` (with trace headers) in the caller's transaction.
+pub async fn enqueue(
+    db: &impl GenericClient,
+    event: &ItemEvent,
+    headers: &Value,
+) -> Result<(), tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached(
+            "INSERT INTO outbox (event_id, routing_key, payload, headers) VALUES ($1, $2, $3, $4)",
+        )
+        .await?;
+    let payload = serde_json::to_value(event).unwrap_or(Value::Null);
+    db.execute(&statement, &[&event.id, &event.kind, &payload, headers])
+        .await?;
+    Ok(())
+}
+
+/// A pending row.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub seq: i64,
+    pub event_id: Uuid,
+    pub routing_key: String,
+    pub payload: Value,
+    pub headers: Value,
+    pub age_seconds: f64,
+}
+
+/// Locks up to `limit` pending rows in order, skipping rows another replica's relay holds.
+pub async fn claim(
+    db: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<Pending>, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached(
+            "SELECT seq, event_id, routing_key, payload, headers, \
+                    EXTRACT(EPOCH FROM now() - created_at)::float8 AS age \
+             FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .await?;
+    Ok(db
+        .query(&statement, &[&limit])
+        .await?
+        .iter()
+        .map(|row| Pending {
+            seq: row.get("seq"),
+            event_id: row.get("event_id"),
+            routing_key: row.get("routing_key"),
+            payload: row.get("payload"),
+            headers: row.get("headers"),
+            age_seconds: row.get("age"),
+        })
+        .collect())
+}
+
+/// Marks rows sent (after the broker confirmed them).
+pub async fn mark_sent(db: &impl GenericClient, seqs: &[i64]) -> Result<(), tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)")
+        .await?;
+    db.execute(&statement, &[&seqs]).await?;
+    Ok(())
+}
+
+/// Pending rows and the age of the oldest, in seconds.
+pub async fn backlog(db: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached(
+            "SELECT count(*) AS pending, \
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS oldest \
+             FROM outbox WHERE sent_at IS NULL",
+        )
+        .await?;
+    let row = db.query_one(&statement, &[]).await?;
+    Ok((row.get("pending"), row.get("oldest")))
+}
+
+/// Deletes sent rows older than `retention_seconds`; returns how many.
+pub async fn prune(
+    db: &impl GenericClient,
+    retention_seconds: f64,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)")
+        .await?;
+    db.execute(&statement, &[&retention_seconds]).await
+}

@@ -1,0 +1,113 @@
+//! An item, its validation, and its events.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Longest accepted name, in characters.
+pub const NAME_MAX: usize = 200;
+
+/// Body of `POST /v1/items`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, example = "first item")]
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    #[schema(nullable = true)]
+    pub note: Option<String>,
+}
+
+/// A validation failure, reported as 422.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl NewItem {
+    /// Checks the rules the type cannot express.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let length = self.name.chars().count();
+        if !(1..=NAME_MAX).contains(&length) {
+            return Err(Invalid {
+                field: "name",
+                reason: format!("must be 1 to {NAME_MAX} characters, got {length}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A stored item.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Item {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(nullable = true)]
+    pub note: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What happened to an item, as published on the events exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemEventKind {
+    Created,
+    Deleted,
+}
+
+impl ItemEventKind {
+    /// The routing key and the `type` field.
+    pub const fn routing_key(self) -> &'static str {
+        match self {
+            ItemEventKind::Created => "item.created",
+            ItemEventKind::Deleted => "item.deleted",
+        }
+    }
+}
+
+/// The JSON body of an event message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ItemEvent {
+    /// The event's own id; also the AMQP `message_id`.
+    pub id: Uuid,
+    /// `item.created` or `item.deleted`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub item_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl ItemEvent {
+    pub fn new(kind: ItemEventKind, item_id: Uuid) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind: kind.routing_key().to_owned(),
+            item_id,
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &str) -> NewItem {
+        NewItem {
+            name: name.to_owned(),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn names_are_counted_in_characters() {
+        assert!(named("").validate().is_err());
+        assert!(named(&"é".repeat(200)).validate().is_ok());
+        assert!(named(&"a".repeat(201)).validate().is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! The example domain: items and the events their changes emit.
+
+pub mod item;

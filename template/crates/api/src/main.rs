@@ -1,0 +1,36 @@
+//! The `{{project-name}}` binary: loads settings, then hands over to [`app::run`].
+
+mod app;
+mod db;
+mod domain;
+mod messaging;
+mod openapi;
+mod problem;
+mod routes;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // Settings first, before a runtime or a socket exists: a bad value must stop the process
+    // with exit code 2 and one line naming the variable.
+    let settings = match bootstrap::Settings::load(&bootstrap::config::Sources::from_env()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("configuration error: {error}");
+            return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("{{project-name}}-main")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(app::run(settings))
+}

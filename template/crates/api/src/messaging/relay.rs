@@ -1,0 +1,267 @@
+//! The outbox relay: publishes pending outbox rows in order, with publisher confirms, and marks
+//! them sent only after the broker confirmed them. A broker outage only delays events: the rows
+//! wait, the relay follows the supervised connection and resumes when it is back.
+
+use crate::db;
+use bootstrap::Backoff;
+use bootstrap::config::OutboxSettings;
+use deadpool_postgres::Pool;
+use health::checks::rabbitmq::BrokerLink;
+use health::{Check, CheckFailure, Observation};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation};
+use prometheus::{Gauge, IntCounter, IntGauge, Registry};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How often an idle relay looks for rows written by other replicas.
+const POLL: Duration = Duration::from_secs(1);
+/// How often sent rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The relay's view of the backlog, shared with its health check and its metrics.
+#[derive(Debug)]
+pub struct Backlog {
+    oldest_ms: AtomicU64,
+    pending: IntGauge,
+    oldest: Gauge,
+    published: IntCounter,
+}
+
+impl Backlog {
+    /// Registers `outbox_pending_events`, `outbox_oldest_pending_seconds` and
+    /// `outbox_published_total` in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Arc<Self>> {
+        let pending = IntGauge::new(
+            "outbox_pending_events",
+            "Outbox rows not yet confirmed by the broker.",
+        )?;
+        let oldest = Gauge::new(
+            "outbox_oldest_pending_seconds",
+            "Age of the oldest unsent outbox row (relay lag).",
+        )?;
+        let published = IntCounter::new(
+            "outbox_published_total",
+            "Events published and confirmed by the broker.",
+        )?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(oldest.clone()))?;
+        registry.register(Box::new(published.clone()))?;
+        Ok(Arc::new(Self {
+            oldest_ms: AtomicU64::new(0),
+            pending,
+            oldest,
+            published,
+        }))
+    }
+
+    fn observe(&self, pending: i64, oldest_seconds: f64) {
+        self.pending.set(pending);
+        self.oldest.set(oldest_seconds);
+        self.oldest_ms
+            .store((oldest_seconds * 1000.0) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Non-critical check: warns when the oldest pending event is older than the configured lag.
+#[derive(Debug)]
+pub struct OutboxLagCheck {
+    backlog: Arc<Backlog>,
+    warn_after: Duration,
+}
+
+impl OutboxLagCheck {
+    pub fn new(backlog: Arc<Backlog>, warn_after: Duration) -> Self {
+        Self {
+            backlog,
+            warn_after,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Check for OutboxLagCheck {
+    fn measurement(&self) -> &'static str {
+        "lag"
+    }
+
+    async fn run(&self) -> Result<Observation, CheckFailure> {
+        let lag = Duration::from_millis(self.backlog.oldest_ms.load(Ordering::Relaxed));
+        let observation = Observation {
+            observed_value: Some(lag.as_secs_f64()),
+            observed_unit: Some("s"),
+            output: None,
+        };
+        if lag > self.warn_after {
+            return Err(CheckFailure::new(format!(
+                "oldest unsent event is {}s old",
+                lag.as_secs()
+            )));
+        }
+        Ok(observation)
+    }
+}
+
+/// Everything the relay task needs.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub pool: Pool,
+    pub link: BrokerLink,
+    pub exchange: String,
+    pub settings: OutboxSettings,
+    pub written: Arc<Notify>,
+    pub backlog: Arc<Backlog>,
+}
+
+impl Relay {
+    /// Runs until `stop`; the batch in progress is always finished first.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut last_prune = tokio::time::Instant::now();
+        while !stop.is_cancelled() {
+            let connection = self.link.borrow().clone();
+            let Some(connection) = connection else {
+                // Broker down: keep the lag signal fresh while the rows wait.
+                self.refresh_backlog().await;
+                let mut link = self.link.clone();
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = link.changed() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            };
+            let channel = match open_confirm_channel(&connection).await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay: opening a channel");
+                    self.pause(&stop, backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            loop {
+                if stop.is_cancelled() {
+                    break;
+                }
+                if last_prune.elapsed() >= PRUNE_EVERY {
+                    last_prune = tokio::time::Instant::now();
+                    self.prune().await;
+                }
+                match self.publish_batch(&channel).await {
+                    Ok(0) => {
+                        backoff.reset();
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = self.written.notified() => {}
+                            _ = tokio::time::sleep(POLL) => {}
+                        }
+                    }
+                    Ok(_) => backoff.reset(),
+                    Err(error) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "outbox relay: batch not published, will retry"
+                        );
+                        self.refresh_backlog().await;
+                        self.pause(&stop, backoff.next_delay()).await;
+                        break;
+                    }
+                }
+            }
+            let _ = channel.close(200, "relay done".into()).await;
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn pause(&self, stop: &CancellationToken, delay: Duration) {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    /// Claims, publishes, awaits every confirm, marks sent, commits. Returns rows published.
+    async fn publish_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let limit = i64::try_from(self.settings.batch_size).unwrap_or(100);
+        let rows = db::outbox::claim(&tx, limit).await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            self.backlog.observe(0, 0.0);
+            return Ok(0);
+        }
+        self.backlog.observe(
+            i64::try_from(rows.len()).unwrap_or(i64::MAX),
+            rows[0].age_seconds,
+        );
+        let mut confirms = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let properties = BasicProperties::default()
+                .with_message_id(row.event_id.to_string().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_type(row.routing_key.as_str().into())
+                .with_headers(super::trace::to_amqp(&row.headers));
+            let body = serde_json::to_vec(&row.payload)?;
+            let confirm = channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    row.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            match confirm.await? {
+                Confirmation::Ack(_) => {}
+                other => anyhow::bail!("broker did not confirm a message: {other:?}"),
+            }
+        }
+        let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
+        db::outbox::mark_sent(&tx, &seqs).await?;
+        tx.commit().await?;
+        self.backlog.published.inc_by(seqs.len() as u64);
+        Ok(seqs.len())
+    }
+
+    async fn refresh_backlog(&self) {
+        let result = async {
+            let client = self.pool.get().await?;
+            Ok::<_, anyhow::Error>(db::outbox::backlog(&client).await?)
+        }
+        .await;
+        if let Ok((pending, oldest)) = result {
+            self.backlog.observe(pending, oldest);
+        }
+    }
+
+    async fn prune(&self) {
+        let result = async {
+            let client = self.pool.get().await?;
+            Ok::<_, anyhow::Error>(
+                db::outbox::prune(&client, self.settings.retention.as_secs_f64()).await?,
+            )
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "outbox: pruned sent rows"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "outbox: pruning"),
+        }
+    }
+}
+
+async fn open_confirm_channel(connection: &lapin::Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}

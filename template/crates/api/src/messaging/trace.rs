@@ -1,0 +1,81 @@
+//! W3C trace context across the broker: injected into the outbox row at request time,
+//! published as AMQP headers, extracted by the consumer.
+
+use lapin::types::{AMQPValue, FieldTable};
+use opentelemetry::propagation::{Extractor, Injector};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The current span's context as headers (`traceparent`, `tracestate`), for the outbox row.
+pub fn current_headers() -> Value {
+    let mut headers = HashMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderMap(&mut headers));
+    });
+    Value::Object(
+        headers
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+struct HeaderMap<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for HeaderMap<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+/// Outbox headers as an AMQP field table.
+pub fn to_amqp(headers: &Value) -> FieldTable {
+    let mut table = FieldTable::default();
+    if let Value::Object(map) = headers {
+        for (key, value) in map {
+            if let Value::String(text) = value {
+                table.insert(
+                    key.as_str().into(),
+                    AMQPValue::LongString(text.as_str().into()),
+                );
+            }
+        }
+    }
+    table
+}
+
+/// Makes the context carried by `headers` the parent of `span`.
+pub fn continue_trace(span: &tracing::Span, headers: Option<&FieldTable>) {
+    let Some(headers) = headers else { return };
+    let context = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&AmqpHeaders(headers))
+    });
+    let _ = span.set_parent(context);
+}
+
+struct AmqpHeaders<'a>(&'a FieldTable);
+
+impl Extractor for AmqpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .and_then(|(_, value)| match value {
+                AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
+                _ => None,
+            })
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.inner().keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The trace id of `span`, for log lines.
+pub fn trace_id(span: &tracing::Span) -> String {
+    use opentelemetry::trace::TraceContextExt;
+    span.context().span().span_context().trace_id().to_string()
+}

@@ -1,0 +1,33 @@
+//! `GET /openapi.json`, generated from the handlers' types and annotations.
+
+use crate::domain::item::{Item, NewItem};
+use crate::problem::Problem;
+use crate::routes::items;
+use actix_web::HttpResponse;
+use actix_web::web::{Bytes, Data};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "{{project-name}}", description = "Example resource of the {{project-name}} template: items on PostgreSQL, events through a transactional outbox."),
+    paths(items::create::create, items::get::get, items::list::list, items::delete::delete),
+    components(schemas(Item, NewItem, Problem, items::list::ItemPage)),
+    tags((name = "items", description = "The example resource"))
+)]
+struct ApiDoc;
+
+/// The document, serialised once at start.
+pub fn document() -> Bytes {
+    Bytes::from(
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|_| "{}".to_owned()),
+    )
+}
+
+/// Serves the precomputed document.
+pub async fn serve(document: Data<Bytes>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.get_ref().clone())
+}

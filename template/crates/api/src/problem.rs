@@ -1,0 +1,147 @@
+//! Errors of the API as RFC 9457 problem details (`application/problem+json`).
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `about:blank`: the status code says it all.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Everything a handler can fail with. `Display` is the detail shown to the client, so the
+/// `Internal` variant keeps its cause out of it (logged instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no item with id {0}")]
+    NotFound(uuid::Uuid),
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("the database is unavailable, retry shortly")]
+    Unavailable(String),
+    #[error("an unexpected error occurred")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "Bad Request",
+            ApiError::NotFound(_) => "Not Found",
+            ApiError::UnsupportedMediaType => "Unsupported Media Type",
+            ApiError::PayloadTooLarge(_) => "Content Too Large",
+            ApiError::Unprocessable(_) => "Unprocessable Content",
+            ApiError::Unavailable(_) => "Service Unavailable",
+            ApiError::Internal(_) => "Internal Server Error",
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        // Timeouts and failed connects mean the database is unreachable or saturated: 503.
+        ApiError::Unavailable(error.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if error.is_closed() || error.as_db_error().is_none() {
+            ApiError::Unavailable(crate::db::describe(&error))
+        } else {
+            ApiError::Internal(crate::db::describe(&error))
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
+            ApiError::Unavailable(cause) => tracing::warn!(%cause, "database unavailable"),
+            _ => {}
+        }
+        let status = self.status_code();
+        let body = Problem {
+            kind: "about:blank",
+            title: self.title(),
+            status: status.as_u16(),
+            detail: Some(self.to_string()),
+        };
+        let mut response = HttpResponse::build(status);
+        response.insert_header((CONTENT_TYPE, PROBLEM_JSON));
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.insert_header((RETRY_AFTER, "1"));
+        }
+        response.body(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+/// Maps the JSON extractor's failures: wrong media type 415, too large 413, broken JSON 400,
+/// well-formed JSON of the wrong shape 422.
+pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match error {
+        E::ContentType => ApiError::UnsupportedMediaType,
+        E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::PayloadTooLarge(limit),
+        E::Deserialize(e) if e.is_data() => ApiError::Unprocessable(e.to_string()),
+        E::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
+/// The API's answer to a path it does not know.
+pub async fn not_found() -> HttpResponse {
+    let body = Problem {
+        kind: "about:blank",
+        title: "Not Found",
+        status: 404,
+        detail: None,
+    };
+    HttpResponse::NotFound()
+        .insert_header((CONTENT_TYPE, PROBLEM_JSON))
+        .body(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// The API's answer to a known path with a method it does not serve.
+pub async fn method_not_allowed() -> HttpResponse {
+    let body = Problem {
+        kind: "about:blank",
+        title: "Method Not Allowed",
+        status: 405,
+        detail: None,
+    };
+    HttpResponse::MethodNotAllowed()
+        .insert_header((CONTENT_TYPE, PROBLEM_JSON))
+        .body(serde_json::to_vec(&body).unwrap_or_default())
+}

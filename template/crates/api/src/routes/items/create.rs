@@ -1,0 +1,114 @@
+use crate::db;
+use crate::db::idempotency::Stored;
+use crate::domain::item::{Item, ItemEvent, ItemEventKind, NewItem};
+use crate::problem::{ApiError, Problem};
+use crate::routes::AppState;
+use actix_web::http::StatusCode;
+use actix_web::http::header::LOCATION;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+/// Longest accepted `Idempotency-Key`.
+const KEY_MAX: usize = 255;
+
+/// Creates an item and records `item.created` in the outbox, in one transaction.
+///
+/// With `Idempotency-Key`, a retry with the same body gets the first response and creates
+/// nothing; the same key with another body is refused (422).
+#[utoipa::path(
+    post, path = "/v1/items", tag = "items",
+    request_body(content = NewItem, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: same key and body, same response")),
+    responses(
+        (status = 201, description = "Created", body = Item, headers(("Location" = String, description = "URL of the new item"))),
+        (status = 400, description = "Malformed JSON or key", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid item, or key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<NewItem>,
+) -> Result<HttpResponse, ApiError> {
+    let new = body.into_inner();
+    new.validate()
+        .map_err(|invalid| ApiError::Unprocessable(invalid.to_string()))?;
+    let key = idempotency_key(&req)?;
+    let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
+
+    let headers = crate::messaging::trace::current_headers();
+    let outcome = db::within(&state.pool, state.query_timeout, |client| {
+        Box::pin(async move {
+            let tx = client.transaction().await?;
+            if let Some(key) = &key {
+                db::idempotency::lock(&tx, key).await?;
+                if let Some(stored) = db::idempotency::find(&tx, key).await? {
+                    if stored.request != request {
+                        return Err(ApiError::Unprocessable(
+                            "Idempotency-Key was already used with a different request body".into(),
+                        ));
+                    }
+                    return Ok(Outcome::Replayed(stored));
+                }
+            }
+            let item = db::items::insert(&tx, &new).await?;
+            let event = ItemEvent::new(ItemEventKind::Created, item.id);
+            db::outbox::enqueue(&tx, &event, &headers).await?;
+            if let Some(key) = &key {
+                let body =
+                    serde_json::to_value(&item).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let stored = Stored {
+                    request,
+                    status: 201,
+                    body,
+                    location: Some(super::location(item.id)),
+                };
+                db::idempotency::store(&tx, key, &stored).await?;
+            }
+            tx.commit().await?;
+            Ok(Outcome::Created(item))
+        })
+    })
+    .await?;
+    match outcome {
+        Outcome::Replayed(stored) => Ok(replay(&stored)),
+        Outcome::Created(item) => {
+            state.outbox_written.notify_one();
+            Ok(HttpResponse::Created()
+                .insert_header((LOCATION, super::location(item.id)))
+                .json(item))
+        }
+    }
+}
+
+enum Outcome {
+    Created(Item),
+    Replayed(Stored),
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= KEY_MAX);
+    key.map(|k| Some(k.to_owned())).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {KEY_MAX} visible ASCII characters"
+        ))
+    })
+}
+
+fn replay(stored: &Stored) -> HttpResponse {
+    let mut response =
+        HttpResponse::build(StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK));
+    if let Some(location) = &stored.location {
+        response.insert_header((LOCATION, location.clone()));
+    }
+    response.insert_header(("Idempotent-Replayed", "true"));
+    response.json(&stored.body)
+}

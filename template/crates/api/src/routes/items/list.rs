@@ -1,0 +1,73 @@
+use crate::db;
+use crate::domain::item::Item;
+use crate::problem::{ApiError, Problem};
+use crate::routes::AppState;
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// Default and largest page size.
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 100;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 100 (larger values are capped at 100).
+    #[param(minimum = 1)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of items.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemPage {
+    pub items: Vec<Item>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(nullable = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// Lists items in creation order with keyset pagination (stable under concurrent inserts).
+#[utoipa::path(
+    get, path = "/v1/items", tag = "items",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of items", body = ItemPage),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = match query.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) if n >= 1 => n.min(MAX_LIMIT),
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be at least 1, got {n}"
+            )));
+        }
+    };
+    let after = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(
+            Uuid::parse_str(raw)
+                .map_err(|_| ApiError::BadRequest(format!("invalid cursor {raw:?}")))?,
+        ),
+    };
+    let items = db::within(&state.pool, state.query_timeout, |client| {
+        Box::pin(async move { Ok(db::items::page(&*client, after, limit).await?) })
+    })
+    .await?;
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(|item| item.id.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(ItemPage { items, next_cursor }))
+}

@@ -1,0 +1,48 @@
+//! HTTP routes of the API server.
+
+pub mod items;
+
+use crate::problem::{self, ApiError};
+use actix_web::web;
+use deadpool_postgres::Pool;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    /// Bound on one request's database work.
+    pub query_timeout: std::time::Duration,
+    /// Wakes the outbox relay after a write, so events leave within milliseconds.
+    pub outbox_written: Arc<Notify>,
+}
+
+/// Mounts the API and the extractor error handlers that turn every failure into a problem.
+pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(body_limit)
+            .error_handler(move |error, _| problem::json_error(error, body_limit).into()),
+    )
+    .app_data(web::PathConfig::default().error_handler(|error, _| {
+        ApiError::BadRequest(format!("invalid path parameter: {error}")).into()
+    }))
+    .app_data(
+        web::QueryConfig::default().error_handler(|error, _| {
+            ApiError::BadRequest(format!("invalid query: {error}")).into()
+        }),
+    )
+    .service(
+        web::resource("/v1/items")
+            .route(web::get().to(items::list::list))
+            .route(web::post().to(items::create::create))
+            .default_service(web::to(problem::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/items/{id}")
+            .route(web::get().to(items::get::get))
+            .route(web::delete().to(items::delete::delete))
+            .default_service(web::to(problem::method_not_allowed)),
+    );
+}

@@ -1,0 +1,148 @@
+//! Shared helpers of the integration tests: every test gets its own database on the machine's
+//! PostgreSQL and its own vhost on the machine's RabbitMQ, dropped afterwards.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+pub mod chart;
+
+pub use testkit::{Fault, FaultProxy, Postgres, RabbitMq, Service, Signal};
+
+/// The binary under test, built by cargo for these tests.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_{{project-name}}"))
+}
+
+/// Detection bound of the test tuning (interval 500 ms x threshold 2 + timeout 400 ms), plus
+/// generous slack for a loaded 2-core machine.
+pub const DETECTION: Duration = Duration::from_millis(500 * 2 + 400 + 4000);
+
+/// A database and a vhost of one test on the machine's shared services.
+pub struct Shared {
+    pub name: String,
+}
+
+impl Shared {
+    pub fn new(test: &str) -> Shared {
+        let name = format!("t_{test}_{}", std::process::id());
+        psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+        psql(&format!("CREATE DATABASE \"{name}\""));
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Shared { name }
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    pub fn rabbitmq_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+
+    /// Env for a service on these shared dependencies.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("APP__DATABASE__URL".into(), self.database_url()),
+            ("APP__RABBITMQ__URL".into(), self.rabbitmq_url()),
+        ]
+    }
+
+    /// Transactions run in this test's database so far.
+    pub fn transactions(&self) -> i64 {
+        psql(&format!(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{}'",
+            self.name
+        ))
+        .parse()
+        .unwrap()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-XAtqc",
+                &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
+            ])
+            .output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
+}
+
+/// Runs SQL in the machine's `postgres` database.
+pub fn psql(sql: &str) -> String {
+    psql_in("postgres", sql)
+}
+
+/// Runs SQL in `database` on the machine's PostgreSQL; returns the unaligned output.
+pub fn psql_in(database: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Spawns the service with `env` (owned pairs).
+pub fn spawn(env: &[(String, String)]) -> Service {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Service::spawn(binary(), &pairs)
+}
+
+/// Env pointing the service at throwaway dependencies.
+pub fn env_for(
+    postgres_url: &str,
+    rabbitmq_url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("APP__DATABASE__URL".to_owned(), postgres_url.to_owned()),
+        ("APP__RABBITMQ__URL".to_owned(), rabbitmq_url.to_owned()),
+    ];
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
+}
+
+/// Parses a verbose health+json body.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}

@@ -1,0 +1,247 @@
+//! The fault table: real dependencies killed, restarted, black-holed and slowed down while the
+//! service runs. In every case readiness must follow the truth within the detection bound,
+//! `/livez` must never fail, and the process must never exit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const RECOVERY: Duration = Duration::from_secs(20);
+
+/// A service on a throwaway PostgreSQL and the shared RabbitMQ (own vhost).
+fn on_throwaway_postgres(test: &str, proxy: Option<&FaultProxy>) -> (Shared, Postgres, Service) {
+    let shared = Shared::new(test);
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let port = proxy.map_or(postgres.port(), FaultProxy::port);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/app");
+    let service = spawn(&env_for(&url, &shared.rabbitmq_url(), &[]));
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    service.wait_for_status("pass", Duration::from_secs(10));
+    (shared, postgres, service)
+}
+
+/// A service on the shared PostgreSQL (own database) and a throwaway RabbitMQ node.
+fn on_throwaway_rabbitmq(test: &str, critical: bool) -> (Shared, RabbitMq, Service) {
+    let shared = Shared::new(test);
+    let rabbit = RabbitMq::start();
+    let critical = if critical { "true" } else { "false" };
+    let service = spawn(&env_for(
+        &shared.database_url(),
+        &rabbit.url(),
+        &[("APP__HEALTH__RABBITMQ__CRITICAL", critical)],
+    ));
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    service.wait_for_status("pass", Duration::from_secs(15));
+    (shared, rabbit, service)
+}
+
+fn assert_alive(service: &Service, watch: testkit::LivenessWatch) {
+    let (polls, failures) = watch.finish();
+    assert!(polls > 10, "liveness polled only {polls} times");
+    assert!(
+        failures.is_empty(),
+        "/livez failed {} of {polls} polls: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        service.try_exit().is_none(),
+        "the service exited:\n{}",
+        service.logs()
+    );
+}
+
+fn check_output(service: &Service, check: &str) -> String {
+    let body = json(&service.probe("/readyz?verbose").2);
+    body["checks"][format!("{check}:connectivity")][0]["output"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn postgres_kill9_fails_readiness_and_recovers() {
+    let (_shared, postgres, service) = on_throwaway_postgres("pgkill", None);
+    let watch = service.watch_liveness();
+    postgres.kill9();
+    let detected = service.wait_for("/readyz", 503, DETECTION);
+    println!("postgres kill -9 detected after {detected:?}");
+    postgres.start_again();
+    let recovered = service.wait_for("/readyz", 200, RECOVERY);
+    println!("recovered after {recovered:?}");
+    service.wait_for_status("pass", RECOVERY);
+    assert_alive(&service, watch);
+}
+
+#[test]
+fn postgres_restart_fails_readiness_and_recovers() {
+    let (_shared, postgres, service) = on_throwaway_postgres("pgrestart", None);
+    let watch = service.watch_liveness();
+    postgres.stop();
+    service.wait_for("/readyz", 503, DETECTION);
+    assert_eq!(service.probe("/readyz/postgres").0, 503);
+    postgres.start_again();
+    service.wait_for("/readyz", 200, RECOVERY);
+    assert_alive(&service, watch);
+}
+
+#[test]
+fn black_holed_postgres_times_out_while_probes_stay_fast() {
+    let postgres_port_holder = Postgres::start();
+    postgres_port_holder.create_database("app");
+    let proxy = FaultProxy::start(postgres_port_holder.port());
+    let shared = Shared::new("pgblackhole");
+    let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.port());
+    let service = spawn(&env_for(&url, &shared.rabbitmq_url(), &[]));
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let watch = service.watch_liveness();
+    proxy.set(Fault::BlackHole);
+    let began = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while service.probe("/readyz").0 != 503 {
+        assert!(
+            began.elapsed() < DETECTION,
+            "black hole not detected within {DETECTION:?}"
+        );
+        let probe = Instant::now();
+        service.probe("/livez");
+        slowest = slowest.max(probe.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a probe took {slowest:?} during the outage"
+    );
+    assert!(
+        check_output(&service, "postgres").contains("timed out"),
+        "{}",
+        check_output(&service, "postgres")
+    );
+    proxy.set(Fault::Pass);
+    service.wait_for("/readyz", 200, RECOVERY);
+    assert_alive(&service, watch);
+}
+
+#[test]
+fn latency_above_the_check_timeout_fails_readiness() {
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let proxy = FaultProxy::start(postgres.port());
+    let shared = Shared::new("pglatency");
+    let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.port());
+    let service = spawn(&env_for(&url, &shared.rabbitmq_url(), &[]));
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let watch = service.watch_liveness();
+    proxy.set(Fault::Latency(Duration::from_secs(2)));
+    service.wait_for("/readyz", 503, DETECTION);
+    assert!(check_output(&service, "postgres").contains("timed out"));
+    proxy.set(Fault::Pass);
+    service.wait_for("/readyz", 200, RECOVERY);
+    assert_alive(&service, watch);
+}
+
+#[test]
+fn rabbitmq_kill9_warns_by_default_and_recovers() {
+    let (_shared, rabbit, service) = on_throwaway_rabbitmq("rmqkill", false);
+    let watch = service.watch_liveness();
+    rabbit.kill9();
+    service.wait_for_status("warn", DETECTION);
+    // Non-critical: degraded, still in the Service.
+    assert_eq!(service.probe("/readyz").0, 200);
+    assert_eq!(service.probe("/readyz/rabbitmq").0, 503);
+    rabbit.start_again();
+    service.wait_for_status("pass", RECOVERY);
+    assert_alive(&service, watch);
+    assert!(
+        service
+            .logs()
+            .contains("broker connected, topology declared")
+    );
+}
+
+#[test]
+fn rabbitmq_kill9_fails_readiness_when_critical() {
+    let (_shared, rabbit, service) = on_throwaway_rabbitmq("rmqcrit", true);
+    let watch = service.watch_liveness();
+    rabbit.kill9();
+    service.wait_for("/readyz", 503, DETECTION);
+    rabbit.start_again();
+    service.wait_for("/readyz", 200, RECOVERY);
+    service.wait_for_status("pass", RECOVERY);
+    assert_alive(&service, watch);
+}
+
+#[test]
+fn both_down_at_once_then_back() {
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let rabbit = RabbitMq::start();
+    let service = spawn(&env_for(&postgres.url("app"), &rabbit.url(), &[]));
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    service.wait_for_status("pass", Duration::from_secs(15));
+    let watch = service.watch_liveness();
+    postgres.kill9();
+    rabbit.kill9();
+    service.wait_for("/readyz", 503, DETECTION);
+    let verbose = json(&service.probe("/readyz?verbose").2);
+    assert_eq!(verbose["status"], "fail");
+    postgres.start_again();
+    rabbit.start_again();
+    service.wait_for_status("pass", RECOVERY);
+    assert_alive(&service, watch);
+}
+
+#[test]
+fn starts_with_both_down_and_becomes_ready_when_they_return() {
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let rabbit = RabbitMq::start();
+    postgres.kill9();
+    rabbit.kill9();
+    let service = spawn(&env_for(
+        &postgres.url("app"),
+        &rabbit.url(),
+        &[("APP__STARTUP__DEADLINE", "120s")],
+    ));
+    service.wait_for("/livez", 200, Duration::from_secs(20));
+    let watch = service.watch_liveness();
+    // Startup is held by PostgreSQL; give it a few backoff rounds.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(service.probe("/startupz").0, 503);
+        assert_eq!(service.probe("/readyz").0, 503);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    postgres.start_again();
+    service.wait_for("/startupz", 200, RECOVERY);
+    // RabbitMQ is not critical: ready (warn) before the broker is back.
+    service.wait_for_status("warn", RECOVERY);
+    rabbit.start_again();
+    service.wait_for_status("pass", RECOVERY);
+    assert_alive(&service, watch);
+}
+
+#[test]
+fn startup_deadline_exceeded_exits_1_naming_the_dependency() {
+    let closed = testkit::free_port();
+    let url = format!("postgres://postgres:s3cr3t-pw@127.0.0.1:{closed}/app");
+    let service = spawn(&env_for(
+        &url,
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        &[("APP__STARTUP__DEADLINE", "3s")],
+    ));
+    service.wait_for("/livez", 200, Duration::from_secs(10));
+    let (status, took) = service.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", service.logs());
+    assert!(took < Duration::from_secs(10), "exited after {took:?}");
+    let logs = service.logs();
+    assert!(
+        logs.contains(
+            "startup deadline of 3s exceeded in phase \\\"postgres pool\\\" waiting for postgres"
+        ),
+        "{logs}"
+    );
+    assert!(!logs.contains("s3cr3t-pw"), "password leaked:\n{logs}");
+}

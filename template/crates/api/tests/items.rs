@@ -1,0 +1,441 @@
+//! The items API on real PostgreSQL and RabbitMQ: status codes, media types, idempotency,
+//! pagination, and events reaching the consumer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use reqwest::blocking::Response;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const PROBLEM: &str = "application/problem+json";
+
+fn ready(shared: &Shared, extra: &[(&str, &str)]) -> Service {
+    let mut env = shared.env();
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let service = spawn(&env);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    service
+}
+
+fn post(service: &Service, body: &Value, key: Option<&str>) -> Response {
+    let mut request = service.http().post(service.api_url("/v1/items")).json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().unwrap()
+}
+
+fn media(response: &Response) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Asserts a problem response: status, media type, and the RFC 9457 members.
+fn assert_problem(response: Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(media(&response), PROBLEM);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["title"].is_string() && body["type"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+#[test]
+fn crud_and_every_error_case() {
+    let shared = Shared::new("crud");
+    let service = ready(&shared, &[("APP__SERVER__BODY_LIMIT", "1024")]);
+    let http = service.http();
+
+    let created = post(&service, &json!({"name": "first", "note": "hello"}), None);
+    assert_eq!(created.status().as_u16(), 201);
+    assert_eq!(media(&created), "application/json");
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    assert!(created.headers().contains_key("x-request-id"));
+    let item: Value = created.json().unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/items/{}", item["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        (item["name"].as_str(), item["note"].as_str()),
+        (Some("first"), Some("hello"))
+    );
+    assert!(item["created_at"].is_string());
+
+    let fetched = http.get(service.api_url(&location)).send().unwrap();
+    assert_eq!(fetched.status().as_u16(), 200);
+    assert_eq!(fetched.json::<Value>().unwrap(), item);
+
+    let page: Value = http
+        .get(service.api_url("/v1/items"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(page["items"], json!([item]));
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    let deleted = http.delete(service.api_url(&location)).send().unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert_problem(http.get(service.api_url(&location)).send().unwrap(), 404);
+    assert_problem(http.delete(service.api_url(&location)).send().unwrap(), 404);
+
+    // Malformed JSON 400, wrong shape or rule 422, wrong media type 415, too large 413.
+    let broken = http
+        .post(service.api_url("/v1/items"))
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .unwrap();
+    assert_problem(broken, 400);
+    assert_problem(post(&service, &json!({"name": ""}), None), 422);
+    assert_problem(post(&service, &json!({"name": "x".repeat(201)}), None), 422);
+    assert_problem(post(&service, &json!({"note": "no name"}), None), 422);
+    assert_problem(post(&service, &json!({"name": 5}), None), 422);
+    let text = http
+        .post(service.api_url("/v1/items"))
+        .header("content-type", "text/plain")
+        .body("{\"name\":\"x\"}")
+        .send()
+        .unwrap();
+    assert_problem(text, 415);
+    let huge = post(
+        &service,
+        &json!({"name": "x", "note": "y".repeat(2000)}),
+        None,
+    );
+    assert_problem(huge, 413);
+
+    // Bad ids and queries 400, unknown paths 404, wrong methods 405: all problems.
+    assert_problem(
+        http.get(service.api_url("/v1/items/not-a-uuid"))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_problem(
+        http.get(service.api_url("/v1/items?limit=abc"))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_problem(
+        http.get(service.api_url("/v1/items?limit=0"))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_problem(
+        http.get(service.api_url("/v1/items?cursor=zzz"))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_problem(
+        http.get(service.api_url("/nothing/here")).send().unwrap(),
+        404,
+    );
+    assert_problem(http.put(service.api_url("/v1/items")).send().unwrap(), 405);
+}
+
+#[test]
+fn unexpected_failures_are_500_without_internals_and_an_unreachable_database_is_503() {
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let proxy = FaultProxy::start(postgres.port());
+    let shared = Shared::new("errors");
+    let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.port());
+    let service = spawn(&env_for(
+        &url,
+        &shared.rabbitmq_url(),
+        &[
+            ("APP__DATABASE__POOL_WAIT_TIMEOUT", "500ms"),
+            ("APP__DATABASE__QUERY_TIMEOUT", "1s"),
+        ],
+    ));
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    assert_eq!(
+        post(&service, &json!({"name": "ok"}), None)
+            .status()
+            .as_u16(),
+        201
+    );
+
+    // A broken schema behind the service's back: a 500 that leaks nothing.
+    postgres.psql("app", "ALTER TABLE items RENAME TO items_gone");
+    let body = assert_problem(
+        service
+            .http()
+            .get(service.api_url("/v1/items"))
+            .send()
+            .unwrap(),
+        500,
+    );
+    assert_eq!(body["detail"], "an unexpected error occurred");
+    assert!(!body.to_string().contains("items"), "{body}");
+    postgres.psql("app", "ALTER TABLE items_gone RENAME TO items");
+
+    // The database stops answering: a quick 503 with Retry-After, never a hang.
+    proxy.set(Fault::BlackHole);
+    let began = std::time::Instant::now();
+    let response = service
+        .http()
+        .get(service.api_url("/v1/items?limit=1"))
+        .send()
+        .unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some("1".to_owned())
+    );
+    assert_problem(response, 503);
+    // And it recovers by itself once the database answers again.
+    proxy.set(Fault::Pass);
+    testkit::wait_until("requests succeeding again", Duration::from_secs(15), || {
+        service
+            .http()
+            .get(service.api_url("/v1/items?limit=1"))
+            .send()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+}
+
+#[test]
+fn twenty_parallel_posts_with_one_key_create_one_item_and_one_event() {
+    let shared = Shared::new("idem");
+    let service = ready(&shared, &[]);
+    let body = json!({"name": "once"});
+    let responses: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    let response = post(&service, &body, Some("key-1"));
+                    (
+                        response.status().as_u16(),
+                        response.json::<Value>().unwrap(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ids: HashSet<String> = responses
+        .iter()
+        .map(|(_, item)| item["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        responses.iter().all(|(status, _)| *status == 201),
+        "{responses:?}"
+    );
+    assert_eq!(ids.len(), 1, "every retry must get the first item: {ids:?}");
+    let db = &shared.name;
+    assert_eq!(psql_in(db, "SELECT count(*) FROM items"), "1");
+    assert_eq!(
+        psql_in(
+            db,
+            "SELECT count(*) FROM outbox WHERE routing_key = 'item.created'"
+        ),
+        "1"
+    );
+    // Same key, another body: refused.
+    assert_problem(
+        post(&service, &json!({"name": "other"}), Some("key-1")),
+        422,
+    );
+}
+
+#[test]
+fn two_hundred_fifty_items_paged_by_seven_come_back_once_in_order() {
+    let shared = Shared::new("paging");
+    let service = ready(&shared, &[]);
+    let mut created = Vec::new();
+    for i in 0..250 {
+        let response = post(&service, &json!({"name": format!("item {i}")}), None);
+        assert_eq!(response.status().as_u16(), 201);
+        created.push(
+            response.json::<Value>().unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/items?limit=7&cursor={c}"),
+            None => "/v1/items?limit=7".to_owned(),
+        };
+        let page: Value = service
+            .http()
+            .get(service.api_url(&path))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 7);
+        seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < 100, "pagination does not end");
+    }
+    assert_eq!(seen, created, "each item exactly once, in creation order");
+    let capped: Value = service
+        .http()
+        .get(service.api_url("/v1/items?limit=1000"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        capped["items"].as_array().unwrap().len(),
+        100,
+        "limit is capped at 100"
+    );
+}
+
+#[test]
+fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
+    let shared = Shared::new("events");
+    let service = ready(&shared, &[("RUST_LOG", "info")]);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = service
+        .http()
+        .post(service.api_url("/v1/items"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"name": "traced"}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let id = response.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        service
+            .http()
+            .delete(service.api_url(&format!("/v1/items/{id}")))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        204
+    );
+    let db = shared.name.clone();
+    testkit::wait_until("both events consumed", Duration::from_secs(20), || {
+        psql_in(
+            &db,
+            "SELECT coalesce(string_agg(event_type || '=' || count, ',' ORDER BY event_type), '') FROM event_counts",
+        ) == "item.created=1,item.deleted=1"
+    });
+    // The consumer's span continued the HTTP request's trace through the broker.
+    let consumed = service
+        .logs()
+        .lines()
+        .find(|l| l.contains("event consumed") && l.contains("item.created"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        consumed.contains(&format!("\"trace_id\":\"{trace_id}\"")),
+        "{consumed}"
+    );
+
+    // A message that is not an event: dead-lettered, and the consumer keeps going.
+    publish_raw(&shared, "item.created", b"not json at all");
+    testkit::wait_until(
+        "the poison message in the DLQ",
+        Duration::from_secs(20),
+        || queue_depth(&shared, "{{project-name}}.items.dlq") == 1,
+    );
+    assert_eq!(
+        post(&service, &json!({"name": "after poison"}), None)
+            .status()
+            .as_u16(),
+        201
+    );
+    testkit::wait_until("the next event consumed", Duration::from_secs(20), || {
+        psql_in(
+            &db,
+            "SELECT count FROM event_counts WHERE event_type = 'item.created'",
+        ) == "2"
+    });
+    // Redelivery is harmless: replaying a processed event changes nothing.
+    let event = psql_in(
+        &db,
+        "SELECT payload::text FROM outbox WHERE routing_key = 'item.created' ORDER BY seq LIMIT 1",
+    );
+    publish_raw(&shared, "item.created", event.as_bytes());
+    std::thread::sleep(Duration::from_millis(500));
+    testkit::wait_until(
+        "the duplicate acknowledged",
+        Duration::from_secs(20),
+        || queue_depth(&shared, "{{project-name}}.items") == 0,
+    );
+    assert_eq!(
+        psql_in(
+            &db,
+            "SELECT count FROM event_counts WHERE event_type = 'item.created'"
+        ),
+        "2"
+    );
+}
+
+#[test]
+fn three_replicas_starting_together_on_an_empty_database_all_become_ready() {
+    let shared = Shared::new("migrace");
+    let services: Vec<Service> = (0..3).map(|_| spawn(&shared.env())).collect();
+    for service in &services {
+        service.wait_for("/readyz", 200, Duration::from_secs(30));
+    }
+    assert_eq!(
+        psql_in(&shared.name, "SELECT count(*) FROM refinery_schema_history"),
+        "1"
+    );
+    for service in &services {
+        assert_eq!(
+            post(service, &json!({"name": "works"}), None)
+                .status()
+                .as_u16(),
+            201
+        );
+    }
+}
+
+fn publish_raw(shared: &Shared, routing_key: &str, body: &[u8]) {
+    testkit::amqp::publish(
+        &shared.rabbitmq_url(),
+        "{{project-name}}.events",
+        routing_key,
+        body,
+    );
+}
+
+fn queue_depth(shared: &Shared, queue: &str) -> u32 {
+    testkit::amqp::queue_depth(&shared.rabbitmq_url(), queue)
+}

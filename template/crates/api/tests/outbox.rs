@@ -1,0 +1,93 @@
+//! A broker outage loses no event: kill -9 of RabbitMQ while 200 items are being created.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[test]
+fn a_broker_killed_mid_load_loses_no_event() {
+    let shared = Shared::new("outage");
+    let rabbit = RabbitMq::start();
+    let service = spawn(&env_for(&shared.database_url(), &rabbit.url(), &[]));
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    service.wait_for_status("pass", Duration::from_secs(15));
+    let db = shared.name.clone();
+
+    let done = AtomicUsize::new(0);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (service, done) = (&service, &done);
+                scope.spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            let response = service
+                                .http()
+                                .post(service.api_url("/v1/items"))
+                                .json(&json!({"name": format!("w{w} i{i}")}))
+                                .send()
+                                .unwrap();
+                            done.fetch_add(1, Ordering::SeqCst);
+                            // Spread the 200 writes over the outage.
+                            std::thread::sleep(Duration::from_millis(40));
+                            response.status().as_u16()
+                        })
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        testkit::wait_until(
+            "some writes before the kill",
+            Duration::from_secs(30),
+            || done.load(Ordering::SeqCst) >= 30,
+        );
+        rabbit.kill9();
+        // Non-critical broker: degraded, still serving.
+        service.wait_for_status("warn", DETECTION);
+        assert_eq!(service.probe("/readyz/rabbitmq").0, 503);
+        rabbit.start_again();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(statuses.len(), 200);
+    assert!(
+        statuses.iter().all(|s| *s == 201),
+        "the API must keep answering 2xx: {statuses:?}"
+    );
+
+    service.wait_for_status("pass", Duration::from_secs(30));
+    testkit::wait_until("all 200 events consumed", Duration::from_secs(60), || {
+        psql_in(
+            &db,
+            "SELECT count(*) FROM processed_events p JOIN outbox o ON o.event_id = p.event_id WHERE o.routing_key = 'item.created'",
+        ) == "200"
+    });
+    assert_eq!(
+        psql_in(&db, "SELECT count(*) FROM outbox WHERE sent_at IS NULL"),
+        "0"
+    );
+    // Duplicates are allowed by at-least-once delivery, and harmless: counted once.
+    assert_eq!(
+        psql_in(
+            &db,
+            "SELECT count FROM event_counts WHERE event_type = 'item.created'"
+        ),
+        "200"
+    );
+    let logs = service.logs();
+    assert!(
+        logs.contains("broker connection lost, reconnecting"),
+        "the supervisor should have seen the outage"
+    );
+    assert!(
+        logs.matches("broker connected, topology declared").count() >= 2,
+        "and reconnected"
+    );
+}

@@ -1,0 +1,258 @@
+//! Zero-downtime proof: a rolling update of real replicas behind HAProxy under wrk load,
+//! following the chart's own rollout settings. `make e2e` (part of `make test`) runs it.
+//!
+//! HAProxy stands in for the Service and kube-proxy (active checks on `/readyz`, no retries, no
+//! redispatch); the driver stands in for the Deployment controller (maxSurge, maxUnavailable,
+//! minReadySeconds) and the endpoints controller (a new replica joins only once ready; an old
+//! one leaves after the endpoint-propagation lag or when HAProxy's own check sees it fail).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::chart::Chart;
+use common::*;
+use std::time::{Duration, Instant};
+use testkit::balancer::{Balancer, Slot};
+use testkit::load::{LoadReport, wrk};
+
+/// Endpoint-propagation lag between SIGTERM and the balancer dropping the replica
+/// (`E2E_PROPAGATION_LAG_MS`, default 1000; try up to 3000).
+fn propagation_lag() -> Duration {
+    Duration::from_millis(
+        std::env::var("E2E_PROPAGATION_LAG_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
+    )
+}
+
+struct Outcome {
+    load: LoadReport,
+    rollout: Duration,
+    stops: Vec<(i32, Duration)>,
+    grace: Duration,
+}
+
+/// Runs 3 old replicas, then rolls them to 3 new ones under load. `blip` restarts PostgreSQL
+/// (a throwaway instance) after the first new replica is in.
+fn rolling_update(test: &str, drain: &str, blip: bool) -> Outcome {
+    let chart = Chart::rendered();
+    assert_eq!(
+        chart.max_unavailable, 0,
+        "the driver implements maxUnavailable 0"
+    );
+    let surge = usize::try_from(chart.max_surge.max(1)).unwrap();
+    let replicas = chart.replicas;
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let shared = Shared::new(test);
+    let mut env = chart.env.clone();
+    env.retain(|(key, _)| key != "APP__SHUTDOWN__DRAIN_DELAY");
+    env.push(("APP__SHUTDOWN__DRAIN_DELAY".into(), drain.into()));
+    env.extend(env_for(
+        &postgres.url("app"),
+        &shared.rabbitmq_url(),
+        &[("RUST_LOG", "warn")],
+    ));
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    let slots: Vec<Slot> = (0..replicas * 2)
+        .map(|_| Slot {
+            api_port: testkit::free_port(),
+            management_port: testkit::free_port(),
+        })
+        .collect();
+    let balancer = Balancer::start(&slots);
+    let launch = |i: usize| {
+        Service::spawn_on(
+            binary(),
+            &pairs,
+            slots[i].api_port,
+            slots[i].management_port,
+        )
+    };
+
+    let old: Vec<Service> = (0..replicas).map(launch).collect();
+    for (i, replica) in old.iter().enumerate() {
+        replica.wait_for("/readyz", 200, Duration::from_secs(30));
+        balancer.enable(i);
+    }
+    for i in 0..replicas {
+        testkit::wait_until(
+            "haproxy to see the replica up",
+            Duration::from_secs(10),
+            || balancer.status(i) == "UP",
+        );
+    }
+    // Something for the load to read.
+    for n in 0..20 {
+        let response = old[0]
+            .http()
+            .post(old[0].api_url("/v1/items"))
+            .json(&serde_json::json!({"name": format!("seed {n}")}))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+
+    // The whole rollout must fit in the load window; the estimate errs on the long side.
+    let step = chart.min_ready + chart.readiness.period + Duration::from_secs(2);
+    let window = step * u32::try_from(replicas).unwrap()
+        + chart.seconds("APP__SHUTDOWN__TIMEOUT")
+        + Duration::from_secs(if blip { 25 } else { 10 });
+    let url = format!("http://127.0.0.1:{}/v1/items?limit=5", balancer.port);
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| wrk(&url, 32, window));
+        std::thread::sleep(Duration::from_secs(2));
+        let began = Instant::now();
+        let mut new: Vec<Service> = Vec::new();
+        let mut stoppers = Vec::new();
+        let mut index = 0;
+        while index < replicas {
+            let batch: Vec<usize> = (index..(index + surge).min(replicas)).collect();
+            for &i in &batch {
+                new.push(launch(replicas + i));
+            }
+            if blip && index == 1 {
+                // PostgreSQL restarts while the second new replica starts: it must not join
+                // before it is ready, and the rollout must wait for it.
+                postgres.stop();
+                std::thread::sleep(Duration::from_secs(3));
+                postgres.start_again();
+            }
+            for &i in &batch {
+                // The endpoints controller: in rotation only once readiness passes.
+                new[i].wait_for("/readyz", 200, Duration::from_secs(60));
+                balancer.enable(replicas + i);
+            }
+            // minReadySeconds: the new replicas must stay ready before an old one goes.
+            let until = Instant::now() + chart.min_ready;
+            while Instant::now() < until {
+                for &i in &batch {
+                    assert_eq!(
+                        new[i].probe("/readyz").0,
+                        200,
+                        "a new replica fell over during minReadySeconds"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            for &i in &batch {
+                let replica = &old[i];
+                let balancer = &balancer;
+                replica.signal(Signal::SIGTERM);
+                let signalled = Instant::now();
+                stoppers.push(scope.spawn(move || {
+                    // Endpoint removal: after the propagation lag, or once HAProxy's own
+                    // check has marked the replica down, whichever comes first.
+                    while signalled.elapsed() < propagation_lag() && balancer.status(i) == "UP" {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    balancer.disable(i);
+                    let (exit, _) = replica.wait_exit(Duration::from_secs(120));
+                    (exit.code().unwrap_or(-1), signalled.elapsed())
+                }));
+            }
+            index += surge;
+        }
+        let stops: Vec<(i32, Duration)> = stoppers.into_iter().map(|s| s.join().unwrap()).collect();
+        let rollout = began.elapsed();
+        let load = load.join().unwrap();
+        assert!(
+            rollout + Duration::from_secs(2) < window,
+            "the rollout ({rollout:?}) outlasted the load window ({window:?})"
+        );
+        for replica in &new {
+            assert!(
+                replica.try_exit().is_none(),
+                "a new replica exited:\n{}",
+                replica.logs()
+            );
+            assert_eq!(replica.probe("/readyz").0, 200);
+        }
+        if blip {
+            for replica in &new {
+                let logs = replica.logs();
+                assert!(
+                    !logs.contains("\"level\":\"ERROR\""),
+                    "a new replica logged an error:\n{logs}"
+                );
+            }
+        }
+        Outcome {
+            load,
+            rollout,
+            stops,
+            grace: chart.grace,
+        }
+    })
+}
+
+fn print(name: &str, outcome: &Outcome) {
+    let stops: Vec<String> = outcome
+        .stops
+        .iter()
+        .map(|(code, took)| format!("exit {code} after {:.1} s", took.as_secs_f64()))
+        .collect();
+    println!(
+        "E2E {name}: requests={} non2xx={} socket_errors={} rollout={:.1}s stops=[{}]",
+        outcome.load.requests,
+        outcome.load.non_2xx,
+        outcome.load.socket_errors,
+        outcome.rollout.as_secs_f64(),
+        stops.join("; ")
+    );
+}
+
+#[test]
+#[ignore = "needs haproxy, wrk and the rendered chart: run through `make e2e`"]
+fn rolling_update_with_the_charts_defaults_loses_no_request() {
+    let chart = Chart::rendered();
+    let drain = format!("{}s", chart.seconds("APP__SHUTDOWN__DRAIN_DELAY").as_secs());
+    let outcome = rolling_update("rollout", &drain, false);
+    print("defaults", &outcome);
+    assert!(
+        outcome.load.requests >= 50_000,
+        "only {} requests: not enough load to prove anything",
+        outcome.load.requests
+    );
+    assert_eq!(
+        (outcome.load.non_2xx, outcome.load.socket_errors),
+        (0, 0),
+        "requests lost:\n{}",
+        outcome.load.raw
+    );
+    for (code, took) in &outcome.stops {
+        assert_eq!(*code, 0);
+        assert!(
+            *took <= outcome.grace,
+            "a replica took {took:?}, beyond its grace period"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs haproxy, wrk and the rendered chart: run through `make e2e`"]
+fn negative_control_without_a_drain_delay_loses_requests() {
+    let outcome = rolling_update("nodrain", "0s", false);
+    print("no drain delay", &outcome);
+    // If this sees no failure, the harness cannot see failures and proves nothing.
+    assert!(
+        outcome.load.non_2xx + outcome.load.socket_errors > 0,
+        "the harness saw no failure without a drain delay:\n{}",
+        outcome.load.raw
+    );
+}
+
+#[test]
+#[ignore = "needs haproxy, wrk and the rendered chart: run through `make e2e`"]
+fn rolling_update_through_a_postgres_restart_waits_and_crashes_nothing() {
+    let chart = Chart::rendered();
+    let drain = format!("{}s", chart.seconds("APP__SHUTDOWN__DRAIN_DELAY").as_secs());
+    let outcome = rolling_update("rolloutblip", &drain, true);
+    print("postgres restart mid-rollout", &outcome);
+    for (code, _) in &outcome.stops {
+        assert_eq!(*code, 0, "an old replica crashed");
+    }
+}

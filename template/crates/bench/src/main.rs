@@ -1,0 +1,325 @@
+//! `make bench`: measures {{project-name}}'s probes and startup against reference servers built in the
+//! same run, prints a table, and regenerates docs/benchmarks.md and docs/benchmarks.svg.
+//!
+//! Absolute numbers on a shared 2-core machine (wrk competes with the server for CPU) mean
+//! little; the ratios against the bare actix-web handler measured minutes apart are the result.
+
+mod chart;
+mod report;
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use testkit::load::{LoadReport, wrk};
+use testkit::{Postgres, Service};
+
+/// Load of every throughput run: 64 keep-alive connections for this long.
+const CONNECTIONS: u32 = 64;
+const RUN: Duration = Duration::from_secs(10);
+
+/// One measured server.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub name: &'static str,
+    pub load: LoadReport,
+}
+
+/// Everything `make bench` measured.
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub bare: Row,
+    pub livez: Row,
+    pub readyz: Row,
+    pub naive: Row,
+    pub readyz_saturated: LoadReport,
+    pub api_saturating: LoadReport,
+    pub naive_transactions_per_1000: f64,
+    pub ours_transactions_per_1000: f64,
+    pub startup_median: Duration,
+    pub startups: Vec<Duration>,
+    pub detection: Duration,
+    pub recovery: Duration,
+    pub idle_rss: u64,
+    pub loaded_rss: u64,
+    pub binary_size: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let release = root.join("target/release");
+    let {{project-name}} = release.join("{{project-name}}");
+    for binary in ["{{project-name}}", "bench-bare", "bench-naive"] {
+        anyhow::ensure!(
+            release.join(binary).exists(),
+            "{binary} is not built: run `make bench`"
+        );
+    }
+    let database = format!("bench_{}", std::process::id());
+    psql("postgres", &format!("CREATE DATABASE {database}"))?;
+    let outcome = measure(&release, &{{project-name}}, &database);
+    let _ = psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+    );
+    let results = outcome?;
+
+    let table = report::table(&results);
+    println!("{table}");
+    std::fs::write(root.join("docs/benchmarks.md"), report::document(&table))
+        .context("writing docs/benchmarks.md")?;
+    chart::render(&results, &root.join("docs/benchmarks.svg"))?;
+    println!("wrote docs/benchmarks.md and docs/benchmarks.svg");
+
+    // Regression guard: ratios only, generous enough for a noisy shared machine.
+    let throughput =
+        results.readyz.load.requests_per_second / results.bare.load.requests_per_second;
+    let p99 = ratio(results.readyz.load.p99, results.bare.load.p99);
+    anyhow::ensure!(
+        throughput >= 0.5,
+        "regression: /readyz throughput is {throughput:.2}x the bare handler's"
+    );
+    anyhow::ensure!(
+        p99 <= 3.0,
+        "regression: /readyz p99 is {p99:.2}x the bare handler's"
+    );
+    anyhow::ensure!(
+        results.ours_transactions_per_1000 < 1.0,
+        "regression: probes cause database transactions"
+    );
+    Ok(())
+}
+
+pub fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+fn measure(release: &Path, {{project-name}}: &Path, database: &str) -> anyhow::Result<Results> {
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let rabbitmq_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let env = [
+        ("APP__DATABASE__URL", database_url.as_str()),
+        ("APP__RABBITMQ__URL", rabbitmq_url),
+        ("APP__RABBITMQ__EXCHANGE", "bench.events"),
+        ("APP__RABBITMQ__QUEUE", "bench.items"),
+        ("RUST_LOG", "warn"),
+    ];
+
+    eprintln!("bench: the bare actix-web handler");
+    let bare = {
+        let port = testkit::free_port();
+        let _server = Reference::start(&release.join("bench-bare"), port, &[])?;
+        Row {
+            name: "bare actix-web (reference)",
+            load: wrk(&format!("http://127.0.0.1:{port}/"), CONNECTIONS, RUN),
+        }
+    };
+
+    eprintln!("bench: {{project-name}} probes");
+    let service = Service::spawn_untuned({{project-name}}, &env);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let probe = |path: &str| {
+        wrk(
+            &format!("http://127.0.0.1:{}{path}", service.management_port),
+            CONNECTIONS,
+            RUN,
+        )
+    };
+    let idle_rss = service.rss_bytes();
+    let idle_before = transactions(database)?;
+    std::thread::sleep(RUN);
+    let idle = transactions(database)? - idle_before;
+    let before = transactions(database)?;
+    let readyz = Row {
+        name: "{{project-name}} /readyz",
+        load: probe("/readyz"),
+    };
+    let during = transactions(database)? - before;
+    let ours_transactions_per_1000 =
+        ((during - idle).max(0) as f64) * 1000.0 / readyz.load.requests.max(1) as f64;
+    let livez = Row {
+        name: "{{project-name}} /livez",
+        load: probe("/livez"),
+    };
+
+    eprintln!("bench: /readyz while the API is saturated");
+    for n in 0..20 {
+        let _ = service
+            .http()
+            .post(service.api_url("/v1/items"))
+            .json(&serde_json::json!({"name": format!("bench {n}")}))
+            .send();
+    }
+    let api_url = service.api_url("/v1/items?limit=5");
+    let readyz_url = format!("http://127.0.0.1:{}/readyz", service.management_port);
+    let (api_saturating, readyz_saturated, loaded_rss) = std::thread::scope(|scope| {
+        let api = scope.spawn(|| wrk(&api_url, CONNECTIONS, RUN));
+        std::thread::sleep(Duration::from_secs(1));
+        let rss = service.rss_bytes();
+        let probes = wrk(&readyz_url, 4, RUN - Duration::from_secs(2));
+        let api = api
+            .join()
+            .map_err(|_| anyhow::anyhow!("the API load thread panicked"))?;
+        Ok::<_, anyhow::Error>((api, probes, rss))
+    })?;
+    drop(service);
+
+    eprintln!("bench: the naive readiness handler");
+    let naive = {
+        let port = testkit::free_port();
+        let _server = Reference::start(
+            &release.join("bench-naive"),
+            port,
+            &[
+                ("DATABASE_URL", &database_url),
+                ("RABBITMQ_URL", rabbitmq_url),
+            ],
+        )?;
+        let before = transactions(database)?;
+        let load = wrk(&format!("http://127.0.0.1:{port}/readyz"), CONNECTIONS, RUN);
+        let caused = transactions(database)? - before;
+        (
+            Row {
+                name: "naive readiness (queries per probe)",
+                load,
+            },
+            caused,
+        )
+    };
+    let naive_transactions_per_1000 = naive.1 as f64 * 1000.0 / naive.0.load.requests.max(1) as f64;
+
+    eprintln!("bench: time from exec to ready (10 starts)");
+    let mut startups = Vec::new();
+    for _ in 0..10 {
+        let began = Instant::now();
+        let service = Service::spawn_untuned({{project-name}}, &env);
+        loop {
+            if service.probe("/readyz").0 == 200 {
+                break;
+            }
+            anyhow::ensure!(
+                began.elapsed() < Duration::from_secs(30),
+                "not ready after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        startups.push(began.elapsed());
+    }
+    startups.sort();
+    let startup_median = (startups[4] + startups[5]) / 2;
+
+    eprintln!("bench: PostgreSQL kill -9 detection and recovery, default tuning");
+    let (detection, recovery) = detection_and_recovery({{project-name}}, rabbitmq_url)?;
+
+    Ok(Results {
+        bare,
+        livez,
+        readyz,
+        naive: naive.0,
+        readyz_saturated,
+        api_saturating,
+        naive_transactions_per_1000,
+        ours_transactions_per_1000,
+        startup_median,
+        startups,
+        detection,
+        recovery,
+        idle_rss,
+        loaded_rss,
+        binary_size: std::fs::metadata({{project-name}})?.len(),
+    })
+}
+
+fn detection_and_recovery(
+    {{project-name}}: &Path,
+    rabbitmq_url: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let url = postgres.url("app");
+    let service = Service::spawn_untuned(
+        {{project-name}},
+        &[
+            ("APP__DATABASE__URL", &url),
+            ("APP__RABBITMQ__URL", rabbitmq_url),
+            ("APP__RABBITMQ__QUEUE", "bench.items"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    postgres.kill9();
+    let detection = service.wait_for("/readyz", 503, Duration::from_secs(30));
+    postgres.start_again();
+    let recovery = service.wait_for("/readyz", 200, Duration::from_secs(30));
+    Ok((detection, recovery))
+}
+
+/// A reference server process, killed on drop.
+struct Reference(Child);
+
+impl Reference {
+    fn start(binary: &Path, port: u16, env: &[(&str, &str)]) -> anyhow::Result<Reference> {
+        let mut command = Command::new(binary);
+        command
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        testkit::wait_until("the reference server", Duration::from_secs(10), || {
+            testkit::net::port_open(port)
+        });
+        Ok(Reference(child))
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn transactions(database: &str) -> anyhow::Result<i64> {
+    // Statistics are flushed by backends about once a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    Ok(psql(
+        "postgres",
+        &format!(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{database}'"
+        ),
+    )?
+    .parse()?)
+}
+
+fn psql(database: &str, sql: &str) -> anyhow::Result<String> {
+    let output = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-XAtqc",
+            sql,
+        ])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from("."))
+}

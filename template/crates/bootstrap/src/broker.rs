@@ -1,0 +1,131 @@
+//! The RabbitMQ connection supervisor: one connection per process that comes back by itself.
+//!
+//! It connects in the background (the broker may be down when the service starts), declares
+//! the topology on every new connection, publishes the live connection to everybody who
+//! follows it (the health check, publishers, consumers) and, when the connection dies, publishes
+//! `None` and reconnects with capped, jittered backoff. lapin's own automatic recovery is left
+//! off: it does not cover the first connect nor tell the rest of the process that the link is
+//! down, and two recovery mechanisms fighting over one connection is worse than one.
+
+use crate::Backoff;
+use crate::config::SecretUrl;
+use futures_util::future::BoxFuture;
+use health::checks::rabbitmq::BrokerLink;
+use lapin::{Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Declares exchanges, queues and bindings on a fresh connection.
+pub type Topology =
+    Arc<dyn Fn(Arc<Connection>) -> BoxFuture<'static, Result<(), lapin::Error>> + Send + Sync>;
+
+/// Handle to a running supervisor.
+#[derive(Debug)]
+pub struct BrokerSupervisor {
+    link: BrokerLink,
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl BrokerSupervisor {
+    /// Starts supervising a connection to `url`; `topology` runs on every new connection before
+    /// it is published.
+    pub fn spawn(url: SecretUrl, name: String, max_backoff: Duration, topology: Topology) -> Self {
+        let (publish, link) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(supervise(
+            url,
+            name,
+            max_backoff,
+            topology,
+            publish,
+            stop.clone(),
+        ));
+        Self { link, task, stop }
+    }
+
+    /// Follows the current connection (`None` while reconnecting).
+    pub fn link(&self) -> BrokerLink {
+        self.link.clone()
+    }
+
+    /// Waits until a connection with its topology is up.
+    pub async fn connected(&self) -> Arc<Connection> {
+        let mut link = self.link.clone();
+        loop {
+            if let Some(connection) = link.borrow_and_update().clone() {
+                return connection;
+            }
+            if link.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Stops reconnecting and closes the connection (200, "shutdown").
+    pub async fn close(self) {
+        self.stop.cancel();
+        let current = self.link.borrow().clone();
+        if let Some(connection) = current
+            && let Err(error) = connection.close(200, "shutdown".into()).await
+        {
+            tracing::debug!(%error, "closing the broker connection");
+        }
+        let _ = self.task.await;
+    }
+}
+
+async fn supervise(
+    url: SecretUrl,
+    name: String,
+    max_backoff: Duration,
+    topology: Topology,
+    publish: watch::Sender<Option<Arc<Connection>>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
+    loop {
+        let attempt = async {
+            let properties =
+                ConnectionProperties::default().with_connection_name(name.clone().into());
+            let connection = Arc::new(Connection::connect(url.expose(), properties).await?);
+            topology(connection.clone()).await?;
+            Ok::<_, lapin::Error>(connection)
+        };
+        let connection = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = attempt => result,
+        };
+        match connection {
+            Ok(connection) => {
+                tracing::info!(broker = %url, attempts = backoff.attempts() + 1, "broker connected, topology declared");
+                backoff.reset();
+                publish.send_replace(Some(connection.clone()));
+                // Polling a status flag is cheap and catches every way a connection ends.
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    if !connection.status().connected() {
+                        break;
+                    }
+                }
+                publish.send_replace(None);
+                tracing::warn!(broker = %url, "broker connection lost, reconnecting");
+            }
+            Err(error) => {
+                tracing::warn!(broker = %url, attempt = backoff.attempts() + 1, %error, "broker connection failed");
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}

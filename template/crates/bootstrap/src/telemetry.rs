@@ -1,0 +1,116 @@
+//! Logs and traces.
+//!
+//! - Logs: JSON lines (pretty when stdout is a terminal), filtered by `RUST_LOG` (default `info`).
+//! - Traces: exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; otherwise no
+//!   exporter exists at all, so there is nothing to retry, log or send.
+//! - W3C `traceparent` propagation is always on (spans get OTel contexts even without an
+//!   exporter), so a trace continues through this service, into the AMQP messages it publishes,
+//!   even when this service does not export.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes it.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+/// Telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `RUST_LOG` is not a valid filter.
+    #[error("RUST_LOG is invalid: {0}")]
+    Filter(String),
+    /// The OTLP exporter could not be built from the `OTEL_*` variables.
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT is set but the exporter cannot start: {0}")]
+    Exporter(String),
+    /// A global subscriber was already installed.
+    #[error("installing the tracing subscriber: {0}")]
+    Install(String),
+}
+
+impl Telemetry {
+    /// Installs the global subscriber for `service_name`.
+    pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(raw) if !raw.is_empty() => {
+                EnvFilter::try_new(&raw).map_err(|e| TelemetryError::Filter(e.to_string()))?
+            }
+            _ => EnvFilter::new("info"),
+        };
+        let logs = if std::io::stdout().is_terminal() {
+            tracing_subscriber::fmt::layer().pretty().boxed()
+        } else {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .boxed()
+        };
+        let (provider, exporting) = tracer_provider(service_name)?;
+        let traces =
+            tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()));
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(logs)
+            .with(traces)
+            .try_init()
+            .map_err(|e| TelemetryError::Install(e.to_string()))?;
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        Ok(Telemetry {
+            provider,
+            exporting,
+        })
+    }
+
+    /// True when traces are being exported.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Flushes and stops the exporter; the last step of a graceful shutdown.
+    pub fn shutdown(self) {
+        if self.exporting
+            && let Err(error) = self.provider.shutdown()
+        {
+            tracing::warn!(%error, "flushing traces at shutdown");
+        }
+    }
+}
+
+/// A provider that exports over OTLP when an endpoint is configured, and otherwise only gives
+/// spans their trace context (no processor, nothing leaves the process).
+fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), TelemetryError> {
+    let endpoint_set = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
+    if !endpoint_set {
+        return Ok((SdkTracerProvider::builder().build(), false));
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let service_name =
+        std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.to_owned());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    Ok((provider, true))
+}

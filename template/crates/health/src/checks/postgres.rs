@@ -1,0 +1,137 @@
+//! PostgreSQL: `SELECT 1` on a connection of the check's own, plus request-pool gauges.
+
+use crate::{Check, CheckFailure, Observation};
+use async_trait::async_trait;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntGaugeVec, Opts};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_postgres::{Client, NoTls};
+
+/// Round trip to PostgreSQL on a dedicated connection.
+///
+/// The connection is not taken from the request pool: under load a busy pool would otherwise
+/// make the check time out, readiness flip, and the load move to the other replicas, which
+/// then flip too (a cascade). Saturation is exported by [`PoolGauges`] instead.
+///
+/// ```no_run
+/// use health::{CheckPolicy, Health};
+/// use health::checks::postgres::PostgresCheck;
+///
+/// let config: tokio_postgres::Config = "postgres://postgres@127.0.0.1/app".parse()?;
+/// let health = Health::builder("demo", "1.0.0")
+///     .check("postgres", CheckPolicy::default(), PostgresCheck::new(config))
+///     .build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct PostgresCheck {
+    config: tokio_postgres::Config,
+    client: Mutex<Option<Client>>,
+}
+
+impl PostgresCheck {
+    /// A check that connects with `config` (its `application_name` is set to tell the check's
+    /// session apart in `pg_stat_activity`).
+    pub fn new(mut config: tokio_postgres::Config) -> Self {
+        config.application_name("health-check");
+        Self {
+            config,
+            client: Mutex::new(None),
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, CheckFailure> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| CheckFailure::new(format!("connecting: {}", describe(&e))))?;
+        tokio::spawn(async move {
+            // Ends when the server goes away or the client is dropped; the next run reconnects.
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+/// tokio-postgres errors print as "db error" or "error connecting to server"; the source says why.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
+}
+
+#[async_trait]
+impl Check for PostgresCheck {
+    async fn run(&self) -> Result<Observation, CheckFailure> {
+        let mut slot = self.client.lock().await;
+        // Taken out for the duration of the run: if the scheduler's timeout cancels us
+        // mid-query the connection is dropped, never reused in an unknown state.
+        let client = match slot.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => self.connect().await?,
+        };
+        let started = Instant::now();
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| CheckFailure::new(format!("SELECT 1: {}", describe(&e))))?;
+        let observation = Observation::latency(started.elapsed());
+        *slot = Some(client);
+        Ok(observation)
+    }
+}
+
+/// Gauges of the request pool (`db_pool_connections{state=...}`), read from the pool at
+/// scrape time, so they cost nothing between scrapes.
+///
+/// ```no_run
+/// let pool: deadpool_postgres::Pool = todo!();
+/// let registry = prometheus::Registry::new();
+/// registry.register(Box::new(health::checks::postgres::PoolGauges::new(pool)?))?;
+/// # Ok::<(), prometheus::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct PoolGauges {
+    pool: deadpool_postgres::Pool,
+    gauges: IntGaugeVec,
+}
+
+impl PoolGauges {
+    /// Gauges for `pool`; register the result in the registry `/metrics` renders.
+    pub fn new(pool: deadpool_postgres::Pool) -> prometheus::Result<Self> {
+        let gauges = IntGaugeVec::new(
+            Opts::new(
+                "db_pool_connections",
+                "Request pool connections by state: max, size (open), available (idle), in_use, waiting (requests queued for one).",
+            ),
+            &["state"],
+        )?;
+        Ok(Self { pool, gauges })
+    }
+}
+
+impl Collector for PoolGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauges.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let status = self.pool.status();
+        let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let in_use = status.size.saturating_sub(status.available);
+        for (state, value) in [
+            ("max", status.max_size),
+            ("size", status.size),
+            ("available", status.available),
+            ("in_use", in_use),
+            ("waiting", status.waiting),
+        ] {
+            self.gauges.with_label_values(&[state]).set(as_gauge(value));
+        }
+        self.gauges.collect()
+    }
+}

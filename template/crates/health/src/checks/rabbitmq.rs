@@ -1,0 +1,76 @@
+//! RabbitMQ: the state of the supervised connection, proven with one round trip.
+
+use crate::{Check, CheckFailure, Observation};
+use async_trait::async_trait;
+use lapin::options::BasicQosOptions;
+use lapin::{Channel, Connection};
+use std::sync::Arc;
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+
+/// The current broker connection as published by a connection supervisor: `None` while it
+/// is (re)connecting.
+pub type BrokerLink = watch::Receiver<Option<Arc<Connection>>>;
+
+/// Passes when the supervised connection is open and a channel on it answers a `basic.qos`
+/// round trip (a black-holed broker keeps a connection "open" until heartbeats time out; the
+/// round trip notices at once).
+///
+/// ```
+/// use health::checks::rabbitmq::RabbitMqCheck;
+/// let (_tx, link) = tokio::sync::watch::channel(None);
+/// let _check = RabbitMqCheck::new(link);
+/// ```
+#[derive(Debug)]
+pub struct RabbitMqCheck {
+    link: BrokerLink,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl RabbitMqCheck {
+    /// A check that follows `link`.
+    pub fn new(link: BrokerLink) -> Self {
+        Self {
+            link,
+            channel: Mutex::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Check for RabbitMqCheck {
+    async fn run(&self) -> Result<Observation, CheckFailure> {
+        let connection = self
+            .link
+            .borrow()
+            .clone()
+            .ok_or_else(|| CheckFailure::new("not connected (supervisor is reconnecting)"))?;
+        let status = connection.status();
+        if !status.connected() {
+            return Err(CheckFailure::new(format!(
+                "connection is {}",
+                if status.blocked() {
+                    "blocked by the broker"
+                } else {
+                    "not open"
+                }
+            )));
+        }
+        let mut slot = self.channel.lock().await;
+        let channel = match slot.take() {
+            Some(channel) if channel.status().connected() => channel,
+            _ => connection
+                .create_channel()
+                .await
+                .map_err(|e| CheckFailure::new(format!("opening a channel: {e}")))?,
+        };
+        let started = Instant::now();
+        channel
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .map_err(|e| CheckFailure::new(format!("channel round trip: {e}")))?;
+        let observation = Observation::latency(started.elapsed());
+        *slot = Some(channel);
+        Ok(observation)
+    }
+}

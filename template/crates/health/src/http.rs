@@ -1,0 +1,123 @@
+{% raw %}//! The management endpoints for actix-web (feature `actix`).
+//!
+//! Every handler reads the cached snapshot: no I/O, no lock, and the common (non-verbose)
+//! answer is a static body.
+
+use crate::report::{HEALTH_JSON, minimal_body};
+use crate::{Health, ProbeQuery, Status};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use prometheus::{Encoder, TextEncoder};
+
+/// Mounts `/livez`, `/readyz`, `/readyz/{check}`, `/startupz` and `/metrics`.
+///
+/// ```
+/// use actix_web::{App, web};
+/// let health = health::Health::builder("demo", "1.0.0").build()?;
+/// let _app = App::new()
+///     .app_data(web::Data::new(health))
+///     .configure(health::http::configure);
+/// # Ok::<(), health::HealthError>(())
+/// ```
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/livez", web::get().to(livez))
+        .route("/readyz", web::get().to(readyz))
+        .route("/readyz/{check}", web::get().to(readyz_check))
+        .route("/startupz", web::get().to(startupz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+fn answer(
+    health: &Health,
+    status: Status,
+    query: &ProbeQuery<'_>,
+    only: Option<&str>,
+) -> HttpResponse {
+    let code = if status == Status::Fail {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut response = if query.verbose() || only.is_some() {
+        HttpResponse::build(code).body(health.verbose_body(status, query, only))
+    } else {
+        HttpResponse::build(code).body(minimal_body(status))
+    };
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));
+    // A cached probe answer is a lie about now.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn livez(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
+    let query = ProbeQuery::parse(req.query_string());
+    let status = health.liveness();
+    if query.verbose() {
+        let age = health.heartbeat_age().as_secs_f64() * 1000.0;
+        let body = serde_json::json!({
+            "status": status,
+            "serviceId": health.service_id(),
+            "version": health.version(),
+            "checks": {"runtime:heartbeat": [{
+                "componentId": "runtime",
+                "status": status,
+                "observedValue": age,
+                "observedUnit": "ms",
+            }]},
+        });
+        let code = if status == Status::Pass {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return HttpResponse::build(code)
+            .insert_header((CONTENT_TYPE, HEALTH_JSON))
+            .insert_header((CACHE_CONTROL, "no-store"))
+            .body(body.to_string());
+    }
+    answer(&health, status, &query, None)
+}
+
+async fn readyz(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
+    let query = ProbeQuery::parse(req.query_string());
+    answer(&health, health.readiness(&query), &query, None)
+}
+
+async fn readyz_check(
+    health: web::Data<Health>,
+    req: HttpRequest,
+    name: web::Path<String>,
+) -> HttpResponse {
+    let query = ProbeQuery::parse(req.query_string());
+    match health.check_status(&name) {
+        Some(status) => answer(&health, status, &query, Some(&name)),
+        None => HttpResponse::NotFound()
+            .insert_header((CONTENT_TYPE, HEALTH_JSON))
+            .body(format!(
+                "{{\"status\":\"fail\",\"output\":{}}}",
+                serde_json::Value::String(format!("unknown check {:?}", name.as_str()))
+            )),
+    }
+}
+
+async fn startupz(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
+    let query = ProbeQuery::parse(req.query_string());
+    answer(&health, health.startup(), &query, None)
+}
+
+async fn metrics(health: web::Data<Health>) -> HttpResponse {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    match encoder.encode(&health.registry().gather(), &mut buffer) {
+        Ok(()) => HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, encoder.format_type()))
+            .body(buffer),
+        Err(error) => {
+            tracing::error!(%error, "encoding metrics");
+            HttpResponse::InternalServerError().finish()
+        }
+    }
+}
+{% endraw %}

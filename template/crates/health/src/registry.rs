@@ -1,0 +1,259 @@
+//! [`Health`]: the shared handle to every check, the lifecycle and the liveness heartbeat.
+
+use crate::lifecycle::LifecycleCell;
+use crate::liveness::Heartbeat;
+use crate::metrics::HealthMetrics;
+use crate::snapshot::{CheckSlot, CheckState};
+use crate::{Check, CheckPolicy, LifecycleState, ProbeQuery, Status};
+use prometheus::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Error building a [`Health`].
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// Two checks share a name.
+    #[error("health check {0:?} is registered twice")]
+    DuplicateCheck(String),
+    /// The metrics could not be registered (a name clash in the registry).
+    #[error("registering health metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Builder for [`Health`].
+#[derive(Debug)]
+pub struct HealthBuilder {
+    service_id: String,
+    version: String,
+    stall_after: Duration,
+    registry: Registry,
+    checks: Vec<CheckSlot>,
+}
+
+impl HealthBuilder {
+    /// Adds a check under `name` (`postgres`, `rabbitmq`, ...).
+    #[must_use]
+    pub fn check(
+        mut self,
+        name: impl Into<String>,
+        policy: CheckPolicy,
+        check: impl Check,
+    ) -> Self {
+        self.checks
+            .push(CheckSlot::new(name.into(), policy, Arc::new(check)));
+        self
+    }
+
+    /// `/livez` fails when the runtime has not ticked for this long (default 10 s).
+    #[must_use]
+    pub fn liveness_stall_after(mut self, stall_after: Duration) -> Self {
+        self.stall_after = stall_after;
+        self
+    }
+
+    /// Registers the health metrics in `registry` instead of a fresh one, so `/metrics` can
+    /// expose the service's own metrics next to them.
+    #[must_use]
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Finishes the handle. Nothing runs until [`Health::spawn_watchdog`] and
+    /// [`Health::spawn_scheduler`] are called.
+    pub fn build(self) -> Result<Health, HealthError> {
+        for (i, slot) in self.checks.iter().enumerate() {
+            if self.checks[..i].iter().any(|other| other.name == slot.name) {
+                return Err(HealthError::DuplicateCheck(slot.name.clone()));
+            }
+        }
+        let metrics = HealthMetrics::register(&self.registry)?;
+        for slot in &self.checks {
+            metrics.check_registered(&slot.name, slot.policy.critical);
+        }
+        let heartbeat = Heartbeat::new(self.stall_after);
+        heartbeat.beat();
+        Ok(Health(Arc::new(Inner {
+            service_id: self.service_id,
+            version: self.version,
+            lifecycle: LifecycleCell::new(),
+            checks: self.checks.into_boxed_slice(),
+            heartbeat,
+            metrics,
+            registry: self.registry,
+        })))
+    }
+}
+
+/// Cheap-to-clone handle to the health state of the process.
+///
+/// Probe handlers only read it: every read is a few atomic loads, no lock, no I/O.
+///
+/// ```
+/// use health::{Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation, ProbeQuery, Status};
+///
+/// struct AlwaysUp;
+/// #[async_trait::async_trait]
+/// impl Check for AlwaysUp {
+///     async fn run(&self) -> Result<Observation, CheckFailure> { Ok(Observation::default()) }
+/// }
+///
+/// let health = Health::builder("demo", "1.0.0")
+///     .check("cache", CheckPolicy::default().critical(false), AlwaysUp)
+///     .build()?;
+/// // Not ready while starting, whatever the checks say.
+/// assert_eq!(health.readiness(&ProbeQuery::default()), Status::Fail);
+/// health.advance(LifecycleState::Ready);
+/// // The non-critical check has not run yet: serving, but degraded.
+/// assert_eq!(health.readiness(&ProbeQuery::default()), Status::Warn);
+/// # Ok::<(), health::HealthError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Health(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    service_id: String,
+    version: String,
+    lifecycle: LifecycleCell,
+    checks: Box<[CheckSlot]>,
+    heartbeat: Heartbeat,
+    metrics: HealthMetrics,
+    registry: Registry,
+}
+
+impl Health {
+    /// Starts a builder for a service called `service_id` at `version`.
+    pub fn builder(service_id: impl Into<String>, version: impl Into<String>) -> HealthBuilder {
+        HealthBuilder {
+            service_id: service_id.into(),
+            version: version.into(),
+            stall_after: Duration::from_secs(10),
+            registry: Registry::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// The service name reported as `serviceId`.
+    pub fn service_id(&self) -> &str {
+        &self.0.service_id
+    }
+
+    /// The version reported in probe bodies.
+    pub fn version(&self) -> &str {
+        &self.0.version
+    }
+
+    /// The registry `/metrics` renders.
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    /// Current lifecycle state.
+    pub fn lifecycle(&self) -> LifecycleState {
+        self.0.lifecycle.get()
+    }
+
+    /// Moves the lifecycle forward. Returns the previous state, or `None` if `next` is not
+    /// later than the current state (the lifecycle never goes back).
+    pub fn advance(&self, next: LifecycleState) -> Option<LifecycleState> {
+        let previous = self.0.lifecycle.advance(next)?;
+        self.0.metrics.lifecycle_changed(next);
+        Some(previous)
+    }
+
+    /// Names of the registered checks, in registration order.
+    pub fn check_names(&self) -> impl Iterator<Item = &str> {
+        self.0.checks.iter().map(|slot| slot.name.as_str())
+    }
+
+    /// `/livez`: pass while the runtime keeps ticking. Never looks at a dependency.
+    pub fn liveness(&self) -> Status {
+        if self.0.heartbeat.alive() {
+            Status::Pass
+        } else {
+            Status::Fail
+        }
+    }
+
+    /// Time since the runtime last ticked.
+    pub fn heartbeat_age(&self) -> Duration {
+        self.0.heartbeat.age()
+    }
+
+    /// `/startupz`: pass once every startup phase has finished.
+    pub fn startup(&self) -> Status {
+        if self.lifecycle().startup_done() {
+            Status::Pass
+        } else {
+            Status::Fail
+        }
+    }
+
+    /// `/readyz`: fail unless the lifecycle is `ready`; otherwise fail if a critical check
+    /// fails, warn if only non-critical ones do.
+    pub fn readiness(&self, query: &ProbeQuery<'_>) -> Status {
+        if self.lifecycle() != LifecycleState::Ready {
+            return Status::Fail;
+        }
+        self.checks_status(query)
+    }
+
+    /// Aggregate status of the checks alone, ignoring the lifecycle.
+    pub fn checks_status(&self, query: &ProbeQuery<'_>) -> Status {
+        let now = Instant::now();
+        let mut worst = Status::Pass;
+        for slot in self.0.checks.iter().filter(|s| !query.excludes(s)) {
+            let state = slot.state.load();
+            if slot.status_at(&state, now) == Status::Fail {
+                let degraded = if slot.policy.critical {
+                    Status::Fail
+                } else {
+                    Status::Warn
+                };
+                worst = worst.max(degraded);
+            }
+        }
+        worst
+    }
+
+    /// Status of one check by name or key; `None` when no such check exists.
+    pub fn check_status(&self, selector: &str) -> Option<Status> {
+        let slot = self.slot(selector)?;
+        Some(slot.status_at(&slot.state.load(), Instant::now()))
+    }
+
+    pub(crate) fn slot(&self, selector: &str) -> Option<&CheckSlot> {
+        self.0.checks.iter().find(|slot| slot.is_named(selector))
+    }
+
+    pub(crate) fn slots(&self) -> &[CheckSlot] {
+        &self.0.checks
+    }
+
+    pub(crate) fn heartbeat(&self) -> &Heartbeat {
+        &self.0.heartbeat
+    }
+
+    pub(crate) fn metrics(&self) -> &HealthMetrics {
+        &self.0.metrics
+    }
+
+    /// Stores a new state for `slot`, logging and counting a change of status exactly once.
+    pub(crate) fn publish(&self, slot: &CheckSlot, next: CheckState) {
+        let previous = slot.state.swap(Arc::new(next));
+        let next = slot.state.load();
+        if previous.status != next.status {
+            let output = next.observation.output.as_deref().unwrap_or("");
+            if next.status == Status::Pass {
+                tracing::info!(check = %slot.name, critical = slot.policy.critical, from = %previous.status, to = %next.status, "health check recovered");
+            } else {
+                tracing::warn!(check = %slot.name, critical = slot.policy.critical, from = %previous.status, to = %next.status, reason = output, "health check failing");
+            }
+            self.0
+                .metrics
+                .check_changed(&slot.name, slot.policy.critical, next.status);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Probe answers as `application/health+json` (draft-inadarei-api-health-check).
+
+use crate::snapshot::CheckSlot;
+use crate::{Health, Status};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+/// Media type of every probe body.
+pub const HEALTH_JSON: &str = "application/health+json";
+
+/// Options of one probe request: `?verbose` and `?exclude=a,b` (repeatable).
+///
+/// Parsed from the raw query string without allocating, so a probe stays as cheap as a
+/// constant handler.
+///
+/// ```
+/// use health::ProbeQuery;
+/// let query = ProbeQuery::parse("verbose&exclude=rabbitmq");
+/// assert!(query.verbose());
+/// assert!(query.excludes_name("rabbitmq"));
+/// assert!(!query.excludes_name("postgres"));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProbeQuery<'a> {
+    raw: &'a str,
+    verbose: bool,
+}
+
+impl<'a> ProbeQuery<'a> {
+    /// Reads `verbose` and `exclude` out of a query string (without the `?`).
+    pub fn parse(raw: &'a str) -> Self {
+        let verbose = raw.split('&').any(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            key == "verbose" && !matches!(value, "0" | "false")
+        });
+        Self { raw, verbose }
+    }
+
+    /// True when the body should list every check.
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
+
+    /// True when `name` is listed in an `exclude` parameter.
+    pub fn excludes_name(&self, name: &str) -> bool {
+        self.raw
+            .split('&')
+            .filter_map(|pair| pair.strip_prefix("exclude="))
+            .flat_map(|list| list.split(','))
+            .any(|excluded| excluded == name)
+    }
+
+    pub(crate) fn excludes(&self, slot: &CheckSlot) -> bool {
+        !self.raw.is_empty() && (self.excludes_name(&slot.name) || self.excludes_name(&slot.key))
+    }
+}
+
+/// The minimal body for a status: a static byte string, so the common probe allocates nothing.
+pub fn minimal_body(status: Status) -> &'static [u8] {
+    match status {
+        Status::Pass => br#"{"status":"pass"}"#,
+        Status::Warn => br#"{"status":"warn"}"#,
+        Status::Fail => br#"{"status":"fail"}"#,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckEntry<'a> {
+    component_id: &'a str,
+    status: Status,
+    time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    observed_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    observed_unit: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a str>,
+    /// Whether a failure of this check fails readiness (an extension field).
+    affects_readiness: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body<'a> {
+    status: Status,
+    service_id: &'a str,
+    version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+    checks: Map<String, Value>,
+}
+
+impl Health {
+    /// The verbose body of a probe whose overall status is `status`, listing the checks the
+    /// query does not exclude (or only `only`, for `/readyz/{check}`).
+    pub fn verbose_body(
+        &self,
+        status: Status,
+        query: &ProbeQuery<'_>,
+        only: Option<&str>,
+    ) -> Vec<u8> {
+        let now = Instant::now();
+        let mut checks = Map::new();
+        for slot in self.slots() {
+            let wanted = match only {
+                Some(selector) => slot.is_named(selector),
+                None => !query.excludes(slot),
+            };
+            if !wanted {
+                continue;
+            }
+            let state = slot.state.load();
+            let stale = slot.is_stale(&state, now);
+            let stale_note;
+            let output = if stale {
+                stale_note = format!(
+                    "stale: no result for over {}",
+                    humantime::format_duration(slot.policy.stale_after())
+                );
+                Some(stale_note.as_str())
+            } else {
+                state.observation.output.as_deref()
+            };
+            let entry = CheckEntry {
+                component_id: &slot.name,
+                status: slot.status_at(&state, now),
+                time: humantime::format_rfc3339_millis(state.time).to_string(),
+                observed_value: state.observation.observed_value,
+                observed_unit: state.observation.observed_unit,
+                output,
+                affects_readiness: slot.policy.critical,
+            };
+            let value = serde_json::to_value(entry).unwrap_or(Value::Null);
+            checks.insert(slot.key.clone(), Value::Array(vec![value]));
+        }
+        let output = match self.lifecycle() {
+            crate::LifecycleState::Ready => None,
+            other => Some(format!("lifecycle is {}", other.as_str())),
+        };
+        let body = Body {
+            status,
+            service_id: self.service_id(),
+            version: self.version(),
+            output,
+            checks,
+        };
+        serde_json::to_vec(&body).unwrap_or_else(|_| minimal_body(status).to_vec())
+    }
+}

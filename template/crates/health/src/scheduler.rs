@@ -1,0 +1,173 @@
+//! The background tasks: one loop per check, and the liveness watchdog.
+
+use crate::Health;
+use crate::snapshot::CheckSlot;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio::time::{MissedTickBehavior, interval, timeout};
+use tokio_util::sync::CancellationToken;
+
+impl Health {
+    /// Starts the liveness watchdog: a task that beats on the runtime it runs on. If that
+    /// runtime stalls, `/livez` starts failing after the stall bound.
+    ///
+    /// Start it before anything else so `/livez` passes during the whole startup.
+    pub fn spawn_watchdog(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let health = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = interval(health.heartbeat().period());
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticker.tick() => health.heartbeat().beat(),
+                }
+            }
+        })
+    }
+
+    /// Starts one task per check. Each runs its check every `interval` under `timeout` and
+    /// publishes the result to the snapshot; the tasks stop when `shutdown` is cancelled.
+    pub fn spawn_scheduler(&self, shutdown: CancellationToken) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for index in 0..self.slots().len() {
+            let health = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let slot = &health.slots()[index];
+                let mut ticker = interval(slot.policy.interval);
+                // After a slow run, wait a full interval rather than firing a burst.
+                ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = ticker.tick() => {}
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        () = run_once(&health, slot) => {}
+                    }
+                }
+            });
+        }
+        tasks
+    }
+}
+
+async fn run_once(health: &Health, slot: &CheckSlot) {
+    let started = Instant::now();
+    let outcome = match timeout(slot.policy.timeout, slot.check.run()).await {
+        Ok(Ok(observation)) => Ok(observation),
+        Ok(Err(failure)) => Err(failure.0),
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(slot.policy.timeout)
+        )),
+    };
+    health.metrics().check_ran(&slot.name, started.elapsed());
+    let next = slot.state.load().after_run(&slot.policy, outcome);
+    health.publish(slot, next);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation, ProbeQuery, Status,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    struct Switch(Arc<AtomicBool>);
+
+    #[async_trait::async_trait]
+    impl Check for Switch {
+        async fn run(&self) -> Result<Observation, CheckFailure> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(Observation::default())
+            } else {
+                Err(CheckFailure::new("switched off"))
+            }
+        }
+    }
+
+    struct Hangs;
+
+    #[async_trait::async_trait]
+    impl Check for Hangs {
+        async fn run(&self) -> Result<Observation, CheckFailure> {
+            std::future::pending().await
+        }
+    }
+
+    async fn wait_for(health: &Health, want: Status) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while health.readiness(&ProbeQuery::default()) != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reached {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_follows_a_critical_check_both_ways() {
+        let up = Arc::new(AtomicBool::new(true));
+        let policy = CheckPolicy::default().with_interval(Duration::from_millis(100));
+        let health = Health::builder("t", "0")
+            .check("db", policy, Switch(up.clone()))
+            .build()
+            .unwrap();
+        health.advance(LifecycleState::Ready);
+        let stop = CancellationToken::new();
+        let _tasks = health.spawn_scheduler(stop.clone());
+        wait_for(&health, Status::Pass).await;
+        up.store(false, Ordering::SeqCst);
+        wait_for(&health, Status::Fail).await;
+        up.store(true, Ordering::SeqCst);
+        wait_for(&health, Status::Pass).await;
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_non_critical_check_times_out_into_warn() {
+        let policy = CheckPolicy::default()
+            .with_interval(Duration::from_millis(100))
+            .with_timeout(Duration::from_millis(50))
+            .critical(false);
+        let health = Health::builder("t", "0")
+            .check("broker", policy, Hangs)
+            .build()
+            .unwrap();
+        health.advance(LifecycleState::Ready);
+        let stop = CancellationToken::new();
+        let _tasks = health.spawn_scheduler(stop.clone());
+        let slot = health.slot("broker").unwrap();
+        while !slot.state.load().has_run {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(health.readiness(&ProbeQuery::default()), Status::Warn);
+        let output = slot.state.load().observation.output.clone();
+        assert_eq!(output.as_deref(), Some("timed out after 50ms"));
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_scheduler_makes_results_stale() {
+        let up = Arc::new(AtomicBool::new(true));
+        let policy = CheckPolicy::default().with_interval(Duration::from_millis(100));
+        let health = Health::builder("t", "0")
+            .check("db", policy, Switch(up))
+            .build()
+            .unwrap();
+        health.advance(LifecycleState::Ready);
+        let stop = CancellationToken::new();
+        let _tasks = health.spawn_scheduler(stop.clone());
+        wait_for(&health, Status::Pass).await;
+        stop.cancel();
+        // Nobody refreshes the result any more: after 3 intervals it no longer counts.
+        wait_for(&health, Status::Fail).await;
+    }
+}

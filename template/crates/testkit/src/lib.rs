@@ -1,0 +1,25 @@
+//! Test-only tools: throwaway PostgreSQL and RabbitMQ nodes, a TCP fault proxy, and a spawner
+//! for the real `{{project-name}}` binary. Everything is cleaned up on drop, also when a test panics.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+pub mod amqp;
+pub mod balancer;
+pub mod kubelet;
+pub mod load;
+pub mod net;
+pub mod postgres;
+pub mod proxy;
+pub mod rabbitmq;
+pub mod service;
+mod system;
+
+pub use net::{free_port, wait_until};
+pub use nix::sys::signal::Signal;
+pub use postgres::Postgres;
+pub use proxy::{Fault, FaultProxy};
+pub use rabbitmq::RabbitMq;
+pub use service::{LivenessWatch, Service};

