@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make template-check`: generate a project from template/ the two ways users do, prove that no
 # trace of the default name is left, build it, run its unit tests and lint its chart.
-# Needs CARGO_GENERATE and HELM4. The build cache lives in target/template-check.
+# Needs CARGO_GENERATE and HELM4. The generated project builds in the main target/ folder: its dependencies are already compiled there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -34,8 +34,8 @@ grep -q '{{- define "acme-orders.fullname" -}}' "$project/helm/acme-orders/templ
 echo "ok"
 
 echo "== build and unit tests of the generated project"
-(cd "$project" && CARGO_TARGET_DIR="$root/target/template-check" cargo build --workspace --quiet \
-   && CARGO_TARGET_DIR="$root/target/template-check" cargo test --workspace --lib --bins --quiet 2>&1 | grep -E '^test result' )
+(cd "$project" && CARGO_TARGET_DIR="$root/target" cargo build --workspace --quiet \
+   && CARGO_TARGET_DIR="$root/target" cargo test --workspace --lib --bins --quiet 2>&1 | grep -E '^test result' )
 
 echo "== its chart"
 "$HELM4" lint --strict "$project/helm/$name" | tail -n1
