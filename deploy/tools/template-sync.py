@@ -16,7 +16,8 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAME = "shipshape"
 DESCRIPTION = "A Rust HTTP microservice whose probes tell Kubernetes the truth."
-SKIP = ("template/", "cargo-generate.toml")
+# The template's own machinery stays here: a generated project is a service, not a template.
+SKIP = ("template/", "cargo-generate.toml", "deploy/tools/template-sync.py", "deploy/tools/template-check.sh")
 
 CONFIG = """\
 # cargo-generate definition of the shipshape template (written by deploy/tools/template-sync.py).
@@ -58,6 +59,8 @@ def placeholder(text, start, end):
 
 
 def templatize(text):
+    if "{% raw" in text or "{% endraw" in text:
+        raise SystemExit("a file holds Liquid raw tags itself: list it in SKIP")
     text = text.replace(DESCRIPTION, "\0DESCRIPTION\0")
     text = re.sub(r"ghcr\.io/(shipshape|acme)/shipshape", "\0REGISTRY\0", text)
     text = text.replace("https://github.com/shipshape/shipshape", "\0REPOSITORY\0")

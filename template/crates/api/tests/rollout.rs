@@ -189,7 +189,31 @@ fn rolling_update(test: &str, drain: &str, blip: bool) -> Outcome {
     })
 }
 
+/// Prints the figures and, under `make e2e`, saves them for docs/rolling-updates.md.
 fn print(name: &str, outcome: &Outcome) {
+    if let Ok(dir) = std::env::var("E2E_OUT") {
+        let stops: Vec<serde_json::Value> = outcome
+            .stops
+            .iter()
+            .map(|(code, took)| serde_json::json!({"exit": code, "seconds": took.as_secs_f64()}))
+            .collect();
+        let figures = serde_json::json!({
+            "scenario": name,
+            "requests": outcome.load.requests,
+            "non_2xx": outcome.load.non_2xx,
+            "socket_errors": outcome.load.socket_errors,
+            "rollout_seconds": outcome.rollout.as_secs_f64(),
+            "propagation_lag_ms": propagation_lag().as_millis() as u64,
+            "stops": stops,
+            "grace_seconds": outcome.grace.as_secs(),
+        });
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            format!("{dir}/{}.json", name.replace(' ', "-")),
+            figures.to_string(),
+        )
+        .unwrap();
+    }
     let stops: Vec<String> = outcome
         .stops
         .iter()

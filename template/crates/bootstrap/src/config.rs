@@ -551,6 +551,27 @@ mod tests {
     }
 
     #[test]
+    fn the_app_env_file_overrides_default_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[server]\nport = 7000\n[management]\nport = 7100\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("staging.toml"), "[server]\nport = 7001\n").unwrap();
+        let sources = |app_env: Option<&str>| Sources {
+            dir: dir.path().to_path_buf(),
+            app_env: app_env.map(str::to_owned),
+        };
+        let base = Settings::load(&sources(None)).unwrap();
+        assert_eq!((base.server.port, base.management.port), (7000, 7100));
+        let staging = Settings::load(&sources(Some("staging"))).unwrap();
+        assert_eq!((staging.server.port, staging.management.port), (7001, 7100));
+        let missing = Settings::load(&sources(Some("nowhere"))).unwrap_err();
+        assert_eq!(missing.variable, "APP_ENV");
+    }
+
+    #[test]
     fn defaults_match_the_design() {
         let s = load(&[]).unwrap();
         assert_eq!(

@@ -154,6 +154,24 @@ mod tests {
         stop.cancel();
     }
 
+    #[tokio::test]
+    async fn liveness_fails_only_when_the_watchdog_stops_beating() {
+        let health = Health::builder("t", "0")
+            .liveness_stall_after(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let stop = CancellationToken::new();
+        let watchdog = health.spawn_watchdog(stop.clone());
+        // Beating: alive well past the stall bound.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(health.liveness(), Status::Pass);
+        // A stalled runtime is what a stopped watchdog looks like.
+        stop.cancel();
+        watchdog.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(health.liveness(), Status::Fail);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stuck_scheduler_makes_results_stale() {
         let up = Arc::new(AtomicBool::new(true));
