@@ -48,7 +48,7 @@ pub struct Results {
 fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     let release = root.join("target/release");
-    let {{project-name}} = release.join("{{project-name}}");
+    let service_binary = release.join("{{project-name}}");
     for binary in ["{{project-name}}", "bench-bare", "bench-naive"] {
         anyhow::ensure!(
             release.join(binary).exists(),
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     }
     let database = format!("bench_{}", std::process::id());
     psql("postgres", &format!("CREATE DATABASE {database}"))?;
-    let outcome = measure(&release, &{{project-name}}, &database);
+    let outcome = measure(&release, &service_binary, &database);
     let _ = psql(
         "postgres",
         &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
@@ -94,7 +94,7 @@ pub fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
 
-fn measure(release: &Path, {{project-name}}: &Path, database: &str) -> anyhow::Result<Results> {
+fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Result<Results> {
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
     let rabbitmq_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
     let env = [
@@ -116,7 +116,7 @@ fn measure(release: &Path, {{project-name}}: &Path, database: &str) -> anyhow::R
     };
 
     eprintln!("bench: {{project-name}} probes");
-    let service = Service::spawn_untuned({{project-name}}, &env);
+    let service = Service::spawn_untuned(service_binary, &env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let probe = |path: &str| {
         wrk(
@@ -192,7 +192,7 @@ fn measure(release: &Path, {{project-name}}: &Path, database: &str) -> anyhow::R
     let mut startups = Vec::new();
     for _ in 0..10 {
         let began = Instant::now();
-        let service = Service::spawn_untuned({{project-name}}, &env);
+        let service = Service::spawn_untuned(service_binary, &env);
         loop {
             if service.probe("/readyz").0 == 200 {
                 break;
@@ -209,7 +209,7 @@ fn measure(release: &Path, {{project-name}}: &Path, database: &str) -> anyhow::R
     let startup_median = (startups[4] + startups[5]) / 2;
 
     eprintln!("bench: PostgreSQL kill -9 detection and recovery, default tuning");
-    let (detection, recovery) = detection_and_recovery({{project-name}}, rabbitmq_url)?;
+    let (detection, recovery) = detection_and_recovery(service_binary, rabbitmq_url)?;
 
     Ok(Results {
         bare,
@@ -226,19 +226,19 @@ fn measure(release: &Path, {{project-name}}: &Path, database: &str) -> anyhow::R
         recovery,
         idle_rss,
         loaded_rss,
-        binary_size: std::fs::metadata({{project-name}})?.len(),
+        binary_size: std::fs::metadata(service_binary)?.len(),
     })
 }
 
 fn detection_and_recovery(
-    {{project-name}}: &Path,
+    service_binary: &Path,
     rabbitmq_url: &str,
 ) -> anyhow::Result<(Duration, Duration)> {
     let postgres = Postgres::start();
     postgres.create_database("app");
     let url = postgres.url("app");
     let service = Service::spawn_untuned(
-        {{project-name}},
+        service_binary,
         &[
             ("APP__DATABASE__URL", &url),
             ("APP__RABBITMQ__URL", rabbitmq_url),
