@@ -134,25 +134,7 @@ fn lock_items(database: &str, hold: Duration) -> std::thread::JoinHandle<()> {
     );
     let db = database.to_owned();
     let handle = std::thread::spawn(move || {
-        let output = std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                &db,
-                "-XAtq",
-                "-c",
-                &sql,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        psql_in(&db, &sql);
     });
     let check = format!(
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \

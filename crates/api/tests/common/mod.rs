@@ -85,28 +85,7 @@ pub fn psql(sql: &str) -> String {
 
 /// Runs SQL in `database` on the machine's PostgreSQL; returns the unaligned output.
 pub fn psql_in(database: &str, sql: &str) -> String {
-    let output = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-XAtq",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    testkit::postgres::psql(5432, database, sql)
 }
 
 fn rabbitmqctl(args: &[&str]) {

@@ -131,28 +131,25 @@ pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> Ap
     }
 }
 
-/// The API's answer to a path it does not know.
-pub async fn not_found() -> HttpResponse {
+/// A problem with nothing to add to its status line.
+fn bare_problem(status: StatusCode, title: &'static str) -> HttpResponse {
     let body = Problem {
         kind: "about:blank",
-        title: "Not Found",
-        status: 404,
+        title,
+        status: status.as_u16(),
         detail: None,
     };
-    HttpResponse::NotFound()
+    HttpResponse::build(status)
         .insert_header((CONTENT_TYPE, PROBLEM_JSON))
         .body(serde_json::to_vec(&body).unwrap_or_default())
 }
 
+/// The API's answer to a path it does not know.
+pub async fn not_found() -> HttpResponse {
+    bare_problem(StatusCode::NOT_FOUND, "Not Found")
+}
+
 /// The API's answer to a known path with a method it does not serve.
 pub async fn method_not_allowed() -> HttpResponse {
-    let body = Problem {
-        kind: "about:blank",
-        title: "Method Not Allowed",
-        status: 405,
-        detail: None,
-    };
-    HttpResponse::MethodNotAllowed()
-        .insert_header((CONTENT_TYPE, PROBLEM_JSON))
-        .body(serde_json::to_vec(&body).unwrap_or_default())
+    bare_problem(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
 }

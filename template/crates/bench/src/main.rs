@@ -297,24 +297,7 @@ fn transactions(database: &str) -> anyhow::Result<i64> {
 }
 
 fn psql(database: &str, sql: &str) -> anyhow::Result<String> {
-    let output = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-XAtqc",
-            sql,
-        ])
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "psql: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    Ok(testkit::postgres::psql(5432, database, sql))
 }
 
 fn workspace_root() -> PathBuf {

@@ -61,26 +61,7 @@ impl Postgres {
 
     /// Runs SQL with psql; returns its unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        run(
-            std::process::Command::new("psql").args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-                "-XAtq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ]),
-            "psql",
-        )
-        .trim()
-        .to_owned()
+        psql(self.port, database, sql)
     }
 
     /// Creates a database.
@@ -172,6 +153,30 @@ impl Postgres {
             .parse()
             .unwrap()
     }
+}
+
+/// Runs SQL with psql against the PostgreSQL on `127.0.0.1:port` as `postgres`; returns the
+/// unaligned output. Panics with psql's message when the statement fails.
+pub fn psql(port: u16, database: &str, sql: &str) -> String {
+    let port = port.to_string();
+    let args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        database,
+        "-XAtq",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ];
+    run(std::process::Command::new("psql").args(args), "psql")
+        .trim()
+        .to_owned()
 }
 
 fn postmaster_pid(data: &Path) -> Option<i32> {
