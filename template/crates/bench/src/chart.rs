@@ -39,18 +39,29 @@ pub fn render(r: &Results, path: &Path) -> anyhow::Result<()> {
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .build_cartesian_2d(0..labels.len(), 0.0..top.max(1e-6))
+            .build_cartesian_2d((0..labels.len()).into_segmented(), 0.0..top.max(1e-6))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(labels.len())
-            .x_label_formatter(&|i| labels.get(*i).map(|l| (*l).to_owned()).unwrap_or_default())
+            .x_label_formatter(&|segment| match segment {
+                SegmentValue::CenterOf(i) => {
+                    labels.get(*i).map(|l| (*l).to_owned()).unwrap_or_default()
+                }
+                _ => String::new(),
+            })
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         chart
             .draw_series(values.iter().enumerate().map(|(i, v)| {
-                let mut bar = Rectangle::new([(i, 0.0), (i + 1, *v)], colors[i].filled());
+                let mut bar = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), *v),
+                    ],
+                    colors[i].filled(),
+                );
                 bar.set_margin(0, 0, 12, 12);
                 bar
             }))

@@ -167,7 +167,8 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
     eprintln!("bench: the naive readiness handler");
     let naive = {
         let port = testkit::free_port();
-        let _server = Reference::start(
+        let before = transactions(database)?;
+        let server = Reference::start(
             &release.join("bench-naive"),
             port,
             &[
@@ -175,8 +176,9 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
                 ("RABBITMQ_URL", rabbitmq_url),
             ],
         )?;
-        let before = transactions(database)?;
         let load = wrk(&format!("http://127.0.0.1:{port}/readyz"), CONNECTIONS, RUN);
+        // Busy backends report their statistics lazily; ending them flushes everything.
+        drop(server);
         let caused = transactions(database)? - before;
         (
             Row {
