@@ -19,7 +19,7 @@ target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --bin shipshape \
   --target "$target" --target-dir target/static
 binary=target/static/$target/release/shipshape
-file "$binary" | grep -q 'statically linked' || { echo "not a static binary: $(file "$binary")" >&2; exit 1; }
+file "$binary" | grep -qE 'static(-pie)? linked|statically linked' || { echo "not a static binary: $(file "$binary")" >&2; exit 1; }
 
 context=$(mktemp -d)
 name=shipshape-image-check-$$
