@@ -17,7 +17,7 @@ HELM4 := $(TOOLS)/helm4/helm
 HELM3 := $(TOOLS)/helm3/helm
 
 VENV := $(CURDIR)/.venv
-.PHONY: help run build bench template-sync template-check test lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e image-check deps-up deps-down tools
+.PHONY: help run build bench template-sync template-check test lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e e2e-docs image-check deps-up deps-down tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -95,7 +95,10 @@ probe-contract: $(CHART_JSON) ## The chart's probe settings, played by a kubelet
 e2e: $(CHART_JSON) ## Rolling update of 3 replicas behind HAProxy under wrk load, with a negative control
 	@rm -rf target/e2e
 	CHART_JSON=$(CHART_JSON) E2E_OUT=$(CURDIR)/target/e2e $(CARGO) nextest run -p shipshape --test rollout --run-ignored only --no-capture --no-fail-fast
-	@python3 deploy/tools/e2e-report.py
+	@python3 deploy/tools/e2e-report.py $(if $(E2E_DOCS),--write)
+
+e2e-docs: ## make e2e, then write its figures into docs/rolling-updates.md
+	@$(MAKE) --no-print-directory e2e E2E_DOCS=1
 
 probe-docs: tools ## Regenerate the probe arithmetic in docs/probes.md from values.yaml
 	$(VENV)/bin/python deploy/tools/probe-timeline.py
