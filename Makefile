@@ -22,7 +22,7 @@ VENV := $(CURDIR)/.venv
 IMAGE_FILE := deploy/Dockerfile
 IMAGE ?= localhost/shipshape:dev
 
-.PHONY: help run build bench template-sync template-check test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
+.PHONY: help run build bench template-sync template-check test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check chart-docs probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -97,10 +97,11 @@ integration: tools-test deps-up ## Unit, doc, integration and fault tests, fuzzi
 
 CHART_JSON := $(CURDIR)/target/chart/rendered.json
 
-# The Deployment and ConfigMap as `helm template` renders them with the default values.
-$(CHART_JSON): tools-chart helm/shipshape/values.yaml $(wildcard helm/shipshape/templates/*)
+# The Deployment and ConfigMap as `helm template` renders them with the default values (and
+# inline URLs: the chart renders nothing without them).
+$(CHART_JSON): tools-chart helm/shipshape/values.yaml helm/shipshape/ci/inline-urls-values.yaml $(wildcard helm/shipshape/templates/*)
 	@mkdir -p $(dir $@)
-	@$(HELM4) template shipshape helm/shipshape -s templates/deployment.yaml -s templates/configmap.yaml \
+	@$(HELM4) template shipshape helm/shipshape -f helm/shipshape/ci/inline-urls-values.yaml -s templates/deployment.yaml -s templates/configmap.yaml \
 	  | $(VENV)/bin/python -c 'import sys, yaml, json; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' > $@
 
 probe-contract: $(CHART_JSON) ## The chart's probe settings, played by a kubelet stand-in against the real binary
@@ -116,6 +117,9 @@ e2e-docs: ## make e2e, then write its figures into docs/rolling-updates.md
 
 probe-docs: tools-chart ## Regenerate the probe arithmetic in docs/probes.md from values.yaml
 	$(VENV)/bin/python deploy/tools/probe-timeline.py
+
+chart-docs: tools-chart ## Regenerate helm/shipshape/README.md (every value) from values.yaml
+	$(VENV)/bin/python deploy/tools/chart-readme.py
 
 chart-check: tools-chart ## Lint (Helm 3 and 4), render, validate (3 Kubernetes versions), policy-scan the chart
 	@HELM4=$(HELM4) HELM3=$(HELM3) VENV=$(VENV) deploy/tools/chart-check.sh

@@ -38,6 +38,7 @@ echo "== build and unit tests of the generated project"
    && CARGO_TARGET_DIR="$root/target" cargo test --workspace --lib --bins --quiet 2>&1 | grep -E '^test result' )
 
 echo "== its chart"
-"$HELM4" lint --strict "$project/helm/$name" | tail -n1
-"$HELM4" template "$name" "$project/helm/$name" | grep -q "name: $name"
+values=$project/helm/$name/ci/inline-urls-values.yaml
+"$HELM4" lint --strict "$project/helm/$name" -f "$values" | tail -n1
+"$HELM4" template "$name" "$project/helm/$name" -f "$values" | grep -q "name: $name"
 echo "template-check passed"

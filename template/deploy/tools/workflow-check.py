@@ -1,0 +1,170 @@
+"""Holds the GitHub workflows to this repository, so that a broken reference fails `make lint`
+here instead of a job on GitHub after the push.
+
+Checks, for every file in .github/workflows:
+- every repository path a step names (in `run:` scripts, `with:` inputs, `hashFiles(...)`,
+  `on.*.paths` filters) exists;
+- every `make TARGET` a step runs is a target of the Makefile;
+- every image a workflow builds is built from the Makefile's IMAGE_FILE, whether through
+  `make image` or a docker/build-push-action step; release.yml and e2e.yml each build one, and
+  a build-push step is preceded by `make image-context` (the Dockerfile's inputs);
+- `make image-check` builds through `make image`, so the image checked here is the one shipped.
+
+Usage: workflow-check.py [--root DIR]; exit 1 with one line per finding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+# Top-level folders whose paths a workflow may name; a path under one of them must exist.
+TRACKED_ROOTS = ("deploy", "helm", "crates", "config", "docs", ".github", ".ci", "template")
+PATH_RE = re.compile(r"(?<![\w./${}-])((?:%s)/[\w./*@+-]*[\w*])" % "|".join(re.escape(r) for r in TRACKED_ROOTS))
+HASHFILES_RE = re.compile(r"hashFiles\(([^)]*)\)")
+MAKE_RE = re.compile(r"(?:^|[;&|(]\s*|\bsudo\s+(?:-\S+\s+)*|\benv\s+(?:\S+=\S*\s+)*)make\s+([^;&|#\n]*)", re.M)
+IMAGE_BUILD_RE = re.compile(r"\b(?:docker|podman)\s+(?:buildx\s+)?build\b|\bbuildah\s+(?:bud|build)\b")
+BUILD_PUSH_ACTION = "docker/build-push-action"
+
+
+class Makefile:
+    def __init__(self, path: Path):
+        text = path.read_text()
+        self.targets: set[str] = set()
+        self.patterns: list[re.Pattern[str]] = []
+        self.prerequisites: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            rule = re.match(r"^([A-Za-z0-9_.%$()/-][^:=\s]*(?:\s+[^:=\s]+)*)\s*:(?!=)\s*(.*)$", line)
+            if not rule or line.startswith("\t"):
+                continue
+            prereqs = rule.group(2).split("##")[0].split("|")[0].split()
+            for name in rule.group(1).split():
+                if name == ".PHONY":
+                    continue
+                if "%" in name:
+                    self.patterns.append(re.compile("^" + re.escape(name).replace("%", ".+") + "$"))
+                else:
+                    self.targets.add(name)
+                    self.prerequisites[name] = prereqs
+        variable = re.search(r"^IMAGE_FILE\s*:?=\s*(\S+)\s*$", text, re.M)
+        self.image_file = variable.group(1) if variable else None
+
+    def has(self, target: str) -> bool:
+        return target in self.targets or any(p.match(target) for p in self.patterns)
+
+
+def steps(workflow: dict):
+    for job_name, job in (workflow.get("jobs") or {}).items():
+        for index, step in enumerate(job.get("steps") or []):
+            yield job_name, index, step
+
+
+def make_targets(script: str) -> list[str]:
+    targets = []
+    for match in MAKE_RE.finditer(script):
+        for word in shlex.split(match.group(1), comments=True):
+            if word.startswith("-") or "=" in word:
+                continue
+            targets.append(word)
+    return targets
+
+
+def named_paths(text: str) -> list[str]:
+    return [p.rstrip(".") for p in PATH_RE.findall(text)]
+
+
+def matches(root: Path, pattern: str) -> bool:
+    # glob("missing/**") yields "missing/" itself: keep only what is really there.
+    return any(Path(p).exists() for p in glob.glob(str(root / pattern), recursive=True))
+
+
+def exists(root: Path, path: str) -> bool:
+    if any(ch in path for ch in "*?["):
+        return matches(root, path)
+    return (root / path).exists()
+
+
+def check(root: Path) -> list[str]:
+    findings: list[str] = []
+    makefile = Makefile(root / "Makefile")
+    if not makefile.image_file:
+        findings.append("Makefile: no IMAGE_FILE := ... (the one image definition)")
+    elif not (root / makefile.image_file).is_file():
+        findings.append(f"Makefile: IMAGE_FILE {makefile.image_file} does not exist")
+    if "image" not in makefile.prerequisites.get("image-check", []):
+        findings.append("Makefile: image-check does not build through `make image`")
+
+    workflow_files = sorted((root / ".github" / "workflows").glob("*.y*ml"))
+    if not workflow_files:
+        findings.append(".github/workflows: no workflow files")
+    image_builds: dict[str, int] = {}
+    for file in workflow_files:
+        where = file.relative_to(root)
+        workflow = yaml.safe_load(file.read_text()) or {}
+        image_builds[file.name] = 0
+        # `on:` parses as True in YAML 1.1.
+        triggers = workflow.get("on", workflow.get(True)) or {}
+        if isinstance(triggers, dict):
+            for event, spec in triggers.items():
+                for pattern in (spec or {}).get("paths", []) if isinstance(spec, dict) else []:
+                    if not pattern.startswith("!") and not matches(root, pattern):
+                        findings.append(f"{where}: on.{event}.paths '{pattern}' matches no file")
+        context_ready = False
+        for job, index, step in steps(workflow):
+            label = f"{where}: jobs.{job}.steps[{index}]"
+            script = step.get("run", "") or ""
+            inputs = step.get("with") or {}
+            texts = [script] + [str(v) for v in inputs.values()]
+            for text in texts:
+                for path in named_paths(text):
+                    if not exists(root, path):
+                        findings.append(f"{label} names {path}, which does not exist")
+                for args in HASHFILES_RE.findall(text):
+                    for pattern in re.findall(r"'([^']+)'", args):
+                        if not matches(root, pattern):
+                            findings.append(f"{label}: hashFiles('{pattern}') matches no file")
+            for target in make_targets(script):
+                if not makefile.has(target):
+                    findings.append(f"{label} runs `make {target}`, which the Makefile does not have")
+                if target == "image-context":
+                    context_ready = True
+                if target in ("image", "image-check"):
+                    image_builds[file.name] += 1
+            for line in script.splitlines():
+                if IMAGE_BUILD_RE.search(line):
+                    findings.append(f"{label} builds an image by hand ({line.strip()[:60]}); use `make image`")
+            if str(step.get("uses", "")).startswith(BUILD_PUSH_ACTION + "@"):
+                image_builds[file.name] += 1
+                used = inputs.get("file")
+                if used != makefile.image_file:
+                    findings.append(f"{label} builds {used or 'the default Dockerfile'}, not IMAGE_FILE {makefile.image_file}")
+                if not context_ready:
+                    findings.append(f"{label} builds before `make image-context` prepared the image inputs")
+    for required in ("release.yml", "e2e.yml"):
+        if required in image_builds and image_builds[required] == 0:
+            findings.append(f".github/workflows/{required} builds no image from IMAGE_FILE")
+        if required not in image_builds:
+            findings.append(f".github/workflows/{required} is missing")
+    return findings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
+    root = parser.parse_args().root
+    findings = check(root)
+    for finding in findings:
+        print(finding)
+    count = len(sorted((root / ".github" / "workflows").glob("*.y*ml")))
+    print(f"workflow-check: {count} workflow(s), {len(findings)} finding(s)")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
