@@ -7,6 +7,7 @@ use crate::{db, messaging, openapi, problem, routes};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, middleware, web};
 use bootstrap::broker::BrokerSupervisor;
+use bootstrap::shutdown::ShutdownDeadline;
 use bootstrap::web::HttpMetrics;
 use bootstrap::{Lifecycle, Settings, Startup, StartupPhase, Telemetry};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
@@ -34,7 +35,8 @@ pub async fn run(settings: Settings) -> ExitCode {
     };
     let startup = Startup::new(settings.startup.deadline);
     startup.record(StartupPhase::Telemetry, began.elapsed());
-    let code = match serve(&settings, &startup).await {
+    let (outcome, deadline) = serve(&settings, &startup).await;
+    let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Startup(error)) => {
             tracing::error!(%error, "startup failed");
@@ -45,7 +47,11 @@ pub async fn run(settings: Settings) -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    telemetry.shutdown();
+    // The trace flush is the last step under the shutdown deadline (or its own budget when the
+    // service never got to draining).
+    let deadline = deadline.unwrap_or_else(|| ShutdownDeadline::after(settings.shutdown.timeout));
+    let flush = tokio::task::spawn_blocking(move || telemetry.shutdown());
+    deadline.step("trace flush", flush).await;
     code
 }
 
@@ -85,7 +91,22 @@ struct Running {
     api: Server,
 }
 
-async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
+/// Runs until stopped; returns the outcome and, once draining began, the shutdown deadline
+/// whose remainder the caller's last steps share.
+async fn serve(
+    settings: &Settings,
+    startup: &Startup,
+) -> (Result<(), Failure>, Option<ShutdownDeadline>) {
+    match serve_inner(settings, startup).await {
+        Ok((result, deadline)) => (result, Some(deadline)),
+        Err(failure) => (Err(failure), None),
+    }
+}
+
+async fn serve_inner(
+    settings: &Settings,
+    startup: &Startup,
+) -> Result<(Result<(), Failure>, ShutdownDeadline), Failure> {
     let terminate = bootstrap::shutdown::listen()
         .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
     let parts = parts(settings)?;
@@ -118,12 +139,20 @@ async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
         tracing::info!("terminated during startup");
         stop_workers.cancel();
         stop_health.cancel();
-        parts.broker.close().await;
-        stop_server(management_handle, management_task).await;
-        return Ok(());
+        let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
+        deadline
+            .step("broker connection", parts.broker.close())
+            .await;
+        deadline
+            .step(
+                "management server",
+                stop_server(management_handle, management_task),
+            )
+            .await;
+        return Ok((Ok(()), deadline));
     };
     let api_handle = api.handle();
-    let mut api_task = tokio::spawn(api);
+    let mut api_task = Some(tokio::spawn(api));
     lifecycle.ready();
     tracing::info!(
         ready_after_ms = startup.elapsed().as_millis() as u64,
@@ -131,10 +160,14 @@ async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
     );
 
     let mut result: Result<(), Failure> = Ok(());
-    tokio::select! {
-        _ = terminate.cancelled() => {}
-        ended = &mut api_task => {
-            result = Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}").into());
+    if let Some(task) = api_task.as_mut() {
+        tokio::select! {
+            _ = terminate.cancelled() => {}
+            ended = task => {
+                // Finished: awaiting its handle again would panic.
+                api_task = None;
+                result = Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}").into());
+            }
         }
     }
 
@@ -142,24 +175,37 @@ async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
     lifecycle.draining();
     tokio::time::sleep(settings.shutdown.drain_delay).await;
     tracing::info!("drain delay over: closing the API listener, finishing in-flight requests");
-    // Graceful stop waits for in-flight requests up to `shutdown.timeout` (set on the server).
-    stop_server(api_handle, api_task).await;
+    // From here every step shares one budget: the chart's grace period is drain + this.
+    let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
+    if let Some(task) = api_task {
+        deadline
+            .step("api server", stop_server(api_handle, task))
+            .await;
+    }
     // The consumer settles the delivery in hand, the relay finishes its batch.
     stop_workers.cancel();
-    let settle = tokio::time::timeout(settings.shutdown.timeout, async {
-        while workers.join_next().await.is_some() {}
-    });
-    if settle.await.is_err() {
-        tracing::warn!("background workers did not stop within the shutdown timeout");
-    }
-    parts.broker.close().await;
+    deadline
+        .step("background workers", async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+    deadline
+        .step("broker connection", parts.broker.close())
+        .await;
     pool.close();
     lifecycle.stopped();
     stop_health.cancel();
-    scheduler.join_all().await;
-    stop_server(management_handle, management_task).await;
+    deadline
+        .step("health scheduler", scheduler.join_all())
+        .await;
+    deadline
+        .step(
+            "management server",
+            stop_server(management_handle, management_task),
+        )
+        .await;
     tracing::info!("stopped");
-    result
+    Ok((result, deadline))
 }
 
 fn parts(settings: &Settings) -> anyhow::Result<Parts> {
@@ -281,8 +327,7 @@ async fn start(
 
     let began = Instant::now();
     let state = AppState {
-        pool: pool.clone(),
-        query_timeout: settings.database.query_timeout,
+        db: db::Database::new(pool.clone(), settings.database.query_timeout),
         outbox_written: parts.outbox_written.clone(),
     };
     let api = api_server(settings, state, &parts.registry)?;
@@ -330,6 +375,8 @@ fn api_server(
             .app_data(document.clone())
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(body_limit))
+            // Innermost: a handler's panic becomes a 500 the metrics and the access log see.
+            .wrap(middleware::from_fn(bootstrap::web::catch_panics))
             .wrap(middleware::from_fn(move |req, next| {
                 bootstrap::web::observe(metrics.clone(), req, next)
             }))

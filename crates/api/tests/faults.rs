@@ -245,3 +245,42 @@ fn startup_deadline_exceeded_exits_1_naming_the_dependency() {
     );
     assert!(!logs.contains("s3cr3t-pw"), "password leaked:\n{logs}");
 }
+
+#[test]
+fn every_request_is_bounded_when_the_database_freezes() {
+    let shared = Shared::new("frozen");
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let query_timeout = Duration::from_secs(2);
+    let service = spawn(&env_for(
+        &postgres.url("app"),
+        &shared.rabbitmq_url(),
+        &[("APP__DATABASE__QUERY_TIMEOUT", "2s")],
+    ));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    let id = uuid::Uuid::now_v7();
+    // Warm the pool: the requests below find an open connection to the frozen server.
+    for path in [format!("/v1/items/{id}"), "/v1/items?limit=5".to_owned()] {
+        assert!(service.api(&path).0 < 500, "{path}");
+    }
+
+    postgres.pause();
+    let bound = query_timeout + Duration::from_secs(2);
+    for path in [format!("/v1/items/{id}"), "/v1/items?limit=5".to_owned()] {
+        let began = Instant::now();
+        let response = service.http().get(service.api_url(&path)).send();
+        let took = began.elapsed();
+        let response = response.unwrap_or_else(|e| panic!("GET {path} after {took:?}: {e}"));
+        assert_eq!(
+            response.status().as_u16(),
+            503,
+            "GET {path} against a frozen database"
+        );
+        assert!(took <= bound, "GET {path} took {took:?}, bound {bound:?}");
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    postgres.resume();
+    testkit::wait_until("reads work again", RECOVERY, || {
+        service.api(&format!("/v1/items/{id}")).0 == 404
+    });
+}

@@ -439,3 +439,34 @@ fn publish_raw(shared: &Shared, routing_key: &str, body: &[u8]) {
 fn queue_depth(shared: &Shared, queue: &str) -> u32 {
     testkit::amqp::queue_depth(&shared.rabbitmq_url(), queue)
 }
+
+#[test]
+fn a_column_that_changed_under_the_replica_is_a_500_not_a_dropped_connection() {
+    let shared = Shared::new("coltype");
+    let service = spawn(&shared.env());
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    // A rolling migration changed a column's type under this (older) replica.
+    let id = psql_in(
+        &shared.name,
+        "INSERT INTO items (id, name) VALUES (gen_random_uuid(), 'old') RETURNING id",
+    );
+    psql_in(
+        &shared.name,
+        "ALTER TABLE items ALTER COLUMN note TYPE integer USING NULL",
+    );
+    for path in [format!("/v1/items/{id}"), "/v1/items?limit=5".to_owned()] {
+        let response = service
+            .http()
+            .get(service.api_url(&path))
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path}: no answer ({e})\n{}", service.logs()));
+        assert_eq!(response.status().as_u16(), 500, "GET {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    assert_eq!(service.probe("/livez").0, 200);
+    assert_eq!(service.api("/openapi.json").0, 200);
+    assert!(service.try_exit().is_none());
+}

@@ -33,11 +33,14 @@ pub async fn find(
             "SELECT request, status, body, location FROM idempotency_keys WHERE key = $1",
         )
         .await?;
-    Ok(db.query_opt(&statement, &[&key]).await?.map(|row| Stored {
-        request: row.get("request"),
-        status: u16::try_from(row.get::<_, i16>("status")).unwrap_or(500),
-        body: row.get("body"),
-        location: row.get("location"),
+    let Some(row) = db.query_opt(&statement, &[&key]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Stored {
+        request: row.try_get("request")?,
+        status: u16::try_from(row.try_get::<_, i16>("status")?).unwrap_or(500),
+        body: row.try_get("body")?,
+        location: row.try_get("location")?,
     }))
 }
 

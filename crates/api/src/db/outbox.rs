@@ -45,19 +45,20 @@ pub async fn claim(
              FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .await?;
-    Ok(db
-        .query(&statement, &[&limit])
+    db.query(&statement, &[&limit])
         .await?
         .iter()
-        .map(|row| Pending {
-            seq: row.get("seq"),
-            event_id: row.get("event_id"),
-            routing_key: row.get("routing_key"),
-            payload: row.get("payload"),
-            headers: row.get("headers"),
-            age_seconds: row.get("age"),
+        .map(|row| {
+            Ok(Pending {
+                seq: row.try_get("seq")?,
+                event_id: row.try_get("event_id")?,
+                routing_key: row.try_get("routing_key")?,
+                payload: row.try_get("payload")?,
+                headers: row.try_get("headers")?,
+                age_seconds: row.try_get("age")?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Marks rows sent (after the broker confirmed them).
@@ -79,7 +80,7 @@ pub async fn backlog(db: &impl GenericClient) -> Result<(i64, f64), tokio_postgr
         )
         .await?;
     let row = db.query_one(&statement, &[]).await?;
-    Ok((row.get("pending"), row.get("oldest")))
+    Ok((row.try_get("pending")?, row.try_get("oldest")?))
 }
 
 /// Deletes sent rows older than `retention_seconds`; returns how many.

@@ -39,39 +39,42 @@ pub async fn create(
     let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
 
     let headers = crate::messaging::trace::current_headers();
-    let outcome = db::within(&state.pool, state.query_timeout, |client| {
-        Box::pin(async move {
-            let tx = client.transaction().await?;
-            if let Some(key) = &key {
-                db::idempotency::lock(&tx, key).await?;
-                if let Some(stored) = db::idempotency::find(&tx, key).await? {
-                    if stored.request != request {
-                        return Err(ApiError::Unprocessable(
-                            "Idempotency-Key was already used with a different request body".into(),
-                        ));
+    let outcome = state
+        .db
+        .run(|client| {
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                if let Some(key) = &key {
+                    db::idempotency::lock(&tx, key).await?;
+                    if let Some(stored) = db::idempotency::find(&tx, key).await? {
+                        if stored.request != request {
+                            return Err(ApiError::Unprocessable(
+                                "Idempotency-Key was already used with a different request body"
+                                    .into(),
+                            ));
+                        }
+                        return Ok(Outcome::Replayed(stored));
                     }
-                    return Ok(Outcome::Replayed(stored));
                 }
-            }
-            let item = db::items::insert(&tx, &new).await?;
-            let event = ItemEvent::new(ItemEventKind::Created, item.id);
-            db::outbox::enqueue(&tx, &event, &headers).await?;
-            if let Some(key) = &key {
-                let body =
-                    serde_json::to_value(&item).map_err(|e| ApiError::Internal(e.to_string()))?;
-                let stored = Stored {
-                    request,
-                    status: 201,
-                    body,
-                    location: Some(super::location(item.id)),
-                };
-                db::idempotency::store(&tx, key, &stored).await?;
-            }
-            tx.commit().await?;
-            Ok(Outcome::Created(item))
+                let item = db::items::insert(&tx, &new).await?;
+                let event = ItemEvent::new(ItemEventKind::Created, item.id);
+                db::outbox::enqueue(&tx, &event, &headers).await?;
+                if let Some(key) = &key {
+                    let body = serde_json::to_value(&item)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    let stored = Stored {
+                        request,
+                        status: 201,
+                        body,
+                        location: Some(super::location(item.id)),
+                    };
+                    db::idempotency::store(&tx, key, &stored).await?;
+                }
+                tx.commit().await?;
+                Ok(Outcome::Created(item))
+            })
         })
-    })
-    .await?;
+        .await?;
     match outcome {
         Outcome::Replayed(stored) => Ok(replay(&stored)),
         Outcome::Created(item) => {
