@@ -204,6 +204,42 @@ mod tests {
     use super::*;
     use crate::problem::ApiError;
 
+    fn settings() -> DatabaseSettings {
+        DatabaseSettings {
+            url: "postgres://postgres@127.0.0.1:5432/postgres"
+                .parse()
+                .unwrap(),
+            pool_max_size: 2,
+            pool_wait_timeout: Duration::from_secs(2),
+            query_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// An actix worker is a runtime of its own that stops before the process does. A pool
+    /// connection it opened must outlive it: the consumer and the other workers reuse it.
+    #[test]
+    fn pool_connections_outlive_the_runtime_that_first_used_them() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool = main.block_on(async { pool(&settings()) }).unwrap();
+        let worker = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        worker.block_on(async {
+            let client = pool.get().await.unwrap();
+            client.simple_query("SELECT 1").await.unwrap();
+        });
+        // In use elsewhere (the consumer, another worker) when the first worker stops.
+        let client = main.block_on(pool.get()).unwrap();
+        drop(worker);
+        main.block_on(client.simple_query("SELECT 1"))
+            .expect("the connection died with the worker's runtime");
+    }
+
     /// A real error with SQLSTATE `code`, raised by the machine's PostgreSQL.
     async fn raised(code: &str) -> tokio_postgres::Error {
         let (client, connection) =
