@@ -308,6 +308,11 @@ async fn start(
         tag: format!("{}-{}", settings.service_name, std::process::id()),
     };
     workers.spawn(consumer.run(stop_workers.clone()));
+    workers.spawn(crate::housekeeping::run(
+        pool.clone(),
+        settings.retention.clone(),
+        stop_workers.clone(),
+    ));
     startup.record(StartupPhase::BackgroundWorkers, began.elapsed());
 
     // Warm-up: wait for the first verdict of every critical check, so the pod turns ready on

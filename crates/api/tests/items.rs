@@ -470,3 +470,48 @@ fn a_column_that_changed_under_the_replica_is_a_500_not_a_dropped_connection() {
     assert_eq!(service.api("/openapi.json").0, 200);
     assert!(service.try_exit().is_none());
 }
+
+#[test]
+fn idempotency_keys_and_processed_events_are_pruned_after_their_retention() {
+    let shared = Shared::new("retention");
+    let db = shared.name.clone();
+    let service = ready(
+        &shared,
+        &[
+            ("APP__RETENTION__IDEMPOTENCY_KEYS", "1s"),
+            ("APP__RETENTION__PROCESSED_EVENTS", "1s"),
+            ("APP__RETENTION__PRUNE_EVERY", "500ms"),
+        ],
+    );
+    assert_eq!(
+        post(&service, &json!({"name": "first"}), Some("k-1"))
+            .status()
+            .as_u16(),
+        201
+    );
+    // Scoped by method and route.
+    assert_eq!(
+        psql_in(&db, "SELECT scope FROM idempotency_keys WHERE key = 'k-1'"),
+        "POST /v1/items"
+    );
+    testkit::wait_until("the event processed", Duration::from_secs(20), || {
+        psql_in(&db, "SELECT count(*) FROM processed_events") == "1"
+    });
+    testkit::wait_until(
+        "both bookkeeping tables pruned",
+        Duration::from_secs(20),
+        || {
+            psql_in(
+                &db,
+                "SELECT (SELECT count(*) FROM idempotency_keys) + (SELECT count(*) FROM processed_events)",
+            ) == "0"
+        },
+    );
+    // The key is free again: another body is a new item, not a 422.
+    assert_eq!(
+        post(&service, &json!({"name": "second"}), Some("k-1"))
+            .status()
+            .as_u16(),
+        201
+    );
+}

@@ -145,6 +145,19 @@ pub struct Settings {
     pub health: HealthSettings,
     /// The outbox relay.
     pub outbox: OutboxSettings,
+    /// How long bookkeeping rows are kept.
+    pub retention: RetentionSettings,
+}
+
+/// `APP__RETENTION__*`: bookkeeping tables pruned in bounded batches, so none only grows.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// Stored `Idempotency-Key` responses: a retry after this long creates anew (24 h).
+    pub idempotency_keys: Duration,
+    /// Ids of processed events: a redelivery older than this would be processed again (7 d).
+    pub processed_events: Duration,
+    /// How often a replica prunes (10 min).
+    pub prune_every: Duration,
 }
 
 /// `APP__OUTBOX__*`.
@@ -524,6 +537,18 @@ impl Reader<'_> {
                     .positive_duration("outbox.retention", Duration::from_secs(24 * 3600))?,
                 lag_warn_after: self
                     .positive_duration("outbox.lag_warn_after", Duration::from_secs(30))?,
+            },
+            retention: RetentionSettings {
+                idempotency_keys: self.positive_duration(
+                    "retention.idempotency_keys",
+                    Duration::from_secs(24 * 3600),
+                )?,
+                processed_events: self.positive_duration(
+                    "retention.processed_events",
+                    Duration::from_secs(7 * 24 * 3600),
+                )?,
+                prune_every: self
+                    .positive_duration("retention.prune_every", Duration::from_secs(600))?,
             },
         };
         if settings.server.port == settings.management.port {

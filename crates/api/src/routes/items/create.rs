@@ -1,5 +1,5 @@
 use crate::db;
-use crate::db::idempotency::Stored;
+use crate::db::idempotency::{ScopedKey, Stored};
 use crate::domain::item::{Item, ItemEvent, ItemEventKind, NewItem};
 use crate::problem::{ApiError, Problem};
 use crate::routes::AppState;
@@ -91,7 +91,7 @@ enum Outcome {
     Replayed(Stored),
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+fn idempotency_key(req: &HttpRequest) -> Result<Option<ScopedKey>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
@@ -99,7 +99,18 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= KEY_MAX);
-    key.map(|k| Some(k.to_owned())).ok_or_else(|| {
+    let scope = format!(
+        "{} {}",
+        req.method(),
+        req.match_pattern().unwrap_or_else(|| req.path().to_owned())
+    );
+    key.map(|k| {
+        Some(ScopedKey {
+            scope,
+            key: k.to_owned(),
+        })
+    })
+    .ok_or_else(|| {
         ApiError::BadRequest(format!(
             "Idempotency-Key must be 1 to {KEY_MAX} visible ASCII characters"
         ))
