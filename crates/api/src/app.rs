@@ -213,9 +213,8 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     // The supervisor exists from the start so the rabbitmq check can follow it; it connects in
     // the background and declares the topology on every connection.
     let broker = BrokerSupervisor::spawn(
-        settings.rabbitmq.url.clone(),
+        &settings.rabbitmq,
         settings.service_name.clone(),
-        settings.rabbitmq.reconnect_max_backoff,
         messaging::topology::declare(&settings.rabbitmq),
     );
     let backlog = Backlog::register(&registry)?;

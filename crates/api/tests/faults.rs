@@ -284,3 +284,69 @@ fn every_request_is_bounded_when_the_database_freezes() {
         service.api(&format!("/v1/items/{id}")).0 == 404
     });
 }
+
+#[test]
+fn a_black_holed_broker_does_not_stall_reconnection() {
+    let shared = Shared::new("mqhole");
+    let rabbit = RabbitMq::start();
+    let proxy = FaultProxy::start(rabbit.port());
+    proxy.set(Fault::BlackHole);
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port());
+    let service = spawn(&env_for(
+        &shared.database_url(),
+        &url,
+        &[("APP__RABBITMQ__CONNECT_TIMEOUT", "2s")],
+    ));
+    // Not critical: ready, degraded.
+    service.wait_for_status("warn", Duration::from_secs(30));
+    // The attempt into the black hole is given up, not waited on for minutes.
+    testkit::wait_until(
+        "a connection attempt given up",
+        Duration::from_secs(15),
+        || service.logs().contains("broker connection failed"),
+    );
+    proxy.set(Fault::Pass);
+    service.wait_for_status("pass", RECOVERY);
+}
+
+#[test]
+fn a_broker_under_a_resource_alarm_is_reported() {
+    let shared = Shared::new("mqalarm");
+    let rabbit = RabbitMq::start();
+    let service = spawn(&env_for(&shared.database_url(), &rabbit.url(), &[]));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    // A publishing connection: the relay sends this item's event.
+    let created = service
+        .http()
+        .post(service.api_url("/v1/items"))
+        .json(&serde_json::json!({"name": "before the alarm"}))
+        .send()
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    testkit::wait_until("the event consumed", Duration::from_secs(20), || {
+        psql_in(&shared.name, "SELECT count(*) FROM processed_events") == "1"
+    });
+
+    rabbit.ctl(&["set_vm_memory_high_watermark", "0.000001"]);
+    // The broker blocks a connection when it next publishes: the relay, with this event.
+    let during = service
+        .http()
+        .post(service.api_url("/v1/items"))
+        .json(&serde_json::json!({"name": "during the alarm"}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        during.status().as_u16(),
+        201,
+        "writes do not wait for the broker"
+    );
+    service.wait_for_status("warn", DETECTION);
+    assert_eq!(service.probe("/readyz/rabbitmq").0, 503);
+    assert!(
+        check_output(&service, "rabbitmq").contains("blocked"),
+        "{}",
+        service.probe("/readyz?verbose").2
+    );
+    rabbit.ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    service.wait_for_status("pass", RECOVERY);
+}

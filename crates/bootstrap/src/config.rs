@@ -217,6 +217,9 @@ pub struct RabbitMqSettings {
     pub queue: String,
     /// Longest pause between two reconnection attempts (10 s).
     pub reconnect_max_backoff: Duration,
+    /// Bound on one connection attempt, handshake and topology included (5 s): a black-holed
+    /// broker accepts TCP and never answers.
+    pub connect_timeout: Duration,
 }
 
 /// `APP__STARTUP__*`.
@@ -517,6 +520,8 @@ impl Reader<'_> {
                 queue: self.name("rabbitmq.queue", "shipshape.items")?,
                 reconnect_max_backoff: self
                     .positive_duration("rabbitmq.reconnect_max_backoff", Duration::from_secs(10))?,
+                connect_timeout: self
+                    .positive_duration("rabbitmq.connect_timeout", Duration::from_secs(5))?,
             },
             startup: StartupSettings {
                 deadline: self.positive_duration("startup.deadline", Duration::from_secs(60))?,
