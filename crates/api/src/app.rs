@@ -78,6 +78,8 @@ struct Parts {
     registry: prometheus::Registry,
     broker: BrokerSupervisor,
     backlog: Arc<Backlog>,
+    /// The relay's own connections (and its lag check's).
+    relay_pool: deadpool_postgres::Pool,
     outbox_written: Arc<Notify>,
 }
 
@@ -193,6 +195,7 @@ async fn serve_inner(
         .step("broker connection", parts.broker.close())
         .await;
     pool.close();
+    parts.relay_pool.close();
     lifecycle.stopped();
     stop_health.cancel();
     deadline
@@ -218,6 +221,7 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         messaging::topology::declare(&settings.rabbitmq),
     );
     let backlog = Backlog::register(&registry)?;
+    let relay_pool = db::relay_pool(&settings.database)?;
     let health = Health::builder(settings.service_name.clone(), VERSION)
         .registry(registry.clone())
         .liveness_stall_after(settings.health.liveness_stall_after)
@@ -235,7 +239,11 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         .check(
             "outbox",
             settings.health.postgres.critical(false),
-            OutboxLagCheck::new(backlog.clone(), settings.outbox.lag_warn_after),
+            OutboxLagCheck::new(
+                relay_pool.clone(),
+                backlog.clone(),
+                settings.outbox.lag_warn_after,
+            ),
         )
         .build()?;
     Ok(Parts {
@@ -243,6 +251,7 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         registry,
         broker,
         backlog,
+        relay_pool,
         outbox_written: Arc::new(Notify::new()),
     })
 }
@@ -292,7 +301,7 @@ async fn start(
     let scheduler = parts.health.spawn_scheduler(stop_health.clone());
     let mut workers = JoinSet::new();
     let relay = Relay {
-        pool: pool.clone(),
+        pool: parts.relay_pool.clone(),
         link: parts.broker.link(),
         exchange: settings.rabbitmq.exchange.clone(),
         settings: settings.outbox.clone(),
@@ -310,6 +319,7 @@ async fn start(
     workers.spawn(crate::housekeeping::run(
         pool.clone(),
         settings.retention.clone(),
+        settings.outbox.retention,
         stop_workers.clone(),
     ));
     startup.record(StartupPhase::BackgroundWorkers, began.elapsed());

@@ -1,6 +1,6 @@
-//! Pruning of the bookkeeping tables, so that none of them only grows: stored idempotency
-//! responses and the ids of processed events, each older than its retention
-//! (`APP__RETENTION__*`). Every replica prunes; batches are small, skip rows another replica
+//! Pruning of the bookkeeping tables, so that none of them only grows: sent outbox rows,
+//! stored idempotency responses and the ids of processed events, each older than its retention
+//! (`APP__OUTBOX__RETENTION`, `APP__RETENTION__*`). Every replica prunes; batches are small, skip rows another replica
 //! holds, and each statement is bounded, so pruning never competes with requests for long.
 
 use bootstrap::config::RetentionSettings;
@@ -22,9 +22,20 @@ struct Prunable {
     retention: Duration,
 }
 
-/// Prunes every `settings.prune_every` until `stop`.
-pub async fn run(pool: Pool, settings: RetentionSettings, stop: CancellationToken) {
+/// Prunes every `settings.prune_every` until `stop`; `outbox` is the retention of sent rows.
+pub async fn run(
+    pool: Pool,
+    settings: RetentionSettings,
+    outbox: Duration,
+    stop: CancellationToken,
+) {
     let tables = [
+        // Pending rows have no sent_at: the comparison leaves them alone.
+        Prunable {
+            table: "outbox",
+            age_column: "sent_at",
+            retention: outbox,
+        },
         Prunable {
             table: "idempotency_keys",
             age_column: "created_at",

@@ -169,6 +169,9 @@ pub struct OutboxSettings {
     pub retention: Duration,
     /// The outbox check warns when the oldest pending event is older than this (30 s).
     pub lag_warn_after: Duration,
+    /// Bound on publishing one batch and receiving its confirms (10 s): a stalled broker
+    /// makes the relay give the batch up and retry, instead of holding its row locks.
+    pub publish_timeout: Duration,
 }
 
 /// `APP__SERVER__*`.
@@ -542,6 +545,8 @@ impl Reader<'_> {
                     .positive_duration("outbox.retention", Duration::from_secs(24 * 3600))?,
                 lag_warn_after: self
                     .positive_duration("outbox.lag_warn_after", Duration::from_secs(30))?,
+                publish_timeout: self
+                    .positive_duration("outbox.publish_timeout", Duration::from_secs(10))?,
             },
             retention: RetentionSettings {
                 idempotency_keys: self.positive_duration(

@@ -73,11 +73,25 @@ impl Connect for MainRuntimeConnect {
     }
 }
 
-/// Builds the pool (no connection is opened yet). Call it on the main runtime: its connections
-/// are opened there (see [`MainRuntimeConnect`]).
+/// Builds the request pool (no connection is opened yet). Call it on the main runtime: its
+/// connections are opened there (see [`MainRuntimeConnect`]).
 pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    build_pool(settings, "shipshape", settings.pool_max_size)
+}
+
+/// The outbox relay's own two connections (one publishing, one for its lag check): a batch's
+/// row locks and a stalled publish never hold a connection a request needs.
+pub fn relay_pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    build_pool(settings, "shipshape-relay", 2)
+}
+
+fn build_pool(
+    settings: &DatabaseSettings,
+    application: &str,
+    max_size: usize,
+) -> anyhow::Result<Pool> {
     let mut config = connection_config(settings)?;
-    config.application_name("shipshape");
+    config.application_name(application);
     let connect = MainRuntimeConnect {
         runtime: Handle::try_current()
             .map_err(|e| anyhow::anyhow!("building the pool outside a runtime: {e}"))?,
@@ -92,7 +106,7 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
         },
     );
     Ok(Pool::builder(manager)
-        .max_size(settings.pool_max_size)
+        .max_size(max_size)
         // A request never hangs on a saturated or dead database: it gets a 503 instead.
         .wait_timeout(Some(settings.pool_wait_timeout))
         .create_timeout(Some(settings.pool_wait_timeout))
