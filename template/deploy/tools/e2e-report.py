@@ -12,7 +12,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs/rolling-updates.md"
 BEGIN, END = "<!-- e2e:begin (make e2e-docs) -->", "<!-- e2e:end -->"
-ORDER = ["defaults", "no-drain-delay", "postgres-restart-mid-rollout"]
+ORDER = ["defaults", "writes", "no-drain-delay", "postgres-restart-mid-rollout"]
 
 
 def main():

@@ -7,6 +7,7 @@ use crate::{db, messaging, openapi, problem, routes};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, middleware, web};
 use bootstrap::broker::BrokerSupervisor;
+use bootstrap::shutdown::ShutdownDeadline;
 use bootstrap::web::HttpMetrics;
 use bootstrap::{Lifecycle, Settings, Startup, StartupPhase, Telemetry};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
@@ -34,7 +35,8 @@ pub async fn run(settings: Settings) -> ExitCode {
     };
     let startup = Startup::new(settings.startup.deadline);
     startup.record(StartupPhase::Telemetry, began.elapsed());
-    let code = match serve(&settings, &startup).await {
+    let (outcome, deadline) = serve(&settings, &startup).await;
+    let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Startup(error)) => {
             tracing::error!(%error, "startup failed");
@@ -45,7 +47,11 @@ pub async fn run(settings: Settings) -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    telemetry.shutdown();
+    // The trace flush is the last step under the shutdown deadline (or its own budget when the
+    // service never got to draining).
+    let deadline = deadline.unwrap_or_else(|| ShutdownDeadline::after(settings.shutdown.timeout));
+    let flush = tokio::task::spawn_blocking(move || telemetry.shutdown());
+    deadline.step("trace flush", flush).await;
     code
 }
 
@@ -72,6 +78,8 @@ struct Parts {
     registry: prometheus::Registry,
     broker: BrokerSupervisor,
     backlog: Arc<Backlog>,
+    /// The relay's own connections (and its lag check's).
+    relay_pool: deadpool_postgres::Pool,
     outbox_written: Arc<Notify>,
 }
 
@@ -85,7 +93,22 @@ struct Running {
     api: Server,
 }
 
-async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
+/// Runs until stopped; returns the outcome and, once draining began, the shutdown deadline
+/// whose remainder the caller's last steps share.
+async fn serve(
+    settings: &Settings,
+    startup: &Startup,
+) -> (Result<(), Failure>, Option<ShutdownDeadline>) {
+    match serve_inner(settings, startup).await {
+        Ok((result, deadline)) => (result, Some(deadline)),
+        Err(failure) => (Err(failure), None),
+    }
+}
+
+async fn serve_inner(
+    settings: &Settings,
+    startup: &Startup,
+) -> Result<(Result<(), Failure>, ShutdownDeadline), Failure> {
     let terminate = bootstrap::shutdown::listen()
         .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
     let parts = parts(settings)?;
@@ -118,12 +141,20 @@ async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
         tracing::info!("terminated during startup");
         stop_workers.cancel();
         stop_health.cancel();
-        parts.broker.close().await;
-        stop_server(management_handle, management_task).await;
-        return Ok(());
+        let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
+        deadline
+            .step("broker connection", parts.broker.close())
+            .await;
+        deadline
+            .step(
+                "management server",
+                stop_server(management_handle, management_task),
+            )
+            .await;
+        return Ok((Ok(()), deadline));
     };
     let api_handle = api.handle();
-    let mut api_task = tokio::spawn(api);
+    let mut api_task = Some(tokio::spawn(api));
     lifecycle.ready();
     tracing::info!(
         ready_after_ms = startup.elapsed().as_millis() as u64,
@@ -131,10 +162,14 @@ async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
     );
 
     let mut result: Result<(), Failure> = Ok(());
-    tokio::select! {
-        _ = terminate.cancelled() => {}
-        ended = &mut api_task => {
-            result = Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}").into());
+    if let Some(task) = api_task.as_mut() {
+        tokio::select! {
+            _ = terminate.cancelled() => {}
+            ended = task => {
+                // Finished: awaiting its handle again would panic.
+                api_task = None;
+                result = Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}").into());
+            }
         }
     }
 
@@ -142,24 +177,38 @@ async fn serve(settings: &Settings, startup: &Startup) -> Result<(), Failure> {
     lifecycle.draining();
     tokio::time::sleep(settings.shutdown.drain_delay).await;
     tracing::info!("drain delay over: closing the API listener, finishing in-flight requests");
-    // Graceful stop waits for in-flight requests up to `shutdown.timeout` (set on the server).
-    stop_server(api_handle, api_task).await;
+    // From here every step shares one budget: the chart's grace period is drain + this.
+    let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
+    if let Some(task) = api_task {
+        deadline
+            .step("api server", stop_server(api_handle, task))
+            .await;
+    }
     // The consumer settles the delivery in hand, the relay finishes its batch.
     stop_workers.cancel();
-    let settle = tokio::time::timeout(settings.shutdown.timeout, async {
-        while workers.join_next().await.is_some() {}
-    });
-    if settle.await.is_err() {
-        tracing::warn!("background workers did not stop within the shutdown timeout");
-    }
-    parts.broker.close().await;
+    deadline
+        .step("background workers", async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+    deadline
+        .step("broker connection", parts.broker.close())
+        .await;
     pool.close();
+    parts.relay_pool.close();
     lifecycle.stopped();
     stop_health.cancel();
-    scheduler.join_all().await;
-    stop_server(management_handle, management_task).await;
+    deadline
+        .step("health scheduler", scheduler.join_all())
+        .await;
+    deadline
+        .step(
+            "management server",
+            stop_server(management_handle, management_task),
+        )
+        .await;
     tracing::info!("stopped");
-    result
+    Ok((result, deadline))
 }
 
 fn parts(settings: &Settings) -> anyhow::Result<Parts> {
@@ -167,12 +216,12 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     // The supervisor exists from the start so the rabbitmq check can follow it; it connects in
     // the background and declares the topology on every connection.
     let broker = BrokerSupervisor::spawn(
-        settings.rabbitmq.url.clone(),
+        &settings.rabbitmq,
         settings.service_name.clone(),
-        settings.rabbitmq.reconnect_max_backoff,
         messaging::topology::declare(&settings.rabbitmq),
     );
     let backlog = Backlog::register(&registry)?;
+    let relay_pool = db::relay_pool(&settings.database)?;
     let health = Health::builder(settings.service_name.clone(), VERSION)
         .registry(registry.clone())
         .liveness_stall_after(settings.health.liveness_stall_after)
@@ -190,7 +239,11 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         .check(
             "outbox",
             settings.health.postgres.critical(false),
-            OutboxLagCheck::new(backlog.clone(), settings.outbox.lag_warn_after),
+            OutboxLagCheck::new(
+                relay_pool.clone(),
+                backlog.clone(),
+                settings.outbox.lag_warn_after,
+            ),
         )
         .build()?;
     Ok(Parts {
@@ -198,6 +251,7 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         registry,
         broker,
         backlog,
+        relay_pool,
         outbox_written: Arc::new(Notify::new()),
     })
 }
@@ -247,7 +301,7 @@ async fn start(
     let scheduler = parts.health.spawn_scheduler(stop_health.clone());
     let mut workers = JoinSet::new();
     let relay = Relay {
-        pool: pool.clone(),
+        pool: parts.relay_pool.clone(),
         link: parts.broker.link(),
         exchange: settings.rabbitmq.exchange.clone(),
         settings: settings.outbox.clone(),
@@ -262,6 +316,12 @@ async fn start(
         tag: format!("{}-{}", settings.service_name, std::process::id()),
     };
     workers.spawn(consumer.run(stop_workers.clone()));
+    workers.spawn(crate::housekeeping::run(
+        pool.clone(),
+        settings.retention.clone(),
+        settings.outbox.retention,
+        stop_workers.clone(),
+    ));
     startup.record(StartupPhase::BackgroundWorkers, began.elapsed());
 
     // Warm-up: wait for the first verdict of every critical check, so the pod turns ready on
@@ -281,8 +341,7 @@ async fn start(
 
     let began = Instant::now();
     let state = AppState {
-        pool: pool.clone(),
-        query_timeout: settings.database.query_timeout,
+        db: db::Database::new(pool.clone(), settings.database.query_timeout),
         outbox_written: parts.outbox_written.clone(),
     };
     let api = api_server(settings, state, &parts.registry)?;
@@ -330,6 +389,8 @@ fn api_server(
             .app_data(document.clone())
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(body_limit))
+            // Innermost: a handler's panic becomes a 500 the metrics and the access log see.
+            .wrap(middleware::from_fn(bootstrap::web::catch_panics))
             .wrap(middleware::from_fn(move |req, next| {
                 bootstrap::web::observe(metrics.clone(), req, next)
             }))

@@ -3,6 +3,7 @@
 mod app;
 mod db;
 mod domain;
+mod housekeeping;
 mod messaging;
 mod openapi;
 mod problem;

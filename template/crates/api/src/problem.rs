@@ -64,18 +64,8 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(error: tokio_postgres::Error) -> Self {
-        // Lost connections and the server going away (shutdown, restart, failover, too many
-        // clients) are transient: 503 with Retry-After, not a bug in the service.
-        let transient = error.is_closed()
-            || match error.as_db_error() {
-                None => true,
-                Some(db) => {
-                    let class = &db.code().code()[..2];
-                    // 08 connection exception, 53 insufficient resources, 57 operator intervention.
-                    matches!(class, "08" | "53" | "57")
-                }
-            };
-        if transient {
+        // The database away or a conflict a retry resolves: 503 with Retry-After, not a bug.
+        if crate::db::is_transient(&error) {
             ApiError::Unavailable(crate::db::describe(&error))
         } else {
             ApiError::Internal(crate::db::describe(&error))

@@ -245,3 +245,108 @@ fn startup_deadline_exceeded_exits_1_naming_the_dependency() {
     );
     assert!(!logs.contains("s3cr3t-pw"), "password leaked:\n{logs}");
 }
+
+#[test]
+fn every_request_is_bounded_when_the_database_freezes() {
+    let shared = Shared::new("frozen");
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let query_timeout = Duration::from_secs(2);
+    let service = spawn(&env_for(
+        &postgres.url("app"),
+        &shared.rabbitmq_url(),
+        &[("APP__DATABASE__QUERY_TIMEOUT", "2s")],
+    ));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    let id = uuid::Uuid::now_v7();
+    // Warm the pool: the requests below find an open connection to the frozen server.
+    for path in [format!("/v1/items/{id}"), "/v1/items?limit=5".to_owned()] {
+        assert!(service.api(&path).0 < 500, "{path}");
+    }
+
+    postgres.pause();
+    let bound = query_timeout + Duration::from_secs(2);
+    for path in [format!("/v1/items/{id}"), "/v1/items?limit=5".to_owned()] {
+        let began = Instant::now();
+        let response = service.http().get(service.api_url(&path)).send();
+        let took = began.elapsed();
+        let response = response.unwrap_or_else(|e| panic!("GET {path} after {took:?}: {e}"));
+        assert_eq!(
+            response.status().as_u16(),
+            503,
+            "GET {path} against a frozen database"
+        );
+        assert!(took <= bound, "GET {path} took {took:?}, bound {bound:?}");
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    postgres.resume();
+    testkit::wait_until("reads work again", RECOVERY, || {
+        service.api(&format!("/v1/items/{id}")).0 == 404
+    });
+}
+
+#[test]
+fn a_black_holed_broker_does_not_stall_reconnection() {
+    let shared = Shared::new("mqhole");
+    let rabbit = RabbitMq::start();
+    let proxy = FaultProxy::start(rabbit.port());
+    proxy.set(Fault::BlackHole);
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port());
+    let service = spawn(&env_for(
+        &shared.database_url(),
+        &url,
+        &[("APP__RABBITMQ__CONNECT_TIMEOUT", "2s")],
+    ));
+    // Not critical: ready, degraded.
+    service.wait_for_status("warn", Duration::from_secs(30));
+    // The attempt into the black hole is given up, not waited on for minutes.
+    testkit::wait_until(
+        "a connection attempt given up",
+        Duration::from_secs(15),
+        || service.logs().contains("broker connection failed"),
+    );
+    proxy.set(Fault::Pass);
+    service.wait_for_status("pass", RECOVERY);
+}
+
+#[test]
+fn a_broker_under_a_resource_alarm_is_reported() {
+    let shared = Shared::new("mqalarm");
+    let rabbit = RabbitMq::start();
+    let service = spawn(&env_for(&shared.database_url(), &rabbit.url(), &[]));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    // A publishing connection: the relay sends this item's event.
+    let created = service
+        .http()
+        .post(service.api_url("/v1/items"))
+        .json(&serde_json::json!({"name": "before the alarm"}))
+        .send()
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    testkit::wait_until("the event consumed", Duration::from_secs(20), || {
+        psql_in(&shared.name, "SELECT count(*) FROM processed_events") == "1"
+    });
+
+    rabbit.ctl(&["set_vm_memory_high_watermark", "0.000001"]);
+    // The broker blocks a connection when it next publishes: the relay, with this event.
+    let during = service
+        .http()
+        .post(service.api_url("/v1/items"))
+        .json(&serde_json::json!({"name": "during the alarm"}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        during.status().as_u16(),
+        201,
+        "writes do not wait for the broker"
+    );
+    service.wait_for_status("warn", DETECTION);
+    assert_eq!(service.probe("/readyz/rabbitmq").0, 503);
+    assert!(
+        check_output(&service, "rabbitmq").contains("blocked"),
+        "{}",
+        service.probe("/readyz?verbose").2
+    );
+    rabbit.ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    service.wait_for_status("pass", RECOVERY);
+}

@@ -413,9 +413,18 @@ fn three_replicas_starting_together_on_an_empty_database_all_become_ready() {
     for service in &services {
         service.wait_for("/readyz", 200, Duration::from_secs(30));
     }
+    // Each migration applied exactly once, whoever won the race.
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/db/migrations"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
     assert_eq!(
         psql_in(&shared.name, "SELECT count(*) FROM refinery_schema_history"),
-        "1"
+        migrations.to_string()
     );
     for service in &services {
         assert_eq!(
@@ -438,4 +447,80 @@ fn publish_raw(shared: &Shared, routing_key: &str, body: &[u8]) {
 
 fn queue_depth(shared: &Shared, queue: &str) -> u32 {
     testkit::amqp::queue_depth(&shared.rabbitmq_url(), queue)
+}
+
+#[test]
+fn a_column_that_changed_under_the_replica_is_a_500_not_a_dropped_connection() {
+    let shared = Shared::new("coltype");
+    let service = spawn(&shared.env());
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    // A rolling migration changed a column's type under this (older) replica.
+    let id = psql_in(
+        &shared.name,
+        "INSERT INTO items (id, name) VALUES (gen_random_uuid(), 'old') RETURNING id",
+    );
+    psql_in(
+        &shared.name,
+        "ALTER TABLE items ALTER COLUMN note TYPE integer USING NULL",
+    );
+    for path in [format!("/v1/items/{id}"), "/v1/items?limit=5".to_owned()] {
+        let response = service
+            .http()
+            .get(service.api_url(&path))
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path}: no answer ({e})\n{}", service.logs()));
+        assert_eq!(response.status().as_u16(), 500, "GET {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    assert_eq!(service.probe("/livez").0, 200);
+    assert_eq!(service.api("/openapi.json").0, 200);
+    assert!(service.try_exit().is_none());
+}
+
+#[test]
+fn idempotency_keys_and_processed_events_are_pruned_after_their_retention() {
+    let shared = Shared::new("retention");
+    let db = shared.name.clone();
+    let service = ready(
+        &shared,
+        &[
+            ("APP__RETENTION__IDEMPOTENCY_KEYS", "1s"),
+            ("APP__RETENTION__PROCESSED_EVENTS", "1s"),
+            ("APP__RETENTION__PRUNE_EVERY", "500ms"),
+        ],
+    );
+    assert_eq!(
+        post(&service, &json!({"name": "first"}), Some("k-1"))
+            .status()
+            .as_u16(),
+        201
+    );
+    // Scoped by method and route.
+    assert_eq!(
+        psql_in(&db, "SELECT scope FROM idempotency_keys WHERE key = 'k-1'"),
+        "POST /v1/items"
+    );
+    testkit::wait_until("the event processed", Duration::from_secs(20), || {
+        psql_in(&db, "SELECT count(*) FROM processed_events") == "1"
+    });
+    testkit::wait_until(
+        "both bookkeeping tables pruned",
+        Duration::from_secs(20),
+        || {
+            psql_in(
+                &db,
+                "SELECT (SELECT count(*) FROM idempotency_keys) + (SELECT count(*) FROM processed_events)",
+            ) == "0"
+        },
+    );
+    // The key is free again: another body is a new item, not a 422.
+    assert_eq!(
+        post(&service, &json!({"name": "second"}), Some("k-1"))
+            .status()
+            .as_u16(),
+        201
+    );
 }

@@ -91,3 +91,48 @@ fn a_broker_killed_mid_load_loses_no_event() {
         "and reconnected"
     );
 }
+
+#[test]
+fn a_stuck_relay_shows_as_lag_and_leaves_the_request_pool_alone() {
+    let shared = Shared::new("stuckrelay");
+    let rabbit = RabbitMq::start();
+    let service = spawn(&env_for(
+        &shared.database_url(),
+        &rabbit.url(),
+        &[
+            ("APP__OUTBOX__LAG_WARN_AFTER", "2s"),
+            ("APP__OUTBOX__PUBLISH_TIMEOUT", "3s"),
+            ("APP__DATABASE__POOL_MAX_SIZE", "1"),
+        ],
+    ));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    // A frozen broker: the relay's publish gets no confirm.
+    rabbit.pause();
+    let post = |name: &str| {
+        service
+            .http()
+            .post(service.api_url("/v1/items"))
+            .json(&json!({"name": name}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("while the broker is frozen"), 201);
+    // The lag is measured from the table, not from what the stuck relay last reported.
+    testkit::wait_until("the outbox check to fail", Duration::from_secs(20), || {
+        service.probe("/readyz/outbox").0 == 503
+    });
+    let metrics = service.probe("/metrics").2;
+    assert!(
+        metrics.lines().any(|l| l == "outbox_pending_events 1"),
+        "{metrics}"
+    );
+    // The relay holds its own connection, not the request pool's only one.
+    assert_eq!(post("the request pool is free"), 201);
+    rabbit.resume();
+    testkit::wait_until("both events consumed", Duration::from_secs(60), || {
+        psql_in(&shared.name, "SELECT count(*) FROM processed_events") == "2"
+    });
+    service.wait_for_status("pass", Duration::from_secs(30));
+}

@@ -14,7 +14,24 @@ use common::chart::Chart;
 use common::*;
 use std::time::{Duration, Instant};
 use testkit::balancer::{Balancer, Slot};
-use testkit::load::{LoadReport, wrk};
+use testkit::load::{LoadReport, wrk_scripted};
+
+/// What the load does during the rollout.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// GET /v1/items?limit=5 at full speed.
+    Reads,
+    /// POST /v1/items, paced (each connection waits 10 ms between requests) so that the
+    /// consumer can catch up afterwards within the test's patience.
+    Writes,
+}
+
+const WRITES: &str = r#"
+wrk.method = "POST"
+wrk.body = '{"name":"written during the rollout"}'
+wrk.headers["Content-Type"] = "application/json"
+function delay() return 10 end
+"#;
 
 /// Endpoint-propagation lag between SIGTERM and the balancer dropping the replica
 /// (`E2E_PROPAGATION_LAG_MS`, default 1000; try up to 3000).
@@ -35,8 +52,9 @@ struct Outcome {
 }
 
 /// Runs 3 old replicas, then rolls them to 3 new ones under load. `blip` restarts PostgreSQL
-/// (a throwaway instance) after the first new replica is in.
-fn rolling_update(test: &str, drain: &str, blip: bool) -> Outcome {
+/// (a throwaway instance) after the first new replica is in. Under a write load, every item
+/// answered 201 must have its row and, once the new replicas have caught up, its event consumed.
+fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
     let chart = Chart::rendered();
     assert_eq!(
         chart.max_unavailable, 0,
@@ -101,9 +119,20 @@ fn rolling_update(test: &str, drain: &str, blip: bool) -> Outcome {
     let window = step * u32::try_from(replicas).unwrap()
         + chart.seconds("APP__SHUTDOWN__TIMEOUT")
         + Duration::from_secs(if blip { 25 } else { 10 });
-    let url = format!("http://127.0.0.1:{}/v1/items?limit=5", balancer.port);
+    let (url, connections, script) = match kind {
+        Load::Reads => (
+            format!("http://127.0.0.1:{}/v1/items?limit=5", balancer.port),
+            32,
+            None,
+        ),
+        Load::Writes => (
+            format!("http://127.0.0.1:{}/v1/items", balancer.port),
+            8,
+            Some(WRITES),
+        ),
+    };
     std::thread::scope(|scope| {
-        let load = scope.spawn(|| wrk(&url, 32, window));
+        let load = scope.spawn(|| wrk_scripted(&url, connections, window, script));
         std::thread::sleep(Duration::from_secs(2));
         let began = Instant::now();
         let mut new: Vec<Service> = Vec::new();
@@ -180,6 +209,30 @@ fn rolling_update(test: &str, drain: &str, blip: bool) -> Outcome {
                 );
             }
         }
+        if kind == Load::Writes {
+            let items: u64 = postgres
+                .psql("app", "SELECT count(*) FROM items")
+                .parse()
+                .unwrap();
+            assert!(
+                items >= load.requests + 20,
+                "{} items answered 201 but only {items} rows (20 seeded)",
+                load.requests
+            );
+            testkit::wait_until(
+                "every item's event consumed by the new replicas",
+                Duration::from_secs(120),
+                || {
+                    postgres.psql("app", "SELECT count(*) FROM processed_events")
+                        == items.to_string()
+                },
+            );
+            let created = postgres.psql(
+                "app",
+                "SELECT count(*) FROM outbox WHERE routing_key = 'item.created'",
+            );
+            assert_eq!(created, items.to_string(), "an item without its event");
+        }
         Outcome {
             load,
             rollout,
@@ -234,7 +287,7 @@ fn print(name: &str, outcome: &Outcome) {
 fn rolling_update_with_the_charts_defaults_loses_no_request() {
     let chart = Chart::rendered();
     let drain = format!("{}s", chart.seconds("APP__SHUTDOWN__DRAIN_DELAY").as_secs());
-    let outcome = rolling_update("rollout", &drain, false);
+    let outcome = rolling_update("rollout", &drain, false, Load::Reads);
     print("defaults", &outcome);
     assert!(
         outcome.load.requests >= 50_000,
@@ -259,7 +312,7 @@ fn rolling_update_with_the_charts_defaults_loses_no_request() {
 #[test]
 #[ignore = "needs haproxy, wrk and the rendered chart: run through `make e2e`"]
 fn negative_control_without_a_drain_delay_loses_requests() {
-    let outcome = rolling_update("nodrain", "0s", false);
+    let outcome = rolling_update("nodrain", "0s", false, Load::Reads);
     print("no drain delay", &outcome);
     // If this sees no failure, the harness cannot see failures and proves nothing.
     assert!(
@@ -274,9 +327,36 @@ fn negative_control_without_a_drain_delay_loses_requests() {
 fn rolling_update_through_a_postgres_restart_waits_and_crashes_nothing() {
     let chart = Chart::rendered();
     let drain = format!("{}s", chart.seconds("APP__SHUTDOWN__DRAIN_DELAY").as_secs());
-    let outcome = rolling_update("rolloutblip", &drain, true);
+    let outcome = rolling_update("rolloutblip", &drain, true, Load::Reads);
     print("postgres restart mid-rollout", &outcome);
     for (code, _) in &outcome.stops {
         assert_eq!(*code, 0, "an old replica crashed");
+    }
+}
+
+#[test]
+#[ignore = "needs haproxy, wrk and the rendered chart: run through `make e2e`"]
+fn writes_through_a_rolling_update_all_succeed_and_keep_their_events() {
+    let chart = Chart::rendered();
+    let drain = format!("{}s", chart.seconds("APP__SHUTDOWN__DRAIN_DELAY").as_secs());
+    let outcome = rolling_update("rolloutwrite", &drain, false, Load::Writes);
+    print("writes", &outcome);
+    assert!(
+        outcome.load.requests >= 2_000,
+        "only {} writes: not enough load to prove anything",
+        outcome.load.requests
+    );
+    assert_eq!(
+        (outcome.load.non_2xx, outcome.load.socket_errors),
+        (0, 0),
+        "writes lost:\n{}",
+        outcome.load.raw
+    );
+    for (code, took) in &outcome.stops {
+        assert_eq!(*code, 0);
+        assert!(
+            *took <= outcome.grace,
+            "a replica took {took:?}, beyond its grace period"
+        );
     }
 }

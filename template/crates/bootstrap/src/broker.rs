@@ -8,7 +8,7 @@
 //! down, and two recovery mechanisms fighting over one connection is worse than one.
 
 use crate::Backoff;
-use crate::config::SecretUrl;
+use crate::config::RabbitMqSettings;
 use futures_util::future::BoxFuture;
 use health::checks::rabbitmq::BrokerLink;
 use lapin::{Connection, ConnectionProperties};
@@ -31,15 +31,14 @@ pub struct BrokerSupervisor {
 }
 
 impl BrokerSupervisor {
-    /// Starts supervising a connection to `url`; `topology` runs on every new connection before
-    /// it is published.
-    pub fn spawn(url: SecretUrl, name: String, max_backoff: Duration, topology: Topology) -> Self {
+    /// Starts supervising a connection to `settings.url`; `topology` runs on every new
+    /// connection before it is published.
+    pub fn spawn(settings: &RabbitMqSettings, name: String, topology: Topology) -> Self {
         let (publish, link) = watch::channel(None);
         let stop = CancellationToken::new();
         let task = tokio::spawn(supervise(
-            url,
+            settings.clone(),
             name,
-            max_backoff,
             topology,
             publish,
             stop.clone(),
@@ -79,14 +78,14 @@ impl BrokerSupervisor {
 }
 
 async fn supervise(
-    url: SecretUrl,
+    settings: RabbitMqSettings,
     name: String,
-    max_backoff: Duration,
     topology: Topology,
     publish: watch::Sender<Option<Arc<Connection>>>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
+    let url = &settings.url;
+    let mut backoff = Backoff::new(Duration::from_millis(200), settings.reconnect_max_backoff);
     loop {
         let attempt = async {
             let properties =
@@ -95,9 +94,21 @@ async fn supervise(
             topology(connection.clone()).await?;
             Ok::<_, lapin::Error>(connection)
         };
+        // A black-holed broker accepts the TCP connection and never answers the handshake.
+        let bounded = async {
+            tokio::time::timeout(settings.connect_timeout, attempt)
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(settings.connect_timeout)
+                    )
+                })?
+                .map_err(|e| e.to_string())
+        };
         let connection = tokio::select! {
             _ = stop.cancelled() => return,
-            result = attempt => result,
+            result = bounded => result,
         };
         match connection {
             Ok(connection) => {

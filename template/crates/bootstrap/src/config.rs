@@ -145,6 +145,19 @@ pub struct Settings {
     pub health: HealthSettings,
     /// The outbox relay.
     pub outbox: OutboxSettings,
+    /// How long bookkeeping rows are kept.
+    pub retention: RetentionSettings,
+}
+
+/// `APP__RETENTION__*`: bookkeeping tables pruned in bounded batches, so none only grows.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// Stored `Idempotency-Key` responses: a retry after this long creates anew (24 h).
+    pub idempotency_keys: Duration,
+    /// Ids of processed events: a redelivery older than this would be processed again (7 d).
+    pub processed_events: Duration,
+    /// How often a replica prunes (10 min).
+    pub prune_every: Duration,
 }
 
 /// `APP__OUTBOX__*`.
@@ -156,6 +169,9 @@ pub struct OutboxSettings {
     pub retention: Duration,
     /// The outbox check warns when the oldest pending event is older than this (30 s).
     pub lag_warn_after: Duration,
+    /// Bound on publishing one batch and receiving its confirms (10 s): a stalled broker
+    /// makes the relay give the batch up and retry, instead of holding its row locks.
+    pub publish_timeout: Duration,
 }
 
 /// `APP__SERVER__*`.
@@ -204,6 +220,9 @@ pub struct RabbitMqSettings {
     pub queue: String,
     /// Longest pause between two reconnection attempts (10 s).
     pub reconnect_max_backoff: Duration,
+    /// Bound on one connection attempt, handshake and topology included (5 s): a black-holed
+    /// broker accepts TCP and never answers.
+    pub connect_timeout: Duration,
 }
 
 /// `APP__STARTUP__*`.
@@ -504,6 +523,8 @@ impl Reader<'_> {
                 queue: self.name("rabbitmq.queue", "{{project-name}}.items")?,
                 reconnect_max_backoff: self
                     .positive_duration("rabbitmq.reconnect_max_backoff", Duration::from_secs(10))?,
+                connect_timeout: self
+                    .positive_duration("rabbitmq.connect_timeout", Duration::from_secs(5))?,
             },
             startup: StartupSettings {
                 deadline: self.positive_duration("startup.deadline", Duration::from_secs(60))?,
@@ -524,6 +545,20 @@ impl Reader<'_> {
                     .positive_duration("outbox.retention", Duration::from_secs(24 * 3600))?,
                 lag_warn_after: self
                     .positive_duration("outbox.lag_warn_after", Duration::from_secs(30))?,
+                publish_timeout: self
+                    .positive_duration("outbox.publish_timeout", Duration::from_secs(10))?,
+            },
+            retention: RetentionSettings {
+                idempotency_keys: self.positive_duration(
+                    "retention.idempotency_keys",
+                    Duration::from_secs(24 * 3600),
+                )?,
+                processed_events: self.positive_duration(
+                    "retention.processed_events",
+                    Duration::from_secs(7 * 24 * 3600),
+                )?,
+                prune_every: self
+                    .positive_duration("retention.prune_every", Duration::from_secs(600))?,
             },
         };
         if settings.server.port == settings.management.port {

@@ -38,3 +38,61 @@ pub fn listen() -> std::io::Result<CancellationToken> {
     });
     Ok(token)
 }
+
+/// The one budget that everything after the drain delay shares (`shutdown.timeout`): stopping
+/// the API, the workers, the broker connection, the trace flush. Each step runs bounded by what
+/// is left of it, and a step cut short is logged by name, so the total never exceeds the
+/// budget the chart's `terminationGracePeriodSeconds` is derived from.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use bootstrap::shutdown::ShutdownDeadline;
+/// use std::time::Duration;
+///
+/// let deadline = ShutdownDeadline::after(Duration::from_millis(50));
+/// assert_eq!(deadline.step("quick", async { 1 }).await, Some(1));
+/// // A step that would outlive the budget is cut short, and the next ones get no time at all.
+/// let stuck = deadline.step("stuck", std::future::pending::<()>()).await;
+/// assert_eq!(stuck, None);
+/// assert!(deadline.remaining().is_zero());
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownDeadline {
+    at: tokio::time::Instant,
+}
+
+impl ShutdownDeadline {
+    /// A deadline `budget` from now.
+    pub fn after(budget: std::time::Duration) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + budget,
+        }
+    }
+
+    /// What is left of the budget.
+    pub fn remaining(&self) -> std::time::Duration {
+        self.at
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// Runs `work` until it finishes or the deadline passes; `None` (and a log line naming the
+    /// step) when it was cut short. Work that is already finished completes even after the
+    /// deadline.
+    pub async fn step<T>(
+        &self,
+        name: &'static str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        match tokio::time::timeout_at(self.at, work).await {
+            Ok(output) => Some(output),
+            Err(_) => {
+                tracing::warn!(
+                    step = name,
+                    "shutdown step cut short: the shutdown timeout is spent"
+                );
+                None
+            }
+        }
+    }
+}

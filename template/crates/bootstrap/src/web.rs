@@ -7,8 +7,10 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage};
+use actix_web::{Error, HttpMessage, HttpResponse};
+use futures_util::FutureExt;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 use tracing_actix_web::RequestId;
 
@@ -59,8 +61,12 @@ pub async fn observe(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let request_id = req.extensions().get::<RequestId>().copied();
-    let mut response = next.call(req).await?;
-    let status = response.status();
+    let outcome = next.call(req).await;
+    // An error (a panic caught inside) is answered by actix further out: count it all the same.
+    let status = match &outcome {
+        Ok(response) => response.status(),
+        Err(error) => error.as_response_error().status_code(),
+    };
     let took = started.elapsed();
     metrics
         .requests
@@ -70,11 +76,117 @@ pub async fn observe(
         .duration
         .with_label_values(&[method.as_str(), &route])
         .observe(took.as_secs_f64());
+    tracing::info!(method = %method, route = %route, status = status.as_u16(), duration_ms = took.as_secs_f64() * 1000.0, "request");
+    let mut response = outcome?;
     if let Some(id) = request_id
         && let Ok(value) = HeaderValue::from_str(&id.to_string())
     {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
-    tracing::info!(method = %method, route = %route, status = status.as_u16(), duration_ms = took.as_secs_f64() * 1000.0, "request");
     Ok(response)
+}
+
+/// The body of the answer to a request whose handler panicked (RFC 9457, no internals).
+const PANIC_PROBLEM: &str = r#"{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"an unexpected error occurred"}"#;
+
+/// A handler panicked: answered as one 500 problem.
+#[derive(Debug, thiserror::Error)]
+#[error("a handler panicked")]
+pub struct HandlerPanicked;
+
+impl actix_web::ResponseError for HandlerPanicked {
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::InternalServerError()
+            .content_type("application/problem+json")
+            .body(PANIC_PROBLEM)
+    }
+}
+
+/// Middleware (for `actix_web::middleware::from_fn`) that turns a panic in a handler into one
+/// 500 problem and an ERROR log line, instead of a dropped connection for every request on that
+/// worker (or, with `panic = "abort"`, the whole process). Mount it innermost; [`observe`]
+/// counts the 500 in the request metrics and the access log.
+///
+/// ```
+/// # #[actix_web::main] async fn main() {
+/// use actix_web::{App, HttpResponse, middleware::from_fn, test, web};
+///
+/// async fn buggy() -> HttpResponse {
+///     panic!("a bug")
+/// }
+///
+/// let app = test::init_service(
+///     App::new()
+///         .wrap(from_fn(bootstrap::web::catch_panics))
+///         .route("/", web::get().to(buggy)),
+/// )
+/// .await;
+/// let request = test::TestRequest::get().uri("/").to_request();
+/// let error = test::try_call_service(&app, request).await.err().unwrap();
+/// assert_eq!(error.error_response().status(), 500);
+/// # }
+/// ```
+pub async fn catch_panics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, Error> {
+    // The request cannot be kept for the answer (routing needs it unshared): the panic becomes
+    // an error, which actix turns into the response with the request it holds.
+    let path = req.path().to_owned();
+    match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(panic = %message, %path, "handler panicked: answered 500, the process goes on");
+            Err(HandlerPanicked.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::middleware::from_fn;
+    use actix_web::{App, test, web};
+
+    async fn a_column_that_changed_type() -> HttpResponse {
+        panic!("a column that changed type")
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_handler_is_one_500_and_the_next_request_is_served() {
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(catch_panics))
+                .route("/panic", web::get().to(a_column_that_changed_type))
+                .route(
+                    "/fine",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+                ),
+        )
+        .await;
+        // actix answers a service error with its ResponseError rendering.
+        let error =
+            test::try_call_service(&app, test::TestRequest::get().uri("/panic").to_request())
+                .await
+                .err()
+                .expect("the panic surfaces as an error");
+        let response = error.error_response();
+        assert_eq!(response.status(), 500);
+        assert_eq!(
+            response.headers().get("content-type").unwrap(),
+            "application/problem+json"
+        );
+        let body = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        assert_eq!(body, PANIC_PROBLEM.as_bytes());
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/fine").to_request()).await;
+        assert_eq!(response.status(), 200);
+    }
 }

@@ -72,6 +72,13 @@ impl HealthMetrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Sets the status gauge only (staleness is not a transition of the check itself).
+    pub(crate) fn check_shown_as(&self, check: &str, critical: bool, status: Status) {
+        self.status
+            .with_label_values(&[check, bool_label(critical)])
+            .set(status.as_gauge());
+    }
+
     pub(crate) fn check_changed(&self, check: &str, critical: bool, to: Status) {
         self.status
             .with_label_values(&[check, bool_label(critical)])

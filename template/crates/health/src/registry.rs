@@ -240,6 +240,33 @@ impl Health {
         &self.0.metrics
     }
 
+    /// Tells staleness like any other change: a result older than 3 x interval fails readiness
+    /// already; this makes the `health_check_status` gauge and the log say so too (once), and
+    /// undoes it when a fresh result arrives. Run by the watchdog on every beat.
+    pub(crate) fn report_staleness(&self) {
+        use std::sync::atomic::Ordering;
+        let now = tokio::time::Instant::now();
+        for slot in self.slots() {
+            let state = slot.state.load();
+            let stale = slot.is_stale(&state, now);
+            if stale == slot.stale_reported.swap(stale, Ordering::Relaxed) {
+                continue;
+            }
+            let critical = slot.policy.critical;
+            if stale {
+                tracing::warn!(check = %slot.name, critical, age_ms = now.saturating_duration_since(state.at).as_millis() as u64, "health check result stale: its scheduler task is not running; counted as failing");
+                self.0
+                    .metrics
+                    .check_shown_as(&slot.name, critical, Status::Fail);
+            } else {
+                tracing::info!(check = %slot.name, critical, status = %state.status, "health check result fresh again");
+                self.0
+                    .metrics
+                    .check_shown_as(&slot.name, critical, state.status);
+            }
+        }
+    }
+
     /// Stores a new state for `slot`, logging and counting a change of status exactly once.
     pub(crate) fn publish(&self, slot: &CheckSlot, next: CheckState) {
         let previous = slot.state.swap(Arc::new(next));

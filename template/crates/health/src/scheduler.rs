@@ -20,7 +20,10 @@ impl Health {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = ticker.tick() => health.heartbeat().beat(),
+                    _ = ticker.tick() => {
+                        health.heartbeat().beat();
+                        health.report_staleness();
+                    }
                 }
             }
         })
@@ -182,10 +185,45 @@ mod tests {
             .unwrap();
         health.advance(LifecycleState::Ready);
         let stop = CancellationToken::new();
+        let _watchdog = health.spawn_watchdog(CancellationToken::new());
         let _tasks = health.spawn_scheduler(stop.clone());
         wait_for(&health, Status::Pass).await;
+        assert_eq!(status_gauge(&health, "db"), 1.0);
         stop.cancel();
-        // Nobody refreshes the result any more: after 3 intervals it no longer counts.
+        // Nobody refreshes the result any more: after 3 intervals it no longer counts, and the
+        // gauge says so as well as readiness.
         wait_for(&health, Status::Fail).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while status_gauge(&health, "db") != 0.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gauge still says pass"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A fresh result restores it.
+        let _again = health.spawn_scheduler(CancellationToken::new());
+        wait_for(&health, Status::Pass).await;
+        while status_gauge(&health, "db") != 1.0 {
+            assert!(tokio::time::Instant::now() < deadline + Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn status_gauge(health: &Health, check: &str) -> f64 {
+        health
+            .registry()
+            .gather()
+            .iter()
+            .find(|family| family.name() == "health_check_status")
+            .and_then(|family| {
+                family.get_metric().iter().find(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "check" && l.value() == check)
+                })
+            })
+            .map(|metric| metric.get_gauge().get_value())
+            .unwrap_or(f64::NAN)
     }
 }

@@ -82,6 +82,9 @@ pub(crate) struct CheckSlot {
     pub(crate) policy: CheckPolicy,
     pub(crate) check: Arc<dyn Check>,
     pub(crate) state: ArcSwap<CheckState>,
+    /// Whether the current result has been reported stale (gauge and log), so that staleness
+    /// is told once, like any other change.
+    pub(crate) stale_reported: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CheckSlot {
@@ -102,6 +105,7 @@ impl CheckSlot {
             policy,
             check,
             state: ArcSwap::from_pointee(CheckState::pending()),
+            stale_reported: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

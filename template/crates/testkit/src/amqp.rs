@@ -58,3 +58,22 @@ pub fn queue_depth(url: &str, queue: &str) -> u32 {
         declared.message_count()
     })
 }
+
+/// A message taken off a queue (`basic.get` with ack), or `None` when the queue is empty.
+pub fn take(url: &str, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    block_on(async {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let message = channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "done".into()).await;
+        message
+    })
+}

@@ -17,19 +17,42 @@ pub struct LoadReport {
 
 /// Runs wrk (2 threads) against `url` for `duration` with `connections` keep-alive connections.
 pub fn wrk(url: &str, connections: u32, duration: Duration) -> LoadReport {
-    let output = Command::new("wrk")
-        .args([
-            "-t",
-            "2",
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{}s", duration.as_secs()),
-            "--timeout",
-            "5s",
-            "--latency",
-            url,
-        ])
+    wrk_scripted(url, connections, duration, None)
+}
+
+/// As [`wrk`], with a Lua script (`wrk.method`, `wrk.body`, `delay()`, ...) when given.
+pub fn wrk_scripted(
+    url: &str,
+    connections: u32,
+    duration: Duration,
+    script: Option<&str>,
+) -> LoadReport {
+    let script_file = script.map(|lua| {
+        let file = tempfile::Builder::new()
+            .prefix("testkit-wrk-")
+            .suffix(".lua")
+            .tempfile()
+            .unwrap();
+        std::fs::write(file.path(), lua).unwrap();
+        file
+    });
+    let mut command = Command::new("wrk");
+    command.args([
+        "-t",
+        "2",
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{}s", duration.as_secs()),
+        "--timeout",
+        "5s",
+        "--latency",
+    ]);
+    if let Some(file) = &script_file {
+        command.arg("-s").arg(file.path());
+    }
+    let output = command
+        .arg(url)
         .output()
         .expect("wrk (apt-get install wrk)");
     let raw = String::from_utf8_lossy(&output.stdout).to_string();

@@ -6,7 +6,24 @@ use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The newest installed PostgreSQL's binaries (Debian and Ubuntu keep one folder per major
+/// version: 15 on Debian 12, 16 on GitHub's Ubuntu runner).
+fn bin() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql (Debian package postgresql)")
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let major = path.file_name()?.to_str()?.parse().ok()?;
+            let bin = path.join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .expect("no initdb under /usr/lib/postgresql/*/bin")
+}
 
 /// One PostgreSQL cluster in a temporary directory, owned by the `postgres` user.
 pub struct Postgres {
@@ -24,7 +41,7 @@ impl Postgres {
         give_to("postgres", dir.path());
         let data = dir.path().join("data");
         run(
-            command_as("postgres", &format!("{BIN}/initdb")).args([
+            command_as("postgres", bin().join("initdb").to_str().unwrap()).args([
                 "-D",
                 data.to_str().unwrap(),
                 "-A",
@@ -78,7 +95,7 @@ impl Postgres {
             data.display()
         );
         run(
-            command_as("postgres", &format!("{BIN}/pg_ctl")).args([
+            command_as("postgres", bin().join("pg_ctl").to_str().unwrap()).args([
                 "-D",
                 data.to_str().unwrap(),
                 "-w",
@@ -121,7 +138,7 @@ impl Postgres {
     pub fn stop(&self) {
         let data = self.data();
         run(
-            command_as("postgres", &format!("{BIN}/pg_ctl")).args([
+            command_as("postgres", bin().join("pg_ctl").to_str().unwrap()).args([
                 "-D",
                 data.to_str().unwrap(),
                 "-m",

@@ -101,6 +101,19 @@ impl RabbitMq {
         });
     }
 
+    /// Runs `rabbitmqctl ARGS` against this node (as the node's user, with its cookie).
+    pub fn ctl(&self, args: &[&str]) {
+        let home = format!("HOME={}", self.dir.path().display());
+        let mut all = vec![
+            home.as_str(),
+            "/usr/lib/rabbitmq/bin/rabbitmqctl",
+            "-n",
+            &self.node,
+        ];
+        all.extend_from_slice(args);
+        run(command_as("rabbitmq", "env").args(all), "rabbitmqctl");
+    }
+
     /// Freezes the node (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&self) {
         for pid in self.processes() {

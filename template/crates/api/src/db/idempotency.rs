@@ -3,6 +3,14 @@
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 
+/// An `Idempotency-Key` in the scope it was sent to: the method and the route pattern
+/// (`POST /v1/items`), so one key sent to two endpoints is two keys.
+#[derive(Debug, Clone)]
+pub struct ScopedKey {
+    pub scope: String,
+    pub key: String,
+}
+
 /// A response stored under a key.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -15,46 +23,50 @@ pub struct Stored {
 
 /// Serialises requests that carry the same key until the end of the transaction, so 20
 /// parallel retries produce one item and 19 replays.
-pub async fn lock(db: &impl GenericClient, key: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn lock(db: &impl GenericClient, key: &ScopedKey) -> Result<(), tokio_postgres::Error> {
     let statement = db
-        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))")
         .await?;
-    db.execute(&statement, &[&key]).await?;
+    db.execute(&statement, &[&key.scope, &key.key]).await?;
     Ok(())
 }
 
 /// The stored response of `key`, if any.
 pub async fn find(
     db: &impl GenericClient,
-    key: &str,
+    key: &ScopedKey,
 ) -> Result<Option<Stored>, tokio_postgres::Error> {
     let statement = db
         .prepare_cached(
-            "SELECT request, status, body, location FROM idempotency_keys WHERE key = $1",
+            "SELECT request, status, body, location FROM idempotency_keys WHERE scope = $1 AND key = $2",
         )
         .await?;
-    Ok(db.query_opt(&statement, &[&key]).await?.map(|row| Stored {
-        request: row.get("request"),
-        status: u16::try_from(row.get::<_, i16>("status")).unwrap_or(500),
-        body: row.get("body"),
-        location: row.get("location"),
+    let Some(row) = db.query_opt(&statement, &[&key.scope, &key.key]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Stored {
+        request: row.try_get("request")?,
+        status: u16::try_from(row.try_get::<_, i16>("status")?).unwrap_or(500),
+        body: row.try_get("body")?,
+        location: row.try_get("location")?,
     }))
 }
 
 /// Stores the response of `key`.
 pub async fn store(
     db: &impl GenericClient,
-    key: &str,
+    key: &ScopedKey,
     stored: &Stored,
 ) -> Result<(), tokio_postgres::Error> {
     let statement = db
-        .prepare_cached("INSERT INTO idempotency_keys (key, request, status, body, location) VALUES ($1, $2, $3, $4, $5)")
+        .prepare_cached("INSERT INTO idempotency_keys (scope, key, request, status, body, location) VALUES ($1, $2, $3, $4, $5, $6)")
         .await?;
     let status = i16::try_from(stored.status).unwrap_or(500);
     db.execute(
         &statement,
         &[
-            &key,
+            &key.scope,
+            &key.key,
             &stored.request,
             &status,
             &stored.body,

@@ -5,13 +5,15 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-fn from_row(row: &Row) -> Item {
-    Item {
-        id: row.get("id"),
-        name: row.get("name"),
-        note: row.get("note"),
-        created_at: row.get("created_at"),
-    }
+/// Fallible on purpose: a column whose type or nullability changed under a running replica (a
+/// rolling migration) is an error answered 500, not a panic.
+fn from_row(row: &Row) -> Result<Item, tokio_postgres::Error> {
+    Ok(Item {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        note: row.try_get("note")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 /// Inserts a new item with a fresh UUIDv7.
@@ -22,7 +24,7 @@ pub async fn insert(db: &impl GenericClient, new: &NewItem) -> Result<Item, toki
     let row = db
         .query_one(&statement, &[&Uuid::now_v7(), &new.name, &new.note])
         .await?;
-    Ok(from_row(&row))
+    from_row(&row)
 }
 
 /// One item by id.
@@ -33,11 +35,11 @@ pub async fn find(
     let statement = db
         .prepare_cached("SELECT id, name, note, created_at FROM items WHERE id = $1")
         .await?;
-    Ok(db
-        .query_opt(&statement, &[&id])
+    db.query_opt(&statement, &[&id])
         .await?
         .as_ref()
-        .map(from_row))
+        .map(from_row)
+        .transpose()
 }
 
 /// Up to `limit` items after `cursor`, in creation order (UUIDv7 ids sort by time).
@@ -52,12 +54,11 @@ pub async fn page(
              WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
         )
         .await?;
-    Ok(db
-        .query(&statement, &[&after, &limit])
+    db.query(&statement, &[&after, &limit])
         .await?
         .iter()
         .map(from_row)
-        .collect())
+        .collect()
 }
 
 /// Deletes an item; false when there was none.

@@ -30,34 +30,33 @@ pub struct Pending {
     pub routing_key: String,
     pub payload: Value,
     pub headers: Value,
-    pub age_seconds: f64,
 }
 
-/// Locks up to `limit` pending rows in order, skipping rows another replica's relay holds.
+/// Locks up to `limit` pending rows, oldest first, skipping rows another replica's relay holds
+/// (so across replicas, events are published unordered).
 pub async fn claim(
     db: &impl GenericClient,
     limit: i64,
 ) -> Result<Vec<Pending>, tokio_postgres::Error> {
     let statement = db
         .prepare_cached(
-            "SELECT seq, event_id, routing_key, payload, headers, \
-                    EXTRACT(EPOCH FROM now() - created_at)::float8 AS age \
+            "SELECT seq, event_id, routing_key, payload, headers \
              FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .await?;
-    Ok(db
-        .query(&statement, &[&limit])
+    db.query(&statement, &[&limit])
         .await?
         .iter()
-        .map(|row| Pending {
-            seq: row.get("seq"),
-            event_id: row.get("event_id"),
-            routing_key: row.get("routing_key"),
-            payload: row.get("payload"),
-            headers: row.get("headers"),
-            age_seconds: row.get("age"),
+        .map(|row| {
+            Ok(Pending {
+                seq: row.try_get("seq")?,
+                event_id: row.try_get("event_id")?,
+                routing_key: row.try_get("routing_key")?,
+                payload: row.try_get("payload")?,
+                headers: row.try_get("headers")?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Marks rows sent (after the broker confirmed them).
@@ -79,16 +78,5 @@ pub async fn backlog(db: &impl GenericClient) -> Result<(i64, f64), tokio_postgr
         )
         .await?;
     let row = db.query_one(&statement, &[]).await?;
-    Ok((row.get("pending"), row.get("oldest")))
-}
-
-/// Deletes sent rows older than `retention_seconds`; returns how many.
-pub async fn prune(
-    db: &impl GenericClient,
-    retention_seconds: f64,
-) -> Result<u64, tokio_postgres::Error> {
-    let statement = db
-        .prepare_cached("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)")
-        .await?;
-    db.execute(&statement, &[&retention_seconds]).await
+    Ok((row.try_get("pending")?, row.try_get("oldest")?))
 }

@@ -1,5 +1,12 @@
 //! The item-events consumer: manual acks, bounded prefetch, idempotent processing, and a
 //! dead-letter queue for messages that cannot be parsed or keep failing.
+//!
+//! Two kinds of failure are told apart. The database being away (or a conflict a retry
+//! resolves) is not the message's fault: the consumer holds the delivery and retries it with
+//! backoff until the database answers, so an outage delays events and dead-letters none. Any
+//! other failure is an attempt, counted in the message itself (the `x-attempts` header of a
+//! republished copy, so a restart or another replica continues the count); after
+//! [`MAX_ATTEMPTS`] the message goes to the dead-letter queue.
 
 use crate::domain::item::ItemEvent;
 use deadpool_postgres::Pool;
@@ -7,20 +14,52 @@ use futures_util::StreamExt;
 use health::checks::rabbitmq::BrokerLink;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
-use std::collections::HashMap;
+
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
 
 /// Unacknowledged deliveries the broker may push to one consumer.
 const PREFETCH: u16 = 16;
 /// Processing attempts before a message is dead-lettered.
-const MAX_ATTEMPTS: u32 = 3;
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Header of a republished message: the attempts it has used so far.
+const ATTEMPTS_HEADER: &str = "x-attempts";
+/// Backoff while the database is away: from the first to the cap, doubling.
+const UNAVAILABLE_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(2));
+
+/// Why processing an event failed.
+#[derive(Debug, thiserror::Error)]
+enum ProcessError {
+    /// The database could not do the work now; the event is not at fault.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The event failed on its own account: an attempt.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl From<deadpool_postgres::PoolError> for ProcessError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        ProcessError::Unavailable(error.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for ProcessError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if crate::db::is_transient(&error) {
+            ProcessError::Unavailable(crate::db::describe(&error))
+        } else {
+            ProcessError::Rejected(crate::db::describe(&error))
+        }
+    }
+}
 
 /// Everything the consumer task needs.
 #[derive(Debug, Clone)]
@@ -35,7 +74,6 @@ impl Consumer {
     /// Consumes until `stop`. On stop it cancels the subscription, finishes the delivery in
     /// hand, and lets the broker requeue whatever it had prefetched (nothing is lost).
     pub async fn run(self, stop: CancellationToken) {
-        let mut attempts: HashMap<Uuid, u32> = HashMap::new();
         while !stop.is_cancelled() {
             let connection = self.link.borrow().clone();
             let Some(connection) = connection else {
@@ -50,6 +88,10 @@ impl Consumer {
                 let channel = connection.create_channel().await?;
                 channel
                     .basic_qos(PREFETCH, BasicQosOptions::default())
+                    .await?;
+                // Republished attempts are confirmed before the original is acknowledged.
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
                     .await?;
                 let consumer = channel
                     .basic_consume(
@@ -79,7 +121,7 @@ impl Consumer {
                     next = deliveries.next() => next,
                 };
                 match next {
-                    Some(Ok(delivery)) => self.handle(delivery, &mut attempts).await,
+                    Some(Ok(delivery)) => self.handle(&channel, delivery, &stop).await,
                     Some(Err(error)) => {
                         tracing::warn!(%error, "consumer: delivery stream failed");
                         break;
@@ -97,7 +139,7 @@ impl Consumer {
         tracing::info!("consumer stopped");
     }
 
-    async fn handle(&self, delivery: Delivery, attempts: &mut HashMap<Uuid, u32>) {
+    async fn handle(&self, channel: &Channel, delivery: Delivery, stop: &CancellationToken) {
         let span = tracing::info_span!(
             "consume",
             otel.kind = "consumer",
@@ -117,34 +159,136 @@ impl Consumer {
             let span = tracing::Span::current();
             span.record("message_id", tracing::field::display(event.id));
             span.record("event_type", event.kind.as_str());
-            match process(&self.pool, &event).await {
-                Ok(first_time) => {
-                    attempts.remove(&event.id);
+            match self.process_while_available(&event, stop).await {
+                Some(Ok(first_time)) => {
                     if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
                         tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
                     }
                     tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, trace_id = %super::trace::trace_id(&span), "event consumed");
                 }
-                Err(error) => {
-                    let count = attempts.entry(event.id).or_insert(0);
-                    *count += 1;
-                    let requeue = *count < MAX_ATTEMPTS;
-                    tracing::warn!(event_id = %event.id, attempt = *count, requeue, error = format!("{error:#}"), "consumer: processing failed");
-                    if !requeue {
-                        attempts.remove(&event.id);
-                    }
-                    let _ = delivery.nack(BasicNackOptions { requeue, multiple: false }).await;
+                Some(Err(error)) => self.attempt_failed(channel, delivery, &event, &error).await,
+                // Stopping while the database is away: back to the queue, no attempt used.
+                None => {
+                    let _ = delivery
+                        .nack(BasicNackOptions { requeue: true, multiple: false })
+                        .await;
                 }
             }
         }
         .instrument(span.clone())
         .await;
     }
+
+    /// Processes `event`, waiting out database unavailability with backoff. `None` when told
+    /// to stop before the database returned.
+    async fn process_while_available(
+        &self,
+        event: &ItemEvent,
+        stop: &CancellationToken,
+    ) -> Option<Result<bool, ProcessError>> {
+        let (mut backoff, cap) = UNAVAILABLE_BACKOFF;
+        let mut waited = false;
+        loop {
+            match process(&self.pool, event).await {
+                Err(ProcessError::Unavailable(reason)) => {
+                    if !waited {
+                        tracing::warn!(event_id = %event.id, %reason, "consumer: database unavailable, holding the event until it returns");
+                        waited = true;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(cap);
+                }
+                outcome => {
+                    if waited {
+                        tracing::info!(event_id = %event.id, "consumer: database back, consuming again");
+                    }
+                    return Some(outcome);
+                }
+            }
+        }
+    }
+
+    /// One attempt used: republish the message with its count (then ack the original), or
+    /// dead-letter it when it has used them all.
+    async fn attempt_failed(
+        &self,
+        channel: &Channel,
+        delivery: Delivery,
+        event: &ItemEvent,
+        error: &ProcessError,
+    ) {
+        let attempt = attempts_used(delivery.properties.headers().as_ref()) + 1;
+        let dead_letter = attempt >= MAX_ATTEMPTS;
+        tracing::warn!(event_id = %event.id, attempt, dead_letter, error = %error, "consumer: processing failed");
+        if dead_letter {
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+        match self.republish(channel, &delivery, attempt).await {
+            Ok(()) => {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            Err(error) => {
+                // The copy may or may not exist: requeue the original (at worst a duplicate
+                // attempt, and processing is idempotent).
+                tracing::warn!(%error, "consumer: republishing a failed attempt; requeueing it");
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// A copy of `delivery` at the back of the queue, carrying `attempt` in its headers.
+    async fn republish(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        attempt: u32,
+    ) -> anyhow::Result<()> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempt));
+        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?;
+        match tokio::time::timeout(Duration::from_secs(5), confirm).await {
+            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+            Ok(Ok(other)) => anyhow::bail!("broker did not confirm the copy: {other:?}"),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => anyhow::bail!("no confirm for the copy within 5 s"),
+        }
+    }
+}
+
+/// Attempts a message has used, from its `x-attempts` header (0 for a first delivery).
+fn attempts_used(headers: Option<&FieldTable>) -> u32 {
+    let value = headers.and_then(|h| h.inner().get(ATTEMPTS_HEADER));
+    match value {
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
+        _ => 0,
+    }
 }
 
 /// Records the event once: a redelivered event finds its id already processed and changes
 /// nothing. Returns whether this was the first time.
-async fn process(pool: &Pool, event: &ItemEvent) -> anyhow::Result<bool> {
+async fn process(pool: &Pool, event: &ItemEvent) -> Result<bool, ProcessError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let inserted = tx

@@ -1,31 +1,39 @@
-//! The outbox relay: publishes pending outbox rows in order, with publisher confirms, and marks
-//! them sent only after the broker confirmed them. A broker outage only delays events: the rows
-//! wait, the relay follows the supervised connection and resumes when it is back.
+//! The outbox relay: publishes pending outbox rows with publisher confirms and marks them sent
+//! only after the broker confirmed them. A broker outage only delays events: the rows wait, the
+//! relay follows the supervised connection and resumes when it is back.
+//!
+//! The guarantee is **at least once, unordered**: each replica's relay claims the oldest rows
+//! nobody else holds (`FOR UPDATE SKIP LOCKED`), so two replicas publish interleaved batches, and
+//! a crash between the confirm and the commit publishes a batch again. Consumers must be
+//! idempotent (ours records event ids) and must not rely on order (use `occurred_at` or a
+//! version where order matters).
+//!
+//! The relay works on a pool of its own ([`crate::db::relay_pool`]): its row locks and a stalled
+//! publish never hold a connection a request needs. Publishing a batch and receiving its
+//! confirms is bounded (`APP__OUTBOX__PUBLISH_TIMEOUT`). The backlog (count and oldest age) is
+//! measured from the table by the lag check, so a stuck relay shows as lag.
 
 use crate::db;
 use bootstrap::Backoff;
 use bootstrap::config::OutboxSettings;
 use deadpool_postgres::Pool;
+use deadpool_postgres::PoolError;
 use health::checks::rabbitmq::BrokerLink;
 use health::{Check, CheckFailure, Observation};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
 use prometheus::{Gauge, IntCounter, IntGauge, Registry};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How often an idle relay looks for rows written by other replicas.
 const POLL: Duration = Duration::from_secs(1);
-/// How often sent rows are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// The relay's view of the backlog, shared with its health check and its metrics.
+/// The outbox backlog as last measured from the table: metrics the lag check keeps current.
 #[derive(Debug)]
 pub struct Backlog {
-    oldest_ms: AtomicU64,
     pending: IntGauge,
     oldest: Gauge,
     published: IntCounter,
@@ -37,7 +45,7 @@ impl Backlog {
     pub fn register(registry: &Registry) -> prometheus::Result<Arc<Self>> {
         let pending = IntGauge::new(
             "outbox_pending_events",
-            "Outbox rows not yet confirmed by the broker.",
+            "Outbox rows not yet confirmed by the broker (the whole table, every replica's).",
         )?;
         let oldest = Gauge::new(
             "outbox_oldest_pending_seconds",
@@ -51,7 +59,6 @@ impl Backlog {
         registry.register(Box::new(oldest.clone()))?;
         registry.register(Box::new(published.clone()))?;
         Ok(Arc::new(Self {
-            oldest_ms: AtomicU64::new(0),
             pending,
             oldest,
             published,
@@ -61,21 +68,23 @@ impl Backlog {
     fn observe(&self, pending: i64, oldest_seconds: f64) {
         self.pending.set(pending);
         self.oldest.set(oldest_seconds);
-        self.oldest_ms
-            .store((oldest_seconds * 1000.0) as u64, Ordering::Relaxed);
     }
 }
 
-/// Non-critical check: warns when the oldest pending event is older than the configured lag.
+/// Non-critical check: measures the backlog from the table (not from what the relay reports, so
+/// a stuck relay shows) and warns when the oldest pending event is older than the configured lag.
 #[derive(Debug)]
 pub struct OutboxLagCheck {
+    pool: Pool,
     backlog: Arc<Backlog>,
     warn_after: Duration,
 }
 
 impl OutboxLagCheck {
-    pub fn new(backlog: Arc<Backlog>, warn_after: Duration) -> Self {
+    /// A check reading the outbox through `pool` (the relay's) and keeping `backlog` current.
+    pub fn new(pool: Pool, backlog: Arc<Backlog>, warn_after: Duration) -> Self {
         Self {
+            pool,
             backlog,
             warn_after,
         }
@@ -89,7 +98,16 @@ impl Check for OutboxLagCheck {
     }
 
     async fn run(&self) -> Result<Observation, CheckFailure> {
-        let lag = Duration::from_millis(self.backlog.oldest_ms.load(Ordering::Relaxed));
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e: PoolError| CheckFailure::new(format!("outbox: {e}")))?;
+        let (pending, oldest) = db::outbox::backlog(&client)
+            .await
+            .map_err(|e| CheckFailure::new(format!("outbox: {}", db::describe(&e))))?;
+        self.backlog.observe(pending, oldest);
+        let lag = Duration::from_secs_f64(oldest.max(0.0));
         let observation = Observation {
             observed_value: Some(lag.as_secs_f64()),
             observed_unit: Some("s"),
@@ -97,7 +115,7 @@ impl Check for OutboxLagCheck {
         };
         if lag > self.warn_after {
             return Err(CheckFailure::new(format!(
-                "oldest unsent event is {}s old",
+                "oldest unsent event is {}s old ({pending} pending)",
                 lag.as_secs()
             )));
         }
@@ -117,15 +135,12 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Runs until `stop`; the batch in progress is always finished first.
+    /// Runs until `stop`; the batch in progress is finished first (within the publish timeout).
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut last_prune = tokio::time::Instant::now();
         while !stop.is_cancelled() {
             let connection = self.link.borrow().clone();
             let Some(connection) = connection else {
-                // Broker down: keep the lag signal fresh while the rows wait.
-                self.refresh_backlog().await;
                 let mut link = self.link.clone();
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -146,11 +161,19 @@ impl Relay {
                 if stop.is_cancelled() {
                     break;
                 }
-                if last_prune.elapsed() >= PRUNE_EVERY {
-                    last_prune = tokio::time::Instant::now();
-                    self.prune().await;
-                }
-                match self.publish_batch(&channel).await {
+                let batch = tokio::time::timeout(
+                    self.settings.publish_timeout,
+                    self.publish_batch(&channel),
+                );
+                // Past the timeout the transaction is dropped (rolled back, locks released) and
+                // the batch goes out again on a fresh channel.
+                let outcome = batch.await.unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "no confirms within {}",
+                        humantime::format_duration(self.settings.publish_timeout)
+                    ))
+                });
+                match outcome {
                     Ok(0) => {
                         backoff.reset();
                         tokio::select! {
@@ -165,7 +188,6 @@ impl Relay {
                             error = format!("{error:#}"),
                             "outbox relay: batch not published, will retry"
                         );
-                        self.refresh_backlog().await;
                         self.pause(&stop, backoff.next_delay()).await;
                         break;
                     }
@@ -191,13 +213,8 @@ impl Relay {
         let rows = db::outbox::claim(&tx, limit).await?;
         if rows.is_empty() {
             tx.commit().await?;
-            self.backlog.observe(0, 0.0);
             return Ok(0);
         }
-        self.backlog.observe(
-            i64::try_from(rows.len()).unwrap_or(i64::MAX),
-            rows[0].age_seconds,
-        );
         let mut confirms = Vec::with_capacity(rows.len());
         for row in &rows {
             let properties = BasicProperties::default()
@@ -229,32 +246,6 @@ impl Relay {
         tx.commit().await?;
         self.backlog.published.inc_by(seqs.len() as u64);
         Ok(seqs.len())
-    }
-
-    async fn refresh_backlog(&self) {
-        let result = async {
-            let client = self.pool.get().await?;
-            Ok::<_, anyhow::Error>(db::outbox::backlog(&client).await?)
-        }
-        .await;
-        if let Ok((pending, oldest)) = result {
-            self.backlog.observe(pending, oldest);
-        }
-    }
-
-    async fn prune(&self) {
-        let result = async {
-            let client = self.pool.get().await?;
-            Ok::<_, anyhow::Error>(
-                db::outbox::prune(&client, self.settings.retention.as_secs_f64()).await?,
-            )
-        }
-        .await;
-        match result {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "outbox: pruned sent rows"),
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "outbox: pruning"),
-        }
     }
 }
 

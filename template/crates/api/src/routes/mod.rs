@@ -2,18 +2,17 @@
 
 pub mod items;
 
+use crate::db::Database;
 use crate::problem::{self, ApiError};
 use actix_web::web;
-use deadpool_postgres::Pool;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub pool: Pool,
-    /// Bound on one request's database work.
-    pub query_timeout: std::time::Duration,
+    /// PostgreSQL, every use bounded by the query timeout.
+    pub db: Database,
     /// Wakes the outbox relay after a write, so events leave within milliseconds.
     pub outbox_written: Arc<Notify>,
 }

@@ -47,14 +47,14 @@ impl Check for RabbitMqCheck {
             .ok_or_else(|| CheckFailure::new("not connected (supervisor is reconnecting)"))?;
         let status = connection.status();
         if !status.connected() {
-            return Err(CheckFailure::new(format!(
-                "connection is {}",
-                if status.blocked() {
-                    "blocked by the broker"
-                } else {
-                    "not open"
-                }
-            )));
+            return Err(CheckFailure::new("connection is not open"));
+        }
+        // A resource alarm (memory, disk): the broker answers round trips but holds every
+        // publish. Failing here makes it `warn` (or `fail` when the check is critical).
+        if status.blocked() {
+            return Err(CheckFailure::new(
+                "blocked by the broker (a resource alarm): publishes wait",
+            ));
         }
         let mut slot = self.channel.lock().await;
         let channel = match slot.take() {

@@ -1,5 +1,5 @@
 use crate::db;
-use crate::db::idempotency::Stored;
+use crate::db::idempotency::{ScopedKey, Stored};
 use crate::domain::item::{Item, ItemEvent, ItemEventKind, NewItem};
 use crate::problem::{ApiError, Problem};
 use crate::routes::AppState;
@@ -39,39 +39,42 @@ pub async fn create(
     let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
 
     let headers = crate::messaging::trace::current_headers();
-    let outcome = db::within(&state.pool, state.query_timeout, |client| {
-        Box::pin(async move {
-            let tx = client.transaction().await?;
-            if let Some(key) = &key {
-                db::idempotency::lock(&tx, key).await?;
-                if let Some(stored) = db::idempotency::find(&tx, key).await? {
-                    if stored.request != request {
-                        return Err(ApiError::Unprocessable(
-                            "Idempotency-Key was already used with a different request body".into(),
-                        ));
+    let outcome = state
+        .db
+        .run(|client| {
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                if let Some(key) = &key {
+                    db::idempotency::lock(&tx, key).await?;
+                    if let Some(stored) = db::idempotency::find(&tx, key).await? {
+                        if stored.request != request {
+                            return Err(ApiError::Unprocessable(
+                                "Idempotency-Key was already used with a different request body"
+                                    .into(),
+                            ));
+                        }
+                        return Ok(Outcome::Replayed(stored));
                     }
-                    return Ok(Outcome::Replayed(stored));
                 }
-            }
-            let item = db::items::insert(&tx, &new).await?;
-            let event = ItemEvent::new(ItemEventKind::Created, item.id);
-            db::outbox::enqueue(&tx, &event, &headers).await?;
-            if let Some(key) = &key {
-                let body =
-                    serde_json::to_value(&item).map_err(|e| ApiError::Internal(e.to_string()))?;
-                let stored = Stored {
-                    request,
-                    status: 201,
-                    body,
-                    location: Some(super::location(item.id)),
-                };
-                db::idempotency::store(&tx, key, &stored).await?;
-            }
-            tx.commit().await?;
-            Ok(Outcome::Created(item))
+                let item = db::items::insert(&tx, &new).await?;
+                let event = ItemEvent::new(ItemEventKind::Created, item.id);
+                db::outbox::enqueue(&tx, &event, &headers).await?;
+                if let Some(key) = &key {
+                    let body = serde_json::to_value(&item)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    let stored = Stored {
+                        request,
+                        status: 201,
+                        body,
+                        location: Some(super::location(item.id)),
+                    };
+                    db::idempotency::store(&tx, key, &stored).await?;
+                }
+                tx.commit().await?;
+                Ok(Outcome::Created(item))
+            })
         })
-    })
-    .await?;
+        .await?;
     match outcome {
         Outcome::Replayed(stored) => Ok(replay(&stored)),
         Outcome::Created(item) => {
@@ -88,7 +91,7 @@ enum Outcome {
     Replayed(Stored),
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+fn idempotency_key(req: &HttpRequest) -> Result<Option<ScopedKey>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
@@ -96,7 +99,18 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= KEY_MAX);
-    key.map(|k| Some(k.to_owned())).ok_or_else(|| {
+    let scope = format!(
+        "{} {}",
+        req.method(),
+        req.match_pattern().unwrap_or_else(|| req.path().to_owned())
+    );
+    key.map(|k| {
+        Some(ScopedKey {
+            scope,
+            key: k.to_owned(),
+        })
+    })
+    .ok_or_else(|| {
         ApiError::BadRequest(format!(
             "Idempotency-Key must be 1 to {KEY_MAX} visible ASCII characters"
         ))

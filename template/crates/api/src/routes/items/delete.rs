@@ -22,19 +22,21 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let headers = crate::messaging::trace::current_headers();
-    db::within(&state.pool, state.query_timeout, |client| {
-        Box::pin(async move {
-            let tx = client.transaction().await?;
-            if !db::items::delete(&tx, id).await? {
-                return Err(ApiError::NotFound(id));
-            }
-            let event = ItemEvent::new(ItemEventKind::Deleted, id);
-            db::outbox::enqueue(&tx, &event, &headers).await?;
-            tx.commit().await?;
-            Ok(())
+    state
+        .db
+        .run(|client| {
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                if !db::items::delete(&tx, id).await? {
+                    return Err(ApiError::NotFound(id));
+                }
+                let event = ItemEvent::new(ItemEventKind::Deleted, id);
+                db::outbox::enqueue(&tx, &event, &headers).await?;
+                tx.commit().await?;
+                Ok(())
+            })
         })
-    })
-    .await?;
+        .await?;
     state.outbox_written.notify_one();
     Ok(HttpResponse::NoContent().finish())
 }

@@ -21,8 +21,9 @@ pub async fn get(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let client = state.pool.get().await?;
-    let item = db::items::find(&client, id)
+    let item = state
+        .db
+        .run(|client| Box::pin(async move { Ok(db::items::find(&*client, id).await?) }))
         .await?
         .ok_or(ApiError::NotFound(id))?;
     Ok(HttpResponse::Ok().json(item))

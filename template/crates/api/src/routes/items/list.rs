@@ -60,10 +60,10 @@ pub async fn list(
                 .map_err(|_| ApiError::BadRequest(format!("invalid cursor {raw:?}")))?,
         ),
     };
-    let items = db::within(&state.pool, state.query_timeout, |client| {
-        Box::pin(async move { Ok(db::items::page(&*client, after, limit).await?) })
-    })
-    .await?;
+    let items = state
+        .db
+        .run(|client| Box::pin(async move { Ok(db::items::page(&*client, after, limit).await?) }))
+        .await?;
     let next_cursor = if items.len() as i64 == limit {
         items.last().map(|item| item.id.to_string())
     } else {

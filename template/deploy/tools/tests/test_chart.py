@@ -1,0 +1,343 @@
+{% raw %}"""Render cases of the chart: values in, assertions on the rendered objects out, with Helm 4 and
+Helm 3 (HELM4 / HELM3). Every render that must succeed is also validated against the Kubernetes
+schemas (kubernetes-validate, strict); every refusal is a case that must fail with its message.
+Run by `make chart-check`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "helm/{% endraw %}{{project-name}}{% raw %}"
+RELEASE = "orders"
+FULLNAME = "orders-{% endraw %}{{project-name}}{% raw %}"
+HELMS = [h for h in (os.environ.get("HELM4"), os.environ.get("HELM3")) if h]
+KUBERNETES = os.environ.get("CHART_TEST_KUBERNETES", "1.33")
+INLINE = {"database": {"url": "postgres://app:pw@db:5432/orders"}, "rabbitmq": {"url": "amqp://app:pw@mq:5672/%2f"}}
+EXISTING = {"database": {"existingSecret": "orders-db", "existingSecretKey": "url"},
+            "rabbitmq": {"existingSecret": "orders-mq"}}
+
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+# The default repository without its registry host (what global.imageRegistry goes in front of).
+REPOSITORY_PATH = VALUES["image"]["repository"].split("/", 1)[1]
+
+if not HELMS:
+    pytest.skip("HELM4/HELM3 not set (run through make chart-check)", allow_module_level=True)
+
+
+def merge(*layers: dict) -> dict:
+    out: dict = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def helm(binary: str, values: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    return subprocess.run(
+        [binary, "template", RELEASE, str(CHART), "-n", "prod", "-f", str(values_file), *extra],
+        capture_output=True, text=True,
+    )
+
+
+class Rendered:
+    def __init__(self, text: str):
+        self.docs = [d for d in yaml.safe_load_all(text) if d]
+
+    def all(self, kind: str) -> list[dict]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict:
+        found = [d for d in self.all(kind) if name is None or d["metadata"]["name"] == name]
+        assert len(found) == 1, f"{len(found)} {kind} named {name}: {[d['metadata']['name'] for d in self.all(kind)]}"
+        return found[0]
+
+    @property
+    def pod(self) -> dict:
+        return self.one("Deployment")["spec"]["template"]
+
+    @property
+    def container(self) -> dict:
+        return self.pod["spec"]["containers"][0]
+
+    def env(self, name: str) -> dict:
+        return next(e for e in self.container["env"] if e["name"] == name)
+
+
+@pytest.fixture(params=HELMS, ids=lambda h: Path(h).parent.name)
+def render(request, tmp_path):
+    binary = request.param
+
+    def run(*layers: dict, extra: tuple[str, ...] = ()) -> Rendered:
+        result = helm(binary, merge(*layers), tmp_path, *extra)
+        assert result.returncode == 0, result.stderr
+        rendered = Rendered(result.stdout)
+        if binary == HELMS[0]:
+            for doc in rendered.docs:
+                if "monitoring.coreos.com" in doc["apiVersion"] or "gateway.networking.k8s.io" in doc["apiVersion"]:
+                    continue  # CRDs: no schema in kubernetes-validate
+                kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+        return rendered
+
+    return run
+
+
+@pytest.fixture(params=HELMS, ids=lambda h: Path(h).parent.name)
+def refused(request, tmp_path):
+    def run(*layers: dict, extra: tuple[str, ...] = ()) -> str:
+        result = helm(request.param, merge(*layers), tmp_path, *extra)
+        assert result.returncode != 0, "rendered, but must be refused"
+        return result.stderr
+
+    return run
+
+
+# Secrets ------------------------------------------------------------------------------------
+
+def test_inline_urls_go_into_a_secret_the_pods_reference(render):
+    out = render(INLINE)
+    secret = out.one("Secret", f"{FULLNAME}-urls")
+    assert secret["stringData"] == {"database-url": INLINE["database"]["url"], "rabbitmq-url": INLINE["rabbitmq"]["url"]}
+    assert out.env("APP__DATABASE__URL")["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-urls", "key": "database-url"}
+    assert out.env("APP__RABBITMQ__URL")["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-urls", "key": "rabbitmq-url"}
+    config = out.one("ConfigMap")["data"]
+    assert not any("pw@" in str(v) for v in config.values()), "a password reached the ConfigMap"
+
+
+def test_a_changed_url_rolls_the_pods(render):
+    before = render(INLINE).pod["metadata"]["annotations"]["checksum/secret"]
+    after = render(INLINE, {"database": {"url": "postgres://app:new@db:5432/orders"}}).pod["metadata"]["annotations"]["checksum/secret"]
+    assert before != after
+
+
+def test_existing_secrets_are_referenced_as_they_are(render):
+    out = render(EXISTING)
+    assert out.all("Secret") == []
+    assert out.env("APP__DATABASE__URL")["valueFrom"]["secretKeyRef"] == {"name": "orders-db", "key": "url"}
+    assert out.env("APP__RABBITMQ__URL")["valueFrom"]["secretKeyRef"] == {"name": "orders-mq", "key": "rabbitmq-url"}
+    assert "checksum/secret" not in out.pod["metadata"]["annotations"]
+
+
+def test_one_existing_and_one_inline(render):
+    out = render({"database": EXISTING["database"], "rabbitmq": INLINE["rabbitmq"]})
+    assert out.one("Secret")["stringData"] == {"rabbitmq-url": INLINE["rabbitmq"]["url"]}
+    assert out.env("APP__DATABASE__URL")["valueFrom"]["secretKeyRef"]["name"] == "orders-db"
+
+
+@pytest.mark.parametrize("missing", ["database", "rabbitmq"])
+def test_no_url_and_no_secret_is_refused_naming_the_values(refused, missing):
+    values = {k: v for k, v in INLINE.items() if k != missing}
+    message = refused(values)
+    assert f"set {missing}.url" in message and f"{missing}.existingSecret" in message, message
+
+
+# Parent charts, registry, image --------------------------------------------------------------
+
+def test_enabled_and_global_are_accepted_and_used(render):
+    out = render(INLINE, {"enabled": True, "global": {"imageRegistry": "mirror.corp:5000", "imagePullSecrets": ["corp-pull"]}})
+    assert out.container["image"] == f"mirror.corp:5000/{REPOSITORY_PATH}:0.1.0"
+    assert {"name": "corp-pull"} in out.pod["spec"]["imagePullSecrets"]
+    test_pod = out.one("Pod")
+    assert test_pod["spec"]["containers"][0]["image"] == "mirror.corp:5000/library/busybox:1.37"
+
+
+def test_global_registry_prefixes_a_repository_without_a_host(render):
+    out = render(INLINE, {"image": {"repository": "acme/orders"}, "global": {"imageRegistry": "mirror.corp"}})
+    assert out.container["image"] == "mirror.corp/acme/orders:0.1.0"
+
+
+def test_the_release_digest_pins_the_app_version_and_an_explicit_tag_wins(render):
+    digest = "sha256:" + "a" * 64
+    repository = VALUES["image"]["repository"]
+    assert render(INLINE, {"image": {"digest": digest}}).container["image"] == f"{repository}:0.1.0@{digest}"
+    assert render(INLINE, {"image": {"digest": digest, "tag": "1.5.0"}}).container["image"] == f"{repository}:1.5.0"
+
+
+# Autoscaling, connections, disruptions ---------------------------------------------------------
+
+def test_hpa_has_a_scale_down_window_and_the_deployment_keeps_a_replica_count(render):
+    out = render(INLINE, {"autoscaling": {"enabled": True, "maxReplicas": 4}})
+    hpa = out.one("HorizontalPodAutoscaler")
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 4)
+    # Never dropped: a Deployment without `replicas` is reset to 1 when the HPA is switched on.
+    assert out.one("Deployment")["spec"]["replicas"] == 3
+
+
+def test_inverted_autoscaling_bounds_are_refused(refused):
+    assert "minReplicas (12) is above autoscaling.maxReplicas (10)" in refused(
+        INLINE, {"autoscaling": {"enabled": True, "minReplicas": 12, "maxReplicas": 10, }, "database": {"maxConnections": 1000}})
+
+
+def test_more_connections_than_the_server_allows_are_refused(refused, render):
+    # 10 replicas + 1 surge, each a pool of 16 + 2: 198 > 100.
+    message = refused(INLINE, {"autoscaling": {"enabled": True}})
+    assert "11 pods" in message and "= 198 exceeds database.maxConnections (100)" in message, message
+    render(INLINE, {"autoscaling": {"enabled": True}, "app": {"database": {"poolMaxSize": 7}}})  # 11 x 9 = 99
+
+
+def test_pool_size_and_management_workers_are_values(render):
+    data = render(INLINE, {"app": {"database": {"poolMaxSize": 8}, "managementWorkers": 2}}).one("ConfigMap")["data"]
+    assert (data["APP__DATABASE__POOL_MAX_SIZE"], data["APP__MANAGEMENT__WORKERS"]) == ("8", "2")
+
+
+def test_pdb_lets_unhealthy_pods_be_evicted(render):
+    pdb = render(INLINE).one("PodDisruptionBudget")["spec"]
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+    pdb = render(INLINE, {"podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": None}}).one("PodDisruptionBudget")["spec"]
+    assert pdb["minAvailable"] == 2 and "maxUnavailable" not in pdb
+
+
+def test_pdb_with_both_bounds_is_refused(refused):
+    assert "not both" in refused(INLINE, {"podDisruptionBudget": {"minAvailable": 2}})
+
+
+# Services, ingress, network policy -------------------------------------------------------------
+
+def test_the_api_service_carries_only_the_api_port(render):
+    out = render(INLINE, {"service": {"type": "LoadBalancer", "annotations": {"lb.example.com/internal": "true"}}})
+    api = out.one("Service", FULLNAME)
+    assert api["spec"]["type"] == "LoadBalancer"
+    assert [p["targetPort"] for p in api["spec"]["ports"]] == ["http"]
+    assert api["metadata"]["annotations"] == {"lb.example.com/internal": "true"}
+    management = out.one("Service", f"{FULLNAME}-management")
+    assert management["spec"]["type"] == "ClusterIP"
+    assert [p["targetPort"] for p in management["spec"]["ports"]] == ["management"]
+
+
+def test_helm_test_and_service_monitor_use_the_management_service(render):
+    out = render(INLINE, {"serviceMonitor": {"enabled": True, "scrapeTimeout": "5s",
+                                             "relabelings": [{"action": "labeldrop", "regex": "endpoint"}]}})
+    command = out.one("Pod")["spec"]["containers"][0]["command"]
+    assert command[-1] == f"http://{FULLNAME}-management:9090/readyz"
+    monitor = out.one("ServiceMonitor")
+    management_labels = out.one("Service", f"{FULLNAME}-management")["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= management_labels.items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= out.one("Service", FULLNAME)["metadata"]["labels"].items()
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["scrapeTimeout"] == "5s" and endpoint["relabelings"][0]["action"] == "labeldrop"
+
+
+def test_network_policy_admits_the_test_pod_and_monitoring_and_has_an_optional_egress(render):
+    out = render(INLINE, {"networkPolicy": {"enabled": True}})
+    policy = out.one("NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"] and "egress" not in policy
+    management_rule = next(r for r in policy["ingress"] if r["ports"][0]["port"] == "management")
+    test_labels = out.one("Pod")["metadata"]["labels"]
+    selectors = [p["podSelector"]["matchLabels"] for p in management_rule["from"] if "podSelector" in p]
+    assert any(s.items() <= test_labels.items() for s in selectors), "helm test could not reach the management port"
+    assert any("namespaceSelector" in p for p in management_rule["from"])
+    policy = render(INLINE, {"networkPolicy": {"enabled": True, "egress": {"enabled": True, "to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}}}).one("NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert {p["port"] for p in policy["egress"][0]["ports"]} == {53}
+    assert {p["port"] for p in policy["egress"][1]["ports"]} == {5432, 5672, 5671}
+    assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+
+
+def test_ingress_routes_to_the_api_port_only(render):
+    out = render(INLINE, {"ingress": {"enabled": True, "className": "nginx",
+                                      "hosts": [{"host": "orders.example.com", "paths": [{"path": "/v1", "pathType": "Prefix"}]}],
+                                      "tls": [{"secretName": "orders-tls", "hosts": ["orders.example.com"]}]}})
+    ingress = out.one("Ingress")["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["tls"] == [{"hosts": ["orders.example.com"], "secretName": "orders-tls"}]
+    path = ingress["rules"][0]["http"]["paths"][0]
+    assert path["path"] == "/v1" and path["backend"]["service"] == {"name": FULLNAME, "port": {"name": "http"}}
+
+
+def test_http_route_points_at_the_api_service(render):
+    route = render(INLINE, {"httpRoute": {"enabled": True}}).one("HTTPRoute")["spec"]
+    assert route["rules"][0]["backendRefs"] == [{"name": FULLNAME, "port": 80}]
+
+
+# Extension points ------------------------------------------------------------------------------
+
+def test_extension_points(render):
+    out = render(INLINE, {
+        "extraEnvVars": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}],
+        "extraEnvVarsSecret": "orders-env", "extraEnvVarsCM": "orders-cm",
+        "extraVolumes": [{"name": "ca", "secret": {"secretName": "ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
+        "initContainers": [{"name": "init", "image": "busybox", "command": ["true"]}],
+        "sidecars": [{"name": "proxy", "image": "envoy"}],
+        "podAnnotations": {"a": "1"}, "podLabels": {"team": "orders"}, "priorityClassName": "high",
+    })
+    spec = out.pod["spec"]
+    assert out.env("TOKEN")["valueFrom"]["secretKeyRef"] == {"name": "t", "key": "k"}
+    assert {"secretRef": {"name": "orders-env"}} in out.container["envFrom"]
+    assert {"configMapRef": {"name": "orders-cm"}} in out.container["envFrom"]
+    assert {"name": "ca", "secret": {"secretName": "ca"}} in spec["volumes"]
+    assert {"name": "ca", "mountPath": "/etc/ca", "readOnly": True} in out.container["volumeMounts"]
+    assert [c["name"] for c in spec["initContainers"]] == ["init"]
+    assert [c["name"] for c in spec["containers"]] == ["{% endraw %}{{project-name}}{% raw %}", "proxy"]
+    assert out.pod["metadata"]["annotations"]["a"] == "1" and out.pod["metadata"]["labels"]["team"] == "orders"
+    assert spec["priorityClassName"] == "high"
+
+
+def test_common_labels_and_annotations_reach_every_object(render):
+    out = render(INLINE, {"commonLabels": {"team": "orders"}, "commonAnnotations": {"owner": "orders@example.com"},
+                          "ingress": {"enabled": True}, "autoscaling": {"enabled": True, "maxReplicas": 4},
+                          "networkPolicy": {"enabled": True}, "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
+    assert len(out.docs) >= 12
+    for doc in out.docs:
+        assert doc["metadata"]["labels"]["team"] == "orders", doc["kind"]
+        assert doc["metadata"]["annotations"]["owner"] == "orders@example.com", doc["kind"]
+
+
+def test_topology_spread_keeps_each_replica_set_apart(render):
+    constraints = render(INLINE).pod["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    for c in constraints:
+        assert c["matchLabelKeys"] == ["pod-template-hash"]
+        assert c["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "{% endraw %}{{project-name}}{% raw %}", "app.kubernetes.io/instance": RELEASE}
+
+
+@pytest.mark.parametrize("how", ["force", "detected"])
+def test_openshift_restricted_scc_assigns_the_uid(render, how):
+    if how == "force":
+        out = render(INLINE, {"global": {"compatibility": {"openshift": {"adaptSecurityContext": "force"}}}})
+    else:
+        out = render(INLINE, extra=("--api-versions", "security.openshift.io/v1"))
+    for context in (out.pod["spec"]["securityContext"], out.container["securityContext"]):
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & context.keys(), context
+        assert context["runAsNonRoot"] is True
+    pinned = render(INLINE, {"global": {"compatibility": {"openshift": {"adaptSecurityContext": "disabled"}}}},
+                    extra=("--api-versions", "security.openshift.io/v1"))
+    assert pinned.pod["spec"]["securityContext"]["runAsUser"] == 65532
+
+
+def test_alert_rules_are_scoped_to_the_release(render):
+    rules = render(INLINE, {"prometheusRule": {"enabled": True}}).one("PrometheusRule")["spec"]["groups"][0]["rules"]
+    text = json.dumps(rules)
+    assert "__" not in text.replace("__name__", "")
+    assert f'deployment=\\"{FULLNAME}\\"' in text and f'job=\\"{FULLNAME}-management\\"' in text and 'namespace=\\"prod\\"' in text
+    assert {r["alert"] for r in rules} >= {"{% endraw %}{{project-name | pascal_case}}{% raw %}NoReadyReplicas", "{% endraw %}{{project-name | pascal_case}}{% raw %}Restarting", "{% endraw %}{{project-name | pascal_case}}{% raw %}HighErrorRatio"}
+
+
+# Refusals kept from before ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("values, messages", [
+    ({"terminationGracePeriodSeconds": 10}, ["below the shutdown budget"]),
+    ({"probes": {"startup": {"failureThreshold": 5}}}, ["shorter than app.startup.deadlineSeconds"]),
+    ({"replicaCount": "abc"}, ["replicaCount"]),
+    ({"databse": {"url": "postgres://x"}}, ["databse"]),
+    # Helm 3 and Helm 4 word schema errors differently.
+    ({"database": {"url": "mysql://x"}}, ["database.url", "/database/url"]),
+])
+def test_refusals(refused, values, messages):
+    message = refused(INLINE, values)
+    assert any(m in message for m in messages), message
+{% endraw %}
