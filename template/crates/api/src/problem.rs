@@ -121,6 +121,15 @@ pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> Ap
     }
 }
 
+/// `text` cut to `max` characters (with an ellipsis), for reflecting client input in a problem
+/// or a log line without echoing kilobytes back.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}...", &text[..cut])),
+    }
+}
+
 /// A problem with nothing to add to its status line.
 fn bare_problem(status: StatusCode, title: &'static str) -> HttpResponse {
     let body = Problem {

@@ -84,3 +84,14 @@ fn passwords_never_reach_the_logs() {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
     }
 }
+
+#[test]
+fn a_misspelt_variable_stops_the_process_naming_it() {
+    let line = refused(&[("APP__HEALTH__POSTGRES__INTERVALL", "5s")]);
+    assert!(
+        line.contains(
+            r#"APP__HEALTH__POSTGRES__INTERVALL="5s" is invalid: expected a known setting"#
+        ),
+        "{line}"
+    );
+}

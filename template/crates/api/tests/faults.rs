@@ -350,3 +350,30 @@ fn a_broker_under_a_resource_alarm_is_reported() {
     rabbit.ctl(&["set_vm_memory_high_watermark", "0.4"]);
     service.wait_for_status("pass", RECOVERY);
 }
+
+#[test]
+fn the_verbose_report_gives_an_error_class_not_the_servers_text() {
+    let shared = Shared::new("leak");
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    postgres.psql("app", "CREATE ROLE leaky_app_role LOGIN SUPERUSER");
+    let url = format!(
+        "postgres://leaky_app_role@127.0.0.1:{}/app",
+        postgres.port()
+    );
+    let service = spawn(&env_for(&url, &shared.rabbitmq_url(), &[]));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    // The role may no longer log in: the check's next connection is refused by the server,
+    // whose message names the role.
+    postgres.psql("app", "ALTER ROLE leaky_app_role NOLOGIN");
+    postgres.psql(
+        "app",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'leaky_app_role'",
+    );
+    service.wait_for("/readyz", 503, DETECTION);
+    let output = check_output(&service, "postgres");
+    assert!(output.contains("authentication failed"), "{output}");
+    let report = service.probe("/readyz?verbose").2;
+    assert!(!report.contains("leaky_app_role"), "{report}");
+    assert!(!report.contains("127.0.0.1"), "{report}");
+}

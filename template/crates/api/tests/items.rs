@@ -524,3 +524,45 @@ fn idempotency_keys_and_processed_events_are_pruned_after_their_retention() {
         201
     );
 }
+
+#[test]
+fn client_mistakes_are_4xx_never_500() {
+    let shared = Shared::new("mistakes");
+    let service = ready(&shared, &[]);
+    // NUL cannot be stored in PostgreSQL text: refused before it gets there.
+    assert_problem(post(&service, &json!({"name": "a\u{0000}"}), None), 422);
+    assert_problem(
+        post(&service, &json!({"name": "ok", "note": "b\u{0000}"}), None),
+        422,
+    );
+    // An item is an object, not the same values in an array.
+    assert_problem(post(&service, &json!(["an array", null]), None), 422);
+    // A name must be visible.
+    assert_problem(post(&service, &json!({"name": " \t\n "}), None), 422);
+    // Idempotency-Key: once, visible ASCII.
+    let twice = service
+        .http()
+        .post(service.api_url("/v1/items"))
+        .header("Idempotency-Key", "k1")
+        .header("Idempotency-Key", "k2")
+        .json(&json!({"name": "twice"}))
+        .send()
+        .unwrap();
+    assert_problem(twice, 400);
+    assert_problem(post(&service, &json!({"name": "tab"}), Some("a\tb")), 400);
+    // Reflected input is clipped.
+    let cursor = "z".repeat(8_000);
+    let response = service
+        .http()
+        .get(service.api_url(&format!("/v1/items?cursor={cursor}")))
+        .send()
+        .unwrap();
+    let problem = assert_problem(response, 400);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.len() < 200, "{} bytes reflected", detail.len());
+    assert_eq!(
+        psql_in(&shared.name, "SELECT count(*) FROM items"),
+        "0",
+        "a refused request stored something"
+    );
+}

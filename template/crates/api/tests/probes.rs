@@ -176,4 +176,60 @@ fn probe_load_adds_no_database_queries() {
         "{probes} probes caused {loaded} transactions vs {idle} idle"
     );
 }
+
+#[test]
+fn probes_answer_head_refuse_other_methods_and_clip_what_they_reflect() {
+    let shared = Shared::new("probemethods");
+    let service = spawn(&shared.env());
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let http = service.http();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", service.management_port);
+    for path in [
+        "/livez",
+        "/readyz",
+        "/startupz",
+        "/readyz/postgres",
+        "/metrics",
+    ] {
+        let head = http.head(url(path)).send().unwrap();
+        assert_eq!(head.status().as_u16(), 200, "HEAD {path}");
+        assert_eq!(head.text().unwrap(), "", "HEAD {path} has no body");
+        let post = http.post(url(path)).send().unwrap();
+        assert_eq!(post.status().as_u16(), 405, "POST {path}");
+        assert_eq!(post.headers()["allow"], "GET, HEAD");
+    }
+    let long = "x".repeat(60_000);
+    let (status, _, body) = service.probe(&format!("/readyz/{long}"));
+    assert_eq!(status, 404);
+    assert!(body.len() < 200, "{} bytes reflected", body.len());
+}
+
+#[test]
+fn made_up_methods_do_not_grow_the_metrics() {
+    let shared = Shared::new("methods");
+    let service = spawn(&shared.env());
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    for i in 0..300 {
+        let method = reqwest::Method::from_bytes(format!("M{i}X").as_bytes()).unwrap();
+        let _ = service
+            .http()
+            .request(method, service.api_url("/v1/items"))
+            .send()
+            .unwrap();
+    }
+    let metrics = service.probe("/metrics").2;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .collect();
+    assert!(
+        series.iter().all(|l| !l.contains("method=\"M")),
+        "made-up methods became labels: {} series",
+        series.len()
+    );
+    assert!(
+        series.iter().any(|l| l.contains("method=\"other\"")),
+        "{series:?}"
+    );
+}
 {% endraw %}

@@ -5,6 +5,8 @@
 //! port is bound; a bad one becomes a [`ConfigError`] naming the variable, the value and what
 //! was expected, and the binary exits with code 2.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -276,9 +278,20 @@ impl Sources {
 impl Settings {
     /// Loads every layer and validates every value.
     pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
-        let raw = layered(sources)?;
-        Reader { raw: &raw }.settings()
+        from_layers(&layered(sources)?)
     }
+}
+
+/// Every setting out of the merged layers; any key no setting reads is an error.
+fn from_layers(raw: &config::Config) -> Result<Settings, ConfigError> {
+    let reader = Reader {
+        raw,
+        read: RefCell::new(BTreeSet::new()),
+    };
+    let settings = reader.settings()?;
+    // Last: a known key with a bad value is named before an unknown one.
+    reader.refuse_unknown_keys()?;
+    Ok(settings)
 }
 
 fn layered(sources: &Sources) -> Result<config::Config, ConfigError> {
@@ -314,18 +327,64 @@ fn layered(sources: &Sources) -> Result<config::Config, ConfigError> {
         })
 }
 
+/// The dotted keys of every leaf value in `table` (`health.postgres.interval`).
+fn flatten(prefix: &str, table: &config::Map<String, config::Value>, out: &mut Vec<String>) {
+    for (name, value) in table {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match value.clone().into_table() {
+            Ok(inner) => flatten(&key, &inner, out),
+            Err(_) => out.push(key),
+        }
+    }
+}
+
 fn display(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// Reads typed values out of the merged layers, naming the key on every failure.
+/// Reads typed values out of the merged layers, naming the key on every failure, and
+/// remembers which keys it read: anything else in the layers is a misspelling.
 struct Reader<'a> {
     raw: &'a config::Config,
+    read: RefCell<BTreeSet<String>>,
 }
 
 impl Reader<'_> {
-    fn text(&self, key: &str) -> Option<String> {
-        self.raw.get_string(key).ok()
+    /// The value of `key` as text; `None` when no layer sets it. A value that is not text
+    /// (a table where a value belongs) is an error, never a silent default.
+    fn text(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        self.read.borrow_mut().insert(key.to_owned());
+        match self.raw.get_string(key) {
+            Ok(value) => Ok(Some(value)),
+            Err(config::ConfigError::NotFound(_)) => Ok(None),
+            Err(_) => Err(ConfigError::new(
+                key,
+                Some("(not a single value)".into()),
+                "a single value",
+            )),
+        }
+    }
+
+    /// Every key a layer sets that no setting reads: `APP__HEALTH__POSTGRES__INTERVALL=5s`
+    /// must stop the process, not be ignored.
+    fn refuse_unknown_keys(&self) -> Result<(), ConfigError> {
+        let mut keys = Vec::new();
+        if let Ok(table) = config::Source::collect(self.raw) {
+            flatten("", &table, &mut keys);
+        }
+        let read = self.read.borrow();
+        match keys.into_iter().find(|key| !read.contains(key)) {
+            None => Ok(()),
+            Some(key) => Err(ConfigError::new(
+                &key,
+                self.raw.get_string(&key).ok().map(|v| redact(&v)),
+                "a known setting: this key is not one (misspelt? see docs/configuration.md)",
+            )),
+        }
     }
 
     fn parse<T>(
@@ -335,7 +394,7 @@ impl Reader<'_> {
         expected: &str,
         parse: impl Fn(&str) -> Option<T>,
     ) -> Result<T, ConfigError> {
-        match self.text(key) {
+        match self.text(key)? {
             None => Ok(default),
             Some(raw) => {
                 parse(raw.trim()).ok_or_else(|| ConfigError::new(key, Some(redact(&raw)), expected))
@@ -400,7 +459,7 @@ impl Reader<'_> {
     }
 
     fn url(&self, key: &str, default: &str, schemes: &[&str]) -> Result<SecretUrl, ConfigError> {
-        let raw = self.text(key).unwrap_or_else(|| default.to_owned());
+        let raw = self.text(key)?.unwrap_or_else(|| default.to_owned());
         let expected = format!(
             "a URL starting with {}",
             schemes
@@ -421,7 +480,7 @@ impl Reader<'_> {
     }
 
     fn name(&self, key: &str, default: &str) -> Result<String, ConfigError> {
-        let value = self.text(key).unwrap_or_else(|| default.to_owned());
+        let value = self.text(key)?.unwrap_or_else(|| default.to_owned());
         let valid = !value.is_empty()
             && value.len() <= 255
             && value
@@ -582,7 +641,22 @@ mod tests {
             builder = builder.set_override(*key, *value).unwrap();
         }
         let raw = builder.build().unwrap();
-        Reader { raw: &raw }.settings()
+        from_layers(&raw)
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_naming_it() {
+        let error = load(&[("health.postgres.intervall", "5s")]).unwrap_err();
+        assert_eq!(error.variable, "APP__HEALTH__POSTGRES__INTERVALL");
+        assert!(error.expected.contains("misspelt"), "{error}");
+    }
+
+    #[test]
+    fn a_table_where_a_value_belongs_is_an_error_not_the_default() {
+        let mut builder = config::Config::builder();
+        builder = builder.set_override("server.port.number", "8080").unwrap();
+        let error = from_layers(&builder.build().unwrap()).unwrap_err();
+        assert_eq!(error.variable, "APP__SERVER__PORT");
     }
 
     #[test]

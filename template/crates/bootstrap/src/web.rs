@@ -48,6 +48,24 @@ impl HttpMetrics {
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The method as a metric label: the standard ones by name, anything a client makes up as
+/// `other`. A label copied from the request would let one client grow /metrics without bound.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Middleware (for `actix_web::middleware::from_fn`) recording metrics and the access log.
 /// Mount it inside `TracingLogger` so it sees the request id.
 pub async fn observe(
@@ -56,7 +74,7 @@ pub async fn observe(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, Error> {
     let started = Instant::now();
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
@@ -70,11 +88,11 @@ pub async fn observe(
     let took = started.elapsed();
     metrics
         .requests
-        .with_label_values(&[method.as_str(), &route, status.as_str()])
+        .with_label_values(&[method, &route, status.as_str()])
         .inc();
     metrics
         .duration
-        .with_label_values(&[method.as_str(), &route])
+        .with_label_values(&[method, &route])
         .observe(took.as_secs_f64());
     tracing::info!(method = %method, route = %route, status = status.as_u16(), duration_ms = took.as_secs_f64() * 1000.0, "request");
     let mut response = outcome?;

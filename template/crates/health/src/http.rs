@@ -21,11 +21,26 @@ use prometheus::{Encoder, TextEncoder};
 /// # Ok::<(), health::HealthError>(())
 /// ```
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/livez", web::get().to(livez))
-        .route("/readyz", web::get().to(readyz))
-        .route("/readyz/{check}", web::get().to(readyz_check))
-        .route("/startupz", web::get().to(startupz))
-        .route("/metrics", web::get().to(metrics));
+    // GET and HEAD (load balancers probe with either); any other method is a 405.
+    macro_rules! probe {
+        ($path:literal, $handler:expr) => {
+            web::resource($path)
+                .route(web::get().to($handler))
+                .route(web::head().to($handler))
+                .default_service(web::to(method_not_allowed))
+        };
+    }
+    cfg.service(probe!("/livez", livez))
+        .service(probe!("/readyz", readyz))
+        .service(probe!("/readyz/{check}", readyz_check))
+        .service(probe!("/startupz", startupz))
+        .service(probe!("/metrics", metrics));
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header(("Allow", "GET, HEAD"))
+        .finish()
 }
 
 fn answer(
@@ -97,7 +112,11 @@ async fn readyz_check(
             .insert_header((CONTENT_TYPE, HEALTH_JSON))
             .body(format!(
                 "{{\"status\":\"fail\",\"output\":{}}}",
-                serde_json::Value::String(format!("unknown check {:?}", name.as_str()))
+                // The name is the client's: reflect at most 64 characters of it.
+                serde_json::Value::String(format!(
+                    "unknown check {:?}",
+                    name.chars().take(64).collect::<String>()
+                ))
             )),
     }
 }

@@ -1,24 +1,54 @@
 //! An item, its validation, and its events.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Longest accepted name, in characters.
 pub const NAME_MAX: usize = 200;
 
-/// Body of `POST /v1/items`.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+/// Body of `POST /v1/items`: a JSON object (an array of the same values is refused).
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
 pub struct NewItem {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, at least one of them visible (not only whitespace); no NUL.
     #[schema(min_length = 1, max_length = 200, example = "first item")]
     pub name: String,
-    /// Free text.
-    #[serde(default)]
+    /// Free text; no NUL.
     #[schema(nullable = true)]
     pub note: Option<String>,
+}
+
+/// The fields of [`NewItem`], read from a map only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewItemFields {
+    name: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for NewItem {
+    /// serde's derive also reads a struct from a sequence (`["name", null]`); an item is an
+    /// object, so anything else is a 422.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> Visitor<'de> for ObjectOnly {
+            type Value = NewItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object with `name` and an optional `note`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NewItem, A::Error> {
+                let fields = NewItemFields::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(NewItem {
+                    name: fields.name,
+                    note: fields.note,
+                })
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly)
+    }
 }
 
 /// A validation failure, reported as 422.
@@ -38,6 +68,22 @@ impl NewItem {
                 field: "name",
                 reason: format!("must be 1 to {NAME_MAX} characters, got {length}"),
             });
+        }
+        // A name a person cannot see is a mistake, not a name.
+        if self.name.trim().is_empty() {
+            return Err(Invalid {
+                field: "name",
+                reason: "must contain a visible character, not only whitespace".into(),
+            });
+        }
+        // PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
+        for (field, value) in [("name", Some(&self.name)), ("note", self.note.as_ref())] {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(Invalid {
+                    field,
+                    reason: "must not contain the NUL character".into(),
+                });
+            }
         }
         Ok(())
     }

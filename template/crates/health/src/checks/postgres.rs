@@ -47,7 +47,7 @@ impl PostgresCheck {
             .config
             .connect(NoTls)
             .await
-            .map_err(|e| CheckFailure::new(format!("connecting: {}", describe(&e))))?;
+            .map_err(|e| failure("connecting", &e))?;
         tokio::spawn(async move {
             // Ends when the server goes away or the client is dropped; the next run reconnects.
             let _ = connection.await;
@@ -64,6 +64,42 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// What the verbose readiness report may say: an error class and a short reason, never the
+/// server's text (it names roles, databases and hosts). The full text goes to the debug log.
+fn failure(step: &str, error: &tokio_postgres::Error) -> CheckFailure {
+    tracing::debug!(step, error = %describe(error), "postgres check failed");
+    CheckFailure::new(format!("{step}: {}", classify(error)))
+}
+
+fn classify(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        let class = match code {
+            "28000" | "28P01" => "authentication failed",
+            "3D000" => "database does not exist",
+            "53300" => "too many connections",
+            "57P01" | "57P02" | "57P03" => "server shutting down or starting",
+            _ => "server error",
+        };
+        return format!("{class} (SQLSTATE {code})");
+    }
+    if error.is_closed() {
+        return "connection closed".into();
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::TimedOut => "timed out".into(),
+                kind => format!("network error ({kind:?})"),
+            };
+        }
+        source = cause.source();
+    }
+    "protocol error".into()
+}
+
 #[async_trait]
 impl Check for PostgresCheck {
     async fn run(&self) -> Result<Observation, CheckFailure> {
@@ -78,7 +114,7 @@ impl Check for PostgresCheck {
         client
             .simple_query("SELECT 1")
             .await
-            .map_err(|e| CheckFailure::new(format!("SELECT 1: {}", describe(&e))))?;
+            .map_err(|e| failure("SELECT 1", &e))?;
         let observation = Observation::latency(started.elapsed());
         *slot = Some(client);
         Ok(observation)

@@ -37,6 +37,13 @@ impl RabbitMqCheck {
     }
 }
 
+/// A short reason for the verbose report (the broker's text can name users and vhosts); the
+/// full error goes to the debug log.
+fn failure(step: &str, error: &lapin::Error) -> CheckFailure {
+    tracing::debug!(step, %error, "rabbitmq check failed");
+    CheckFailure::new(format!("{step} failed"))
+}
+
 #[async_trait]
 impl Check for RabbitMqCheck {
     async fn run(&self) -> Result<Observation, CheckFailure> {
@@ -62,13 +69,13 @@ impl Check for RabbitMqCheck {
             _ => connection
                 .create_channel()
                 .await
-                .map_err(|e| CheckFailure::new(format!("opening a channel: {e}")))?,
+                .map_err(|e| failure("opening a channel", &e))?,
         };
         let started = Instant::now();
         channel
             .basic_qos(1, BasicQosOptions::default())
             .await
-            .map_err(|e| CheckFailure::new(format!("channel round trip: {e}")))?;
+            .map_err(|e| failure("channel round trip", &e))?;
         let observation = Observation::latency(started.elapsed());
         *slot = Some(channel);
         Ok(observation)

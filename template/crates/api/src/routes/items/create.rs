@@ -92,13 +92,21 @@ enum Outcome {
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<ScopedKey>, ApiError> {
-    let Some(value) = req.headers().get("idempotency-key") else {
+    let mut values = req.headers().get_all("idempotency-key");
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be sent once".into(),
+        ));
+    }
+    // Visible ASCII only: no space, no tab, no control character.
     let key = value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= KEY_MAX);
+        .filter(|k| !k.is_empty() && k.len() <= KEY_MAX)
+        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()));
     let scope = format!(
         "{} {}",
         req.method(),

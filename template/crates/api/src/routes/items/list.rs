@@ -55,10 +55,12 @@ pub async fn list(
     };
     let after = match query.cursor.as_deref() {
         None | Some("") => None,
-        Some(raw) => Some(
-            Uuid::parse_str(raw)
-                .map_err(|_| ApiError::BadRequest(format!("invalid cursor {raw:?}")))?,
-        ),
+        Some(raw) => Some(Uuid::parse_str(raw).map_err(|_| {
+            ApiError::BadRequest(format!(
+                "invalid cursor {:?}",
+                crate::problem::clip(raw, 64)
+            ))
+        })?),
     };
     let items = state
         .db
