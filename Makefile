@@ -43,7 +43,7 @@ template-sync: ## Rewrite template/ (the cargo-generate template) from the worki
 $(CARGO_GENERATE):
 	$(CARGO) install --locked --quiet --root $(TOOLS) cargo-generate@$(CARGO_GENERATE_VERSION)
 
-template-check: tools-chart ## template/ in sync; generate acme-orders from it (path and git), build, test, lint its chart
+template-check: tools-chart deps-up ## template/ in sync; generate acme-orders from it (path and git), build, test, lint its chart
 ifneq ($(wildcard template/cargo-generate.toml),)
 	@$(MAKE) --no-print-directory $(CARGO_GENERATE)
 	@python3 deploy/tools/template-sync.py --check
