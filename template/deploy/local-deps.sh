@@ -93,7 +93,8 @@ start_rabbitmq() {
 up() {
   if open "$PG_PORT" && open "$AMQP_PORT"; then
     echo "reusing PostgreSQL on :$PG_PORT and RabbitMQ on :$AMQP_PORT"
-  elif have_engine; then
+  elif ! open "$PG_PORT" && ! open "$AMQP_PORT" && have_engine; then
+    # Compose only when neither port is taken: its port mappings would collide otherwise.
     docker compose -f deploy/compose.yaml up -d --wait
   else
     ensure_packages deps

@@ -13,7 +13,10 @@ cases=(inline-urls all-on)
 for helm in "$HELM4" "$HELM3"; do
   step "lint --strict with $("$helm" version --short)"
   for case in "${cases[@]}"; do
-    echo "$case: $("$helm" lint --strict "$chart" -f "$chart/ci/$case-values.yaml" | tail -n1)"
+    # Not inside `echo $(...)`: a failing lint must fail this script.
+    "$helm" lint --strict "$chart" -f "$chart/ci/$case-values.yaml" > "$out/lint.log" 2>&1 \
+      || { cat "$out/lint.log" >&2; exit 1; }
+    echo "$case: $(tail -n1 "$out/lint.log")"
   done
 done
 

@@ -170,6 +170,11 @@ async fn serve_inner(
                 api_task = None;
                 result = Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}").into());
             }
+            // A worker ends only when told to: one that ended (a panic) leaves the service
+            // without its relay or consumer, so it stops (exit 1) and Kubernetes restarts it.
+            Some(ended) = workers.join_next() => {
+                result = Err(anyhow::anyhow!("a background worker stopped on its own: {ended:?}").into());
+            }
         }
     }
 

@@ -33,5 +33,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(app::run(settings))
+    let code = runtime.block_on(app::run(settings));
+    // The shutdown deadline has been kept; do not wait on a blocking task (a trace flush cut
+    // short) when the runtime drops.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
 }

@@ -182,10 +182,10 @@ def test_inverted_autoscaling_bounds_are_refused(refused):
 
 
 def test_more_connections_than_the_server_allows_are_refused(refused, render):
-    # 10 replicas + 1 surge, each a pool of 16 + 2: 198 > 100.
+    # 10 replicas + 1 surge, each a pool of 16 + 4: 220 > 100.
     message = refused(INLINE, {"autoscaling": {"enabled": True}})
-    assert "11 pods" in message and "= 198 exceeds database.maxConnections (100)" in message, message
-    render(INLINE, {"autoscaling": {"enabled": True}, "app": {"database": {"poolMaxSize": 7}}})  # 11 x 9 = 99
+    assert "11 pods" in message and "= 220 exceeds database.maxConnections (100)" in message, message
+    render(INLINE, {"autoscaling": {"enabled": True}, "app": {"database": {"poolMaxSize": 5}}})  # 11 x 9 = 99
 
 
 def test_pool_size_and_management_workers_are_values(render):
@@ -240,6 +240,11 @@ def test_network_policy_admits_the_test_pod_and_monitoring_and_has_an_optional_e
     selectors = [p["podSelector"]["matchLabels"] for p in management_rule["from"] if "podSelector" in p]
     assert any(s.items() <= test_labels.items() for s in selectors), "helm test could not reach the management port"
     assert any("namespaceSelector" in p for p in management_rule["from"])
+    # The test pod is not one of the service's pods: no Service, PDB or policy selects it.
+    pod_selector = policy["podSelector"]["matchLabels"]
+    assert not pod_selector.items() <= test_labels.items(), "the policy's egress rules would bind the test pod"
+    for service in out.all("Service"):
+        assert not service["spec"]["selector"].items() <= test_labels.items(), service["metadata"]["name"]
     policy = render(INLINE, {"networkPolicy": {"enabled": True, "egress": {"enabled": True, "to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}}}).one("NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert {p["port"] for p in policy["egress"][0]["ports"]} == {53}
@@ -334,6 +339,8 @@ def test_alert_rules_are_scoped_to_the_release(render):
     ({"probes": {"startup": {"failureThreshold": 5}}}, ["shorter than app.startup.deadlineSeconds"]),
     ({"replicaCount": "abc"}, ["replicaCount"]),
     ({"databse": {"url": "postgres://x"}}, ["databse"]),
+    ({"app": {"health": {"outbox": {"intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2, "critical": False}}}}, ["outbox"]),
+    ({"app": {"health": {"postgres": {"intervalSeconds": 1, "timeoutSeconds": 2}}}}, ["must not exceed intervalSeconds"]),
     # Helm 3 and Helm 4 word schema errors differently.
     ({"database": {"url": "mysql://x"}}, ["database.url", "/database/url"]),
 ])

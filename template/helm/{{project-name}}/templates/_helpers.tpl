@@ -171,13 +171,20 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%d) is above autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}
+{{- range $check, $tuning := .Values.app.health }}
+{{- if gt (int $tuning.timeoutSeconds) (int $tuning.intervalSeconds) }}
+{{- fail (printf "app.health.%s: timeoutSeconds (%d) must not exceed intervalSeconds (%d): the app refuses it (exit 2)" $check (int $tuning.timeoutSeconds) (int $tuning.intervalSeconds)) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" }}
 {{- end }}
 {{- $pods := add (ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled) .Values.strategy.maxSurge | int }}
-{{- $perPod := add .Values.app.database.poolMaxSize 2 | int }}
+{{- /* Per pod: the request pool, the health check's connection, the relay's two, and the
+     migration connection a starting pod holds briefly. */}}
+{{- $perPod := add .Values.app.database.poolMaxSize 4 | int }}
 {{- if gt (mul $pods $perPod) (int .Values.database.maxConnections) }}
-{{- fail (printf "PostgreSQL connections: %d pods at most (%s + strategy.maxSurge %d) x (app.database.poolMaxSize %d + 2) = %d exceeds database.maxConnections (%d). Lower the pool or the replicas, or raise max_connections on the server and database.maxConnections here." $pods (ternary (printf "autoscaling.maxReplicas %d" (int .Values.autoscaling.maxReplicas)) (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled) (int .Values.strategy.maxSurge) (int .Values.app.database.poolMaxSize) (mul $pods $perPod) (int .Values.database.maxConnections)) }}
+{{- fail (printf "PostgreSQL connections: %d pods at most (%s + strategy.maxSurge %d) x (app.database.poolMaxSize %d + 4) = %d exceeds database.maxConnections (%d). Lower the pool or the replicas, or raise max_connections on the server and database.maxConnections here." $pods (ternary (printf "autoscaling.maxReplicas %d" (int .Values.autoscaling.maxReplicas)) (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled) (int .Values.strategy.maxSurge) (int .Values.app.database.poolMaxSize) (mul $pods $perPod) (int .Values.database.maxConnections)) }}
 {{- end }}
 {{- end }}
 {% endraw %}

@@ -23,11 +23,14 @@ pub struct Stored {
 
 /// Serialises requests that carry the same key until the end of the transaction, so 20
 /// parallel retries produce one item and 19 replays.
+///
+/// The lock is on the key alone, as in the previous release: replicas of both releases
+/// serialise on the same lock during a rollout (a key sent to two routes at once merely waits).
 pub async fn lock(db: &impl GenericClient, key: &ScopedKey) -> Result<(), tokio_postgres::Error> {
     let statement = db
-        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))")
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .await?;
-    db.execute(&statement, &[&key.scope, &key.key]).await?;
+    db.execute(&statement, &[&key.key]).await?;
     Ok(())
 }
 

@@ -160,9 +160,11 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
             .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
     };
     let code = db.code().code();
-    // 08 connection exception, 53 insufficient resources, 57 operator intervention;
+    // 08 connection exception, 53 insufficient resources, 57 operator intervention (but not
+    // 57014, a statement cancelled by its own timeout: retrying the same work times out again);
     // 40001 serialization failure, 40P01 deadlock detected.
-    matches!(&code[..2], "08" | "53" | "57") || matches!(code, "40001" | "40P01")
+    (matches!(&code[..2], "08" | "53" | "57") && code != "57014")
+        || matches!(code, "40001" | "40P01")
 }
 
 /// tokio-postgres errors print as "db error"; the source says why.

@@ -28,6 +28,8 @@ use tracing::Instrument;
 const PREFETCH: u16 = 16;
 /// Processing attempts before a message is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Bound on processing one event in the database.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Header of a republished message: the attempts it has used so far.
 const ATTEMPTS_HEADER: &str = "x-attempts";
 /// Backoff while the database is away: from the first to the cap, doubling.
@@ -288,8 +290,26 @@ fn attempts_used(headers: Option<&FieldTable>) -> u32 {
 
 /// Records the event once: a redelivered event finds its id already processed and changes
 /// nothing. Returns whether this was the first time.
+/// Bounded by [`PROCESS_TIMEOUT`]: a frozen database is "unavailable" (held and retried), and
+/// the connection that hung is taken out of the pool rather than reused.
 async fn process(pool: &Pool, event: &ItemEvent) -> Result<bool, ProcessError> {
     let mut client = pool.get().await?;
+    match tokio::time::timeout(PROCESS_TIMEOUT, record(&mut client, event)).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(ProcessError::Unavailable(format!(
+                "no answer within {}",
+                humantime::format_duration(PROCESS_TIMEOUT)
+            )))
+        }
+    }
+}
+
+async fn record(
+    client: &mut deadpool_postgres::Object,
+    event: &ItemEvent,
+) -> Result<bool, ProcessError> {
     let tx = client.transaction().await?;
     let inserted = tx
         .execute(
