@@ -145,12 +145,7 @@ async fn serve_inner(
         deadline
             .step("broker connection", parts.broker.close())
             .await;
-        deadline
-            .step(
-                "management server",
-                stop_server(management_handle, management_task),
-            )
-            .await;
+        stop_management(&deadline, management_handle, management_task).await;
         return Ok((Ok(()), deadline));
     };
     let api_handle = api.handle();
@@ -206,12 +201,7 @@ async fn serve_inner(
     deadline
         .step("health scheduler", scheduler.join_all())
         .await;
-    deadline
-        .step(
-            "management server",
-            stop_server(management_handle, management_task),
-        )
-        .await;
+    stop_management(&deadline, management_handle, management_task).await;
     tracing::info!("stopped");
     Ok((result, deadline))
 }
@@ -315,7 +305,7 @@ async fn start(
     };
     workers.spawn(relay.run(stop_workers.clone()));
     let consumer = Consumer {
-        pool: pool.clone(),
+        db: db::Database::new(pool.clone(), settings.database.query_timeout),
         link: parts.broker.link(),
         queue: settings.rabbitmq.queue.clone(),
         tag: format!("{}-{}", settings.service_name, std::process::id()),
@@ -414,6 +404,17 @@ fn api_server(
         .bind((settings.server.host, settings.server.port))
         .map_err(|e| anyhow::anyhow!("binding the API port {}: {e}", settings.server.port))?
         .run())
+}
+
+/// The last step of every shutdown: probes answer until here.
+async fn stop_management(
+    deadline: &ShutdownDeadline,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    deadline
+        .step("management server", stop_server(handle, task))
+        .await;
 }
 
 async fn stop_server(handle: ServerHandle, task: tokio::task::JoinHandle<std::io::Result<()>>) {

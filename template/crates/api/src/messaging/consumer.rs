@@ -8,8 +8,9 @@
 //! republished copy, so a restart or another replica continues the count); after
 //! [`MAX_ATTEMPTS`] the message goes to the dead-letter queue.
 
+use crate::db::Database;
 use crate::domain::item::ItemEvent;
-use deadpool_postgres::Pool;
+use crate::problem::ApiError;
 use futures_util::StreamExt;
 use health::checks::rabbitmq::BrokerLink;
 use lapin::message::Delivery;
@@ -28,8 +29,6 @@ use tracing::Instrument;
 const PREFETCH: u16 = 16;
 /// Processing attempts before a message is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 3;
-/// Bound on processing one event in the database.
-const PROCESS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Header of a republished message: the attempts it has used so far.
 const ATTEMPTS_HEADER: &str = "x-attempts";
 /// Backoff while the database is away: from the first to the cap, doubling.
@@ -47,18 +46,13 @@ enum ProcessError {
     Rejected(String),
 }
 
-impl From<deadpool_postgres::PoolError> for ProcessError {
-    fn from(error: deadpool_postgres::PoolError) -> Self {
-        ProcessError::Unavailable(error.to_string())
-    }
-}
-
-impl From<tokio_postgres::Error> for ProcessError {
-    fn from(error: tokio_postgres::Error) -> Self {
-        if crate::db::is_transient(&error) {
-            ProcessError::Unavailable(crate::db::describe(&error))
-        } else {
-            ProcessError::Rejected(crate::db::describe(&error))
+impl From<ApiError> for ProcessError {
+    /// The same line the API draws: what would be a 503 is the database being away.
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::Unavailable(reason) => ProcessError::Unavailable(reason),
+            ApiError::Internal(cause) => ProcessError::Rejected(cause),
+            other => ProcessError::Rejected(other.to_string()),
         }
     }
 }
@@ -66,7 +60,8 @@ impl From<tokio_postgres::Error> for ProcessError {
 /// Everything the consumer task needs.
 #[derive(Debug, Clone)]
 pub struct Consumer {
-    pub pool: Pool,
+    /// PostgreSQL, each event's work bounded by the query timeout.
+    pub db: Database,
     pub link: BrokerLink,
     pub queue: String,
     pub tag: String,
@@ -191,7 +186,7 @@ impl Consumer {
         let (mut backoff, cap) = UNAVAILABLE_BACKOFF;
         let mut waited = false;
         loop {
-            match process(&self.pool, event).await {
+            match process(&self.db, event).await {
                 Err(ProcessError::Unavailable(reason)) => {
                     if !waited {
                         tracing::warn!(event_id = %event.id, %reason, "consumer: database unavailable, holding the event until it returns");
@@ -290,26 +285,19 @@ fn attempts_used(headers: Option<&FieldTable>) -> u32 {
 
 /// Records the event once: a redelivered event finds its id already processed and changes
 /// nothing. Returns whether this was the first time.
-/// Bounded by [`PROCESS_TIMEOUT`]: a frozen database is "unavailable" (held and retried), and
-/// the connection that hung is taken out of the pool rather than reused.
-async fn process(pool: &Pool, event: &ItemEvent) -> Result<bool, ProcessError> {
-    let mut client = pool.get().await?;
-    match tokio::time::timeout(PROCESS_TIMEOUT, record(&mut client, event)).await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            drop(deadpool_postgres::Object::take(client));
-            Err(ProcessError::Unavailable(format!(
-                "no answer within {}",
-                humantime::format_duration(PROCESS_TIMEOUT)
-            )))
-        }
-    }
+/// Bounded like a request ([`Database::run`]): a frozen database is "unavailable" (held and
+/// retried), and the connection that hung is taken out of the pool rather than reused.
+async fn process(db: &Database, event: &ItemEvent) -> Result<bool, ProcessError> {
+    let event = event.clone();
+    Ok(db
+        .run(move |client| Box::pin(async move { record(client, &event).await }))
+        .await?)
 }
 
 async fn record(
-    client: &mut deadpool_postgres::Object,
+    client: &mut deadpool_postgres::Client,
     event: &ItemEvent,
-) -> Result<bool, ProcessError> {
+) -> Result<bool, ApiError> {
     let tx = client.transaction().await?;
     let inserted = tx
         .execute(
