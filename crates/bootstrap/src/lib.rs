@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod phases;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod web;
 
 pub use backoff::Backoff;

@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod rabbitmq;
 pub mod service;
 mod system;
+pub mod tls;
 
 pub use net::{free_port, wait_until};
 pub use nix::sys::signal::Signal;
@@ -23,3 +24,4 @@ pub use postgres::Postgres;
 pub use proxy::{Fault, FaultProxy};
 pub use rabbitmq::RabbitMq;
 pub use service::{LivenessWatch, Service};
+pub use tls::Authority;

@@ -7,7 +7,8 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntGaugeVec, Opts};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Socket};
 
 /// Round trip to PostgreSQL on a dedicated connection.
 ///
@@ -21,23 +22,32 @@ use tokio_postgres::{Client, NoTls};
 ///
 /// let config: tokio_postgres::Config = "postgres://postgres@127.0.0.1/app".parse()?;
 /// let health = Health::builder("demo", "1.0.0")
-///     .check("postgres", CheckPolicy::default(), PostgresCheck::new(config))
+///     .check("postgres", CheckPolicy::default(), PostgresCheck::new(config, tokio_postgres::NoTls))
 ///     .build()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct PostgresCheck {
+pub struct PostgresCheck<T> {
     config: tokio_postgres::Config,
+    tls: T,
     client: Mutex<Option<Client>>,
 }
 
-impl PostgresCheck {
-    /// A check that connects with `config` (its `application_name` is set to tell the check's
-    /// session apart in `pg_stat_activity`).
-    pub fn new(mut config: tokio_postgres::Config) -> Self {
+impl<T> PostgresCheck<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    /// A check that connects with `config` through `tls` (the same TLS settings as the
+    /// service's own connections; its `application_name` is set to tell the check's session
+    /// apart in `pg_stat_activity`).
+    pub fn new(mut config: tokio_postgres::Config, tls: T) -> Self {
         config.application_name("health-check");
         Self {
             config,
+            tls,
             client: Mutex::new(None),
         }
     }
@@ -45,7 +55,7 @@ impl PostgresCheck {
     async fn connect(&self) -> Result<Client, CheckFailure> {
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
             .map_err(|e| failure("connecting", &e))?;
         tokio::spawn(async move {
@@ -92,6 +102,10 @@ fn classify(error: &tokio_postgres::Error) -> String {
             return match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
                 std::io::ErrorKind::TimedOut => "timed out".into(),
+                // rustls reports through io::Error; only its text says what failed.
+                std::io::ErrorKind::InvalidData if io.to_string().contains("certificate") => {
+                    "TLS: the server's certificate was not accepted".into()
+                }
                 kind => format!("network error ({kind:?})"),
             };
         }
@@ -101,7 +115,13 @@ fn classify(error: &tokio_postgres::Error) -> String {
 }
 
 #[async_trait]
-impl Check for PostgresCheck {
+impl<T> Check for PostgresCheck<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
     async fn run(&self) -> Result<Observation, CheckFailure> {
         let mut slot = self.client.lock().await;
         // Taken out for the duration of the run: if the scheduler's timeout cancels us

@@ -26,7 +26,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Runs the service until it is told to stop; returns the process exit code.
 pub async fn run(settings: Settings) -> ExitCode {
     let began = Instant::now();
-    let telemetry = match Telemetry::init(&settings.service_name) {
+    let telemetry = match Telemetry::init(&settings.service.name) {
         Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("configuration error: {error}");
@@ -212,28 +212,28 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     // the background and declares the topology on every connection.
     let broker = BrokerSupervisor::spawn(
         &settings.rabbitmq,
-        settings.service_name.clone(),
+        settings.service.name.clone(),
         messaging::topology::declare(&settings.rabbitmq),
-    );
+    )?;
     let backlog = Backlog::register(&registry)?;
     let relay_pool = db::relay_pool(&settings.database)?;
-    let health = Health::builder(settings.service_name.clone(), VERSION)
+    let health = Health::builder(settings.service.name.clone(), VERSION)
         .registry(registry.clone())
-        .liveness_stall_after(settings.health.liveness_stall_after)
-        .check(
-            "postgres",
-            settings.health.postgres,
-            PostgresCheck::new(db::connection_config(&settings.database)?),
-        )
+        .liveness_stall_after(settings.health.liveness.stall_after)
+        .check("postgres", settings.health.postgres.policy(true), {
+            let (config, tls) = bootstrap::tls::postgres(&settings.database)?;
+            PostgresCheck::new(config, tls)
+        })
         .check(
             "rabbitmq",
-            settings.health.rabbitmq,
+            // Not critical by default: the outbox absorbs broker outages.
+            settings.health.rabbitmq.policy(false),
             RabbitMqCheck::new(broker.link()),
         )
         // Never critical: a lagging relay means late events, not failing requests.
         .check(
             "outbox",
-            settings.health.postgres.critical(false),
+            settings.health.postgres.policy(false),
             OutboxLagCheck::new(
                 relay_pool.clone(),
                 backlog.clone(),
@@ -282,12 +282,12 @@ async fn start(
         .await?;
 
     // A critical broker holds startup; a non-critical one is connected in the background.
-    if settings.health.rabbitmq.critical {
+    if settings.health.rabbitmq.policy(false).critical {
         startup
             .run(StartupPhase::RabbitMq, || async {
                 tokio::time::timeout(Duration::from_secs(5), parts.broker.connected())
                     .await
-                    .map_err(|_| "broker not connected yet")
+                    .map_err(|_| anyhow::anyhow!("broker not connected yet"))
             })
             .await?;
     }
@@ -308,7 +308,7 @@ async fn start(
         db: db::Database::new(pool.clone(), settings.database.query_timeout),
         link: parts.broker.link(),
         queue: settings.rabbitmq.queue.clone(),
-        tag: format!("{}-{}", settings.service_name, std::process::id()),
+        tag: format!("{}-{}", settings.service.name, std::process::id()),
     };
     workers.spawn(consumer.run(stop_workers.clone()));
     workers.spawn(crate::housekeeping::run(
@@ -326,7 +326,7 @@ async fn start(
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while parts.health.checks_status(&ProbeQuery::default()) == Status::Fail {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err("critical checks not passing yet");
+                    return Err(anyhow::anyhow!("critical checks not passing yet"));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -11,6 +11,7 @@ use crate::Backoff;
 use crate::config::RabbitMqSettings;
 use futures_util::future::BoxFuture;
 use health::checks::rabbitmq::BrokerLink;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,17 +34,25 @@ pub struct BrokerSupervisor {
 impl BrokerSupervisor {
     /// Starts supervising a connection to `settings.url`; `topology` runs on every new
     /// connection before it is published.
-    pub fn spawn(settings: &RabbitMqSettings, name: String, topology: Topology) -> Self {
+    ///
+    /// Fails only when the TLS settings cannot be used (an unreadable `CA_FILE`).
+    pub fn spawn(
+        settings: &RabbitMqSettings,
+        name: String,
+        topology: Topology,
+    ) -> anyhow::Result<Self> {
+        let tls = crate::tls::amqp(settings)?;
         let (publish, link) = watch::channel(None);
         let stop = CancellationToken::new();
         let task = tokio::spawn(supervise(
             settings.clone(),
+            tls,
             name,
             topology,
             publish,
             stop.clone(),
         ));
-        Self { link, task, stop }
+        Ok(Self { link, task, stop })
     }
 
     /// Follows the current connection (`None` while reconnecting).
@@ -79,6 +88,7 @@ impl BrokerSupervisor {
 
 async fn supervise(
     settings: RabbitMqSettings,
+    tls: OwnedTLSConfig,
     name: String,
     topology: Topology,
     publish: watch::Sender<Option<Arc<Connection>>>,
@@ -90,7 +100,15 @@ async fn supervise(
         let attempt = async {
             let properties =
                 ConnectionProperties::default().with_connection_name(name.clone().into());
-            let connection = Arc::new(Connection::connect(url.expose(), properties).await?);
+            let connection = Arc::new(
+                Connection::connect_with_config(
+                    url.expose(),
+                    properties,
+                    tls.clone(),
+                    lapin::runtime::default_runtime()?,
+                )
+                .await?,
+            );
             topology(connection.clone()).await?;
             Ok::<_, lapin::Error>(connection)
         };
@@ -104,7 +122,7 @@ async fn supervise(
                         humantime::format_duration(settings.connect_timeout)
                     )
                 })?
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::config::redact(&e.to_string()))
         };
         let connection = tokio::select! {
             _ = stop.cancelled() => return,

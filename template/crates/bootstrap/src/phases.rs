@@ -90,7 +90,7 @@ pub struct StartupError {
 ///     .run(StartupPhase::WarmUp, || {
 ///         tries += 1;
 ///         let ready = tries >= 2;
-///         async move { if ready { Ok(42) } else { Err("cache not ready") } }
+///         async move { if ready { Ok(42) } else { Err(anyhow::anyhow!("cache not ready")) } }
 ///     })
 ///     .await
 ///     .unwrap();
@@ -132,7 +132,7 @@ impl Startup {
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: Display,
+        E: Into<anyhow::Error>,
     {
         let began = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -152,7 +152,8 @@ impl Startup {
                     return Ok(value);
                 }
                 Ok(Err(error)) => {
-                    last_error = crate::config::redact(&error.to_string());
+                    // The whole chain: "creating a connection: TLS handshake: unknown issuer".
+                    last_error = crate::config::redact(&format!("{:#}", error.into()));
                     tracing::warn!(phase = phase.as_str(), attempt = attempts, error = %last_error, "startup phase failed, retrying");
                 }
                 Err(_) => {

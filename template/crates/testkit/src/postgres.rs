@@ -29,11 +29,22 @@ fn bin() -> PathBuf {
 pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
+    tls: bool,
 }
 
 impl Postgres {
     /// initdb + start (about 1.5 s).
     pub fn start() -> Postgres {
+        Self::init(None)
+    }
+
+    /// A cluster that accepts TCP connections only over TLS (`hostssl`; `hostnossl` is
+    /// rejected), with a server certificate for 127.0.0.1 signed by `authority`.
+    pub fn start_tls_only(authority: &crate::Authority) -> Postgres {
+        Self::init(Some(authority))
+    }
+
+    fn init(authority: Option<&crate::Authority>) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("testkit-pg-")
             .tempdir()
@@ -54,9 +65,27 @@ impl Postgres {
             ]),
             "initdb",
         );
+        if let Some(authority) = authority {
+            let (crt, key) = authority.issue_server_certificate(dir.path());
+            std::fs::copy(crt, data.join("server.crt")).unwrap();
+            std::fs::copy(key, data.join("server.key")).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+            )
+            .unwrap();
+            // PostgreSQL refuses a key others can read.
+            run(
+                std::process::Command::new("chmod")
+                    .args(["600", data.join("server.key").to_str().unwrap()]),
+                "chmod server.key",
+            );
+            give_to("postgres", dir.path());
+        }
         let postgres = Postgres {
             dir,
             port: free_port(),
+            tls: authority.is_some(),
         };
         postgres.start_again();
         postgres
@@ -90,9 +119,10 @@ impl Postgres {
     pub fn start_again(&self) {
         let data = self.data();
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c ssl={}",
             self.port,
-            data.display()
+            data.display(),
+            if self.tls { "on" } else { "off" },
         );
         run(
             command_as("postgres", bin().join("pg_ctl").to_str().unwrap()).args([

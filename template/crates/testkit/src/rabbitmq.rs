@@ -14,17 +14,43 @@ pub struct RabbitMq {
     node: String,
     port: u16,
     dist_port: u16,
+    tls_port: Option<u16>,
 }
 
 impl RabbitMq {
     /// Starts a node and waits until its AMQP port accepts connections (5-8 s cold).
     pub fn start() -> RabbitMq {
+        Self::init(None)
+    }
+
+    /// A node with a TLS listener too ([`RabbitMq::tls_url`]), its certificate for 127.0.0.1
+    /// signed by `authority`.
+    pub fn start_with_tls(authority: &crate::Authority) -> RabbitMq {
+        Self::init(Some(authority))
+    }
+
+    fn init(authority: Option<&crate::Authority>) -> RabbitMq {
         let dir = tempfile::Builder::new()
             .prefix("testkit-rmq-")
             .tempdir()
             .unwrap();
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
-        std::fs::write(dir.path().join("rabbitmq.conf"), "loopback_users = none\n").unwrap();
+        let mut conf = String::from("loopback_users = none\n");
+        let tls_port = authority.map(|authority| {
+            let (crt, key) = authority.issue_server_certificate(dir.path());
+            let port = free_port();
+            // The node's user cannot read the authority's private directory.
+            let ca = dir.path().join("ca.pem");
+            std::fs::copy(authority.certificate(), &ca).unwrap();
+            conf.push_str(&format!(
+                "listeners.ssl.default = {port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                ca.display(),
+                crt.display(),
+                key.display(),
+            ));
+            port
+        });
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         give_to("rabbitmq", dir.path());
         let rabbit = RabbitMq {
             node: format!(
@@ -34,6 +60,7 @@ impl RabbitMq {
             ),
             port: free_port(),
             dist_port: free_port(),
+            tls_port,
             dir,
         };
         rabbit.start_again();
@@ -48,6 +75,12 @@ impl RabbitMq {
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:PORT/%2f` of the TLS listener.
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("a node started with start_with_tls");
+        format!("amqps://guest:guest@127.0.0.1:{port}/%2f")
     }
 
     /// Starts the node (again, on the same directories) and waits for the AMQP port.
@@ -76,7 +109,7 @@ impl RabbitMq {
         wait_until(
             "rabbitmq accepting AMQP connections",
             Duration::from_secs(60),
-            || port_open(self.port),
+            || port_open(self.port) && self.tls_port.is_none_or(port_open),
         );
     }
 

@@ -12,7 +12,7 @@ use deadpool_postgres::{
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 use tokio::runtime::Handle;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod embedded {
     refinery::embed_migrations!("src/db/migrations");
@@ -20,16 +20,6 @@ mod embedded {
 
 /// Arbitrary constant naming the migration lock among the advisory locks of the database.
 const MIGRATION_LOCK: i64 = 0x5348_4950_5348_4150; // "SHIPSHAP"
-
-/// The connection parameters in `settings`.
-pub fn connection_config(settings: &DatabaseSettings) -> anyhow::Result<tokio_postgres::Config> {
-    settings.url.expose().parse().map_err(|e| {
-        anyhow::anyhow!(
-            "APP__DATABASE__URL ({}) is not a PostgreSQL URL: {e}",
-            settings.url
-        )
-    })
-}
 
 /// Opens pool connections on the main runtime, wherever the pool is used.
 ///
@@ -40,6 +30,7 @@ pub fn connection_config(settings: &DatabaseSettings) -> anyhow::Result<tokio_po
 /// process ends, keeps them independent of the API workers.
 struct MainRuntimeConnect {
     runtime: Handle,
+    tls: MakeRustlsConnect,
 }
 
 impl Connect for MainRuntimeConnect {
@@ -52,9 +43,10 @@ impl Connect for MainRuntimeConnect {
     > {
         let config = config.clone();
         let runtime = self.runtime.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let opened = runtime.spawn(async move {
-                let (client, connection) = config.connect(NoTls).await?;
+                let (client, connection) = config.connect(tls).await?;
                 let driver = tokio::spawn(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!(error = %describe(&error), "pool connection closed");
@@ -90,11 +82,12 @@ fn build_pool(
     application: &str,
     max_size: usize,
 ) -> anyhow::Result<Pool> {
-    let mut config = connection_config(settings)?;
+    let (mut config, tls) = bootstrap::tls::postgres(settings)?;
     config.application_name(application);
     let connect = MainRuntimeConnect {
         runtime: Handle::try_current()
             .map_err(|e| anyhow::anyhow!("building the pool outside a runtime: {e}"))?,
+        tls,
     };
     let manager = Manager::from_connect(
         config,
@@ -118,10 +111,10 @@ fn build_pool(
 /// Applies the embedded migrations on a connection of its own, under an advisory lock, so
 /// replicas starting together on an empty database take turns instead of racing.
 pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<usize> {
-    let mut config = connection_config(settings)?;
+    let (mut config, tls) = bootstrap::tls::postgres(settings)?;
     config.application_name("{{project-name}}-migrations");
     let (mut client, connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .map_err(|e| anyhow::anyhow!("connecting for migrations: {}", describe(&e)))?;
     let driver = tokio::spawn(connection);
@@ -222,12 +215,10 @@ mod tests {
 
     fn settings() -> DatabaseSettings {
         DatabaseSettings {
-            url: "postgres://postgres@127.0.0.1:5432/postgres"
-                .parse()
-                .unwrap(),
             pool_max_size: 2,
             pool_wait_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(2),
+            ..DatabaseSettings::from_url("postgres://postgres@127.0.0.1:5432/postgres").unwrap()
         }
     }
 
@@ -258,10 +249,12 @@ mod tests {
 
     /// A real error with SQLSTATE `code`, raised by the machine's PostgreSQL.
     async fn raised(code: &str) -> tokio_postgres::Error {
-        let (client, connection) =
-            tokio_postgres::connect("host=127.0.0.1 user=postgres dbname=postgres", NoTls)
-                .await
-                .unwrap();
+        let (client, connection) = tokio_postgres::connect(
+            "host=127.0.0.1 user=postgres dbname=postgres",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
         tokio::spawn(connection);
         client
             .batch_execute(&format!(
