@@ -216,6 +216,13 @@ fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         messaging::topology::declare(&settings.rabbitmq),
     )?;
     let backlog = Backlog::register(&registry)?;
+    registry.register(Box::new(
+        bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
+    ))?;
+    // Detached: it only logs, and ends with the runtime.
+    tokio::spawn(bootstrap::telemetry::report_client_protocol_errors(
+        Duration::from_secs(60),
+    ));
     let relay_pool = db::relay_pool(&settings.database)?;
     let health = Health::builder(settings.service.name.clone(), VERSION)
         .registry(registry.clone())
@@ -378,12 +385,21 @@ fn api_server(
     let document = web::Data::new(openapi::document());
     let state = web::Data::new(state);
     let body_limit = settings.server.body_limit;
-    let mut server = HttpServer::new(move || {
+    let body_timeout = settings.server.body_timeout;
+    let workers = match settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let connections = api_connections(settings, workers);
+    let server = HttpServer::new(move || {
         let metrics = metrics.clone();
         App::new()
             .app_data(document.clone())
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(body_limit))
+            .wrap(middleware::from_fn(move |req, next| {
+                bootstrap::web::body_deadline(body_timeout, req, next)
+            }))
             // Innermost: a handler's panic becomes a 500 the metrics and the access log see.
             .wrap(middleware::from_fn(bootstrap::web::catch_panics))
             .wrap(middleware::from_fn(move |req, next| {
@@ -395,15 +411,43 @@ fn api_server(
             .default_service(web::to(problem::not_found))
     })
     .disable_signals()
+    .workers(workers)
+    // Per worker: past it, new clients wait in the kernel's accept queue.
+    .max_connections(connections.div_ceil(workers))
+    // Headers must arrive within this (actix's default, said here): slow-header clients are cut.
+    .client_request_timeout(Duration::from_secs(5))
     // Graceful stop waits this long for in-flight requests, then closes what is left.
     .shutdown_timeout(settings.shutdown.timeout.as_secs().max(1));
-    if settings.server.workers > 0 {
-        server = server.workers(settings.server.workers);
-    }
     Ok(server
         .bind((settings.server.host, settings.server.port))
         .map_err(|e| anyhow::anyhow!("binding the API port {}: {e}", settings.server.port))?
         .run())
+}
+
+/// Open API connections allowed: `APP__SERVER__MAX_CONNECTIONS`, at most what the file limit
+/// (raised to its hard value first) leaves for them.
+fn api_connections(settings: &Settings, workers: usize) -> usize {
+    // The request pool, the relay's two connections and the check's one.
+    let pooled = settings.database.pool_max_size as u64 + 3;
+    let budget = match bootstrap::limits::FileLimit::raise() {
+        Ok(limit) => {
+            let budget = limit.api_connections(pooled, workers);
+            tracing::info!(
+                file_limit = limit.soft,
+                api_connections = budget,
+                "file limit"
+            );
+            budget
+        }
+        Err(error) => {
+            tracing::warn!(%error, "reading the file limit; API connections left unbounded by it");
+            usize::MAX
+        }
+    };
+    match settings.server.max_connections {
+        0 => budget,
+        wanted => wanted.min(budget),
+    }
 }
 
 /// The last step of every shutdown: probes answer until here.

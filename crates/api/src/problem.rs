@@ -33,6 +33,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("{0}")]
     Unprocessable(String),
     #[error("the database is unavailable, retry shortly")]
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::NotFound(_) => "Not Found",
             ApiError::UnsupportedMediaType => "Unsupported Media Type",
             ApiError::PayloadTooLarge(_) => "Content Too Large",
+            ApiError::BodyTimeout => "Request Timeout",
             ApiError::Unprocessable(_) => "Unprocessable Content",
             ApiError::Unavailable(_) => "Service Unavailable",
             ApiError::Internal(_) => "Internal Server Error",
@@ -80,6 +83,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,8 +105,15 @@ impl ResponseError for ApiError {
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((CONTENT_TYPE, PROBLEM_JSON));
-        if matches!(self, ApiError::Unavailable(_)) {
-            response.insert_header((RETRY_AFTER, "1"));
+        match self {
+            ApiError::Unavailable(_) => {
+                response.insert_header((RETRY_AFTER, "1"));
+            }
+            // The rest of the body may still come: the connection cannot carry another request.
+            ApiError::BodyTimeout => {
+                response.force_close();
+            }
+            _ => {}
         }
         response.body(serde_json::to_vec(&body).unwrap_or_default())
     }
@@ -117,6 +128,11 @@ pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> Ap
         E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::PayloadTooLarge(limit),
         E::Deserialize(e) if e.is_data() => ApiError::Unprocessable(e.to_string()),
         E::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
+        E::Payload(actix_web::error::PayloadError::Io(e))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            ApiError::BodyTimeout
+        }
         other => ApiError::BadRequest(other.to_string()),
     }
 }

@@ -153,7 +153,7 @@ impl Startup {
                 }
                 Ok(Err(error)) => {
                     // The whole chain: "creating a connection: TLS handshake: unknown issuer".
-                    last_error = crate::config::redact(&format!("{:#}", error.into()));
+                    last_error = crate::config::redact(&causes(&error.into()));
                     tracing::warn!(phase = phase.as_str(), attempt = attempts, error = %last_error, "startup phase failed, retrying");
                 }
                 Err(_) => {
@@ -183,4 +183,17 @@ impl Startup {
             "startup phase done"
         );
     }
+}
+
+/// An error and its causes, each said once: drivers often repeat their cause in their text.
+fn causes(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

@@ -3,6 +3,10 @@
 //! - Logs: JSON lines (pretty when stdout is a terminal), filtered by `RUST_LOG` (default `info`).
 //! - Traces: exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; otherwise no
 //!   exporter exists at all, so there is nothing to retry, log or send.
+//! - Client protocol errors (a malformed request line or header, a URI too long), which actix-http
+//!   logs at ERROR although the fault is the client's and it already answered 400, are counted in
+//!   `http_client_protocol_errors_total` and summarised at INFO ([`report_client_protocol_errors`])
+//!   instead: one client sending garbage must not page anybody or flood the log.
 //! - W3C `traceparent` propagation is always on (spans get OTel contexts even without an
 //!   exporter), so a trace continues through this service, into the AMQP messages it publishes,
 //!   even when this service does not export.
@@ -10,8 +14,13 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use prometheus::IntCounter;
 use std::io::IsTerminal;
-use tracing_subscriber::layer::SubscriberExt;
+use std::sync::LazyLock;
+use std::time::Duration;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -60,6 +69,7 @@ impl Telemetry {
         let traces =
             tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()));
         tracing_subscriber::registry()
+            .with(ClientProtocolErrors)
             .with(filter)
             .with(logs)
             .with(traces)
@@ -113,4 +123,60 @@ fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), Tele
         .with_resource(resource)
         .build();
     Ok((provider, true))
+}
+
+/// Requests the HTTP layer refused as malformed (each answered 400 by actix-http).
+pub static CLIENT_PROTOCOL_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "http_client_protocol_errors_total",
+        "Malformed requests the HTTP layer answered 400 (bad request line or header, URI too long).",
+    )
+    .unwrap_or_else(|e| panic!("a constant metric definition: {e}"))
+});
+
+/// Takes actix-http's per-connection client errors out of the ERROR log and counts them.
+struct ClientProtocolErrors;
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for ClientProtocolErrors {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        let metadata = event.metadata();
+        if *metadata.level() != Level::ERROR || !metadata.target().starts_with("actix_http::h1") {
+            return true;
+        }
+        let mut message = ClientFault(false);
+        event.record(&mut message);
+        if message.0 {
+            CLIENT_PROTOCOL_ERRORS.inc();
+        }
+        !message.0
+    }
+}
+
+/// Whether an actix-http message is about what a client sent.
+struct ClientFault(bool);
+
+impl Visit for ClientFault {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let text = format!("{value:?}");
+            self.0 = text.starts_with("stream error: ") || text.starts_with("MAX_BUFFER_SIZE");
+        }
+    }
+}
+
+/// Logs, every `every`, how many requests the HTTP layer refused as malformed since the last
+/// report (nothing when none): the INFO trace of [`CLIENT_PROTOCOL_ERRORS`].
+pub async fn report_client_protocol_errors(every: Duration) {
+    let mut reported = CLIENT_PROTOCOL_ERRORS.get();
+    loop {
+        tokio::time::sleep(every).await;
+        let now = CLIENT_PROTOCOL_ERRORS.get();
+        if now > reported {
+            tracing::info!(
+                count = now - reported,
+                "malformed requests refused by the HTTP layer (400)"
+            );
+            reported = now;
+        }
+    }
 }

@@ -49,14 +49,20 @@ impl Service {
         api_port: u16,
         management_port: u16,
     ) -> Service {
-        Service::launch(binary, BASE_ENV, env, api_port, management_port)
+        Service::launch(binary, BASE_ENV, env, api_port, management_port, None)
+    }
+
+    /// Like [`Service::spawn`], with soft and hard `RLIMIT_NOFILE` of `files` (through
+    /// util-linux `prlimit`, which then execs the binary: the pid stays the service's).
+    pub fn spawn_with_file_limit(binary: &Path, env: &[(&str, &str)], files: u64) -> Service {
+        Service::launch(binary, BASE_ENV, env, free_port(), free_port(), Some(files))
     }
 
     /// Spawns `binary` with the service's own default tuning (loopback only), for measurements
     /// that must reflect what users get.
     pub fn spawn_untuned(binary: &Path, env: &[(&str, &str)]) -> Service {
         let base = [("APP__SERVER__HOST", "127.0.0.1")];
-        Service::launch(binary, &base, env, free_port(), free_port())
+        Service::launch(binary, &base, env, free_port(), free_port(), None)
     }
 
     fn launch(
@@ -65,13 +71,24 @@ impl Service {
         env: &[(&str, &str)],
         api_port: u16,
         management_port: u16,
+        file_limit: Option<u64>,
     ) -> Service {
         let log_dir = tempfile::Builder::new()
             .prefix("testkit-svc-")
             .tempdir()
             .unwrap();
         let log = log_dir.path().join("service.log");
-        let mut command = Command::new(binary);
+        let mut command = match file_limit {
+            None => Command::new(binary),
+            Some(files) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={files}:{files}"))
+                    .arg("--")
+                    .arg(binary);
+                prlimit
+            }
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -240,7 +257,13 @@ impl Service {
 
     /// Polls `/livez` every 100 ms in the background until the watch is dropped.
     pub fn watch_liveness(&self) -> LivenessWatch {
-        LivenessWatch::start(self.management_port)
+        self.watch_probe("/livez")
+    }
+
+    /// Polls `path` on the management port every 100 ms, a new connection each time (as the
+    /// kubelet does), counting answers other than 200 within 1 s.
+    pub fn watch_probe(&self, path: &'static str) -> LivenessWatch {
+        LivenessWatch::start(self.management_port, path)
     }
 }
 
@@ -256,7 +279,7 @@ impl Drop for Service {
     }
 }
 
-/// Counts `/livez` answers other than 200, polled every 100 ms from a thread of its own.
+/// Counts probe answers other than 200, polled every 100 ms from a thread of its own.
 pub struct LivenessWatch {
     stop: Arc<AtomicBool>,
     polls: Arc<AtomicUsize>,
@@ -265,7 +288,7 @@ pub struct LivenessWatch {
 }
 
 impl LivenessWatch {
-    fn start(port: u16) -> LivenessWatch {
+    fn start(port: u16, path: &'static str) -> LivenessWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let polls = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
@@ -274,10 +297,11 @@ impl LivenessWatch {
             let http = reqwest::blocking::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(1))
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap();
             while !s.load(Ordering::SeqCst) {
-                let outcome = http.get(format!("http://127.0.0.1:{port}/livez")).send();
+                let outcome = http.get(format!("http://127.0.0.1:{port}{path}")).send();
                 p.fetch_add(1, Ordering::SeqCst);
                 match outcome {
                     Ok(response) if response.status().as_u16() == 200 => {}

@@ -12,6 +12,7 @@ mod backoff;
 pub mod broker;
 pub mod config;
 pub mod lifecycle;
+pub mod limits;
 pub mod phases;
 pub mod shutdown;
 pub mod telemetry;

@@ -4,14 +4,20 @@
 //! The management server mounts none of this: kubelet probes must not drown the logs.
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use actix_web::middleware::Next;
+use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::FutureExt;
+use futures_util::Stream;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tracing_actix_web::RequestId;
 
 /// HTTP request metrics: `http_requests_total` and `http_request_duration_seconds`, labelled by
@@ -102,6 +108,77 @@ pub async fn observe(
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
     Ok(response)
+}
+
+/// Middleware (for `actix_web::middleware::from_fn`) bounding the time a client may take to
+/// send a request body: past `timeout`, reading the body fails with an
+/// [`std::io::ErrorKind::TimedOut`] payload error, which the handler's extractor answers (the
+/// API maps it to 408 and closes the connection). Without it, a client that sends headers and
+/// no body holds a connection and a file descriptor for as long as it likes.
+///
+/// ```
+/// # #[actix_web::main] async fn main() {
+/// use actix_web::{App, HttpResponse, middleware::from_fn, test, web};
+/// use std::time::Duration;
+///
+/// let app = test::init_service(
+///     App::new()
+///         .wrap(from_fn(|req, next| bootstrap::web::body_deadline(Duration::from_secs(10), req, next)))
+///         .route("/", web::post().to(|body: String| async move { HttpResponse::Ok().body(body) })),
+/// )
+/// .await;
+/// let request = test::TestRequest::post().uri("/").set_payload("hello").to_request();
+/// assert_eq!(test::call_and_read_body(&app, request).await, "hello");
+/// # }
+/// ```
+pub async fn body_deadline<B: MessageBody + 'static>(
+    timeout: Duration,
+    mut req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<B>, Error> {
+    // Bodiless requests (every GET) skip the timer.
+    let has_body =
+        req.headers().contains_key(CONTENT_LENGTH) || req.headers().contains_key(TRANSFER_ENCODING);
+    if has_body {
+        let body = BodyDeadline {
+            inner: req.take_payload(),
+            expires: Box::pin(actix_web::rt::time::sleep(timeout)),
+            expired: false,
+        };
+        let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(body);
+        req.set_payload(Payload::from(body));
+    }
+    next.call(req).await
+}
+
+/// A request body that fails once its deadline passes.
+struct BodyDeadline {
+    inner: Payload,
+    expires: Pin<Box<actix_web::rt::time::Sleep>>,
+    expired: bool,
+}
+
+impl Stream for BodyDeadline {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.expired {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        match self.expires.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.expired = true;
+                Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive in time",
+                )))))
+            }
+        }
+    }
 }
 
 /// The body of the answer to a request whose handler panicked (RFC 9457, no internals).

@@ -1,0 +1,145 @@
+//! TLS to PostgreSQL and RabbitMQ against throwaway servers that take nothing else: a
+//! PostgreSQL whose `pg_hba.conf` rejects plain TCP, a RabbitMQ TLS listener, and a private CA
+//! made for the test. The service is ready with the right CA and not with a foreign one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use testkit::Authority;
+
+const READY: Duration = Duration::from_secs(30);
+
+/// A service that must never become ready: it gives up at its startup deadline (exit 1) and
+/// its log says why, mentioning `reason`.
+fn assert_refused(env: Vec<(String, String)>, reason: &str) {
+    let mut env = env;
+    env.push(("APP__STARTUP__DEADLINE".into(), "4s".into()));
+    let service = spawn(&env);
+    let (status, _) = service.wait_exit(READY);
+    assert_eq!(status.code(), Some(1), "{}", service.logs());
+    let logs = service.logs();
+    assert!(
+        !logs.contains("\"status\":\"pass\"") && logs.contains(reason),
+        "expected a refusal mentioning {reason:?}:\n{logs}"
+    );
+}
+
+fn ca(authority: &Authority) -> String {
+    authority.certificate().to_str().unwrap().to_owned()
+}
+
+struct TlsServers {
+    authority: Authority,
+    postgres: Postgres,
+    rabbit: RabbitMq,
+}
+
+impl TlsServers {
+    fn start() -> TlsServers {
+        let authority = Authority::new("{{project-name}}-test-ca");
+        let postgres = Postgres::start_tls_only(&authority);
+        postgres.create_database("app");
+        let rabbit = RabbitMq::start_with_tls(&authority);
+        TlsServers {
+            authority,
+            postgres,
+            rabbit,
+        }
+    }
+
+    fn database_url(&self, sslmode: &str) -> String {
+        format!("{}?sslmode={sslmode}", self.postgres.url("app"))
+    }
+}
+
+#[test]
+fn verified_tls_to_both_dependencies_makes_the_service_ready_and_serving() {
+    let servers = TlsServers::start();
+    let service = spawn(&env_for(
+        &servers.database_url("verify-full"),
+        &servers.rabbit.tls_url(),
+        &[
+            ("APP__DATABASE__CA_FILE", &ca(&servers.authority)),
+            ("APP__RABBITMQ__CA_FILE", &ca(&servers.authority)),
+        ],
+    ));
+    service.wait_for("/readyz", 200, READY);
+    service.wait_for_status("pass", READY);
+    let created = service
+        .http()
+        .post(service.api_url("/v1/items"))
+        .json(&serde_json::json!({"name": "over tls"}))
+        .send()
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201, "{:?}", created.text());
+    // Every session of the service (pool, relay, check) is encrypted.
+    let plain = servers.postgres.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE datname = 'app' AND NOT ssl",
+    );
+    assert_eq!(plain, "0", "unencrypted sessions to the database");
+}
+
+#[test]
+fn a_foreign_ca_or_plain_tcp_never_becomes_ready() {
+    let servers = TlsServers::start();
+    let foreign = Authority::new("somebody-else");
+
+    assert_refused(
+        env_for(
+            &servers.database_url("verify-full"),
+            &servers.rabbit.url(),
+            &[("APP__DATABASE__CA_FILE", &ca(&foreign))],
+        ),
+        "invalid peer certificate",
+    );
+    // pg_hba.conf rejects plain TCP.
+    assert_refused(
+        env_for(&servers.database_url("disable"), &servers.rabbit.url(), &[]),
+        "no encryption",
+    );
+
+    // RabbitMQ is not critical: the service is ready, the check says why the broker is out.
+    let broker_foreign = spawn(&env_for(
+        &servers.database_url("verify-full"),
+        &servers.rabbit.tls_url(),
+        &[
+            ("APP__DATABASE__CA_FILE", &ca(&servers.authority)),
+            ("APP__RABBITMQ__CA_FILE", &ca(&foreign)),
+        ],
+    ));
+    broker_foreign.wait_for("/readyz", 200, READY);
+    broker_foreign.wait_for_status("warn", READY);
+    let body = json(&broker_foreign.probe("/readyz?verbose").2);
+    let check = &body["checks"]["rabbitmq:connectivity"][0];
+    assert_eq!(check["status"], "fail", "{body}");
+    assert_eq!(check["affectsReadiness"], false, "{body}");
+    testkit::wait_until("the broker's TLS refusal in the log", READY, || {
+        broker_foreign.logs().contains("invalid peer certificate")
+    });
+}
+
+#[test]
+fn sslmode_require_encrypts_without_a_ca_file() {
+    let servers = TlsServers::start();
+    let service = spawn(&env_for(
+        &servers.database_url("require"),
+        &servers.rabbit.url(),
+        &[],
+    ));
+    service.wait_for("/readyz", 200, READY);
+    // verify-full without a CA file trusts only the system roots, which never signed the
+    // test CA.
+    assert_refused(
+        env_for(
+            &servers.database_url("verify-full"),
+            &servers.rabbit.url(),
+            &[],
+        ),
+        "invalid peer certificate",
+    );
+}

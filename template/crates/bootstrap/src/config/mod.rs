@@ -1,0 +1,183 @@
+//! Layered, typed, validated settings.
+//!
+//! Layers, lowest first: the settings type's `Default` < `config/default.toml` <
+//! `config/$APP_ENV.toml` < environment variables `APP__SECTION__KEY`. The merged layers are
+//! deserialized into typed structs (`deny_unknown_fields`, so a misspelt key is an error), at
+//! start, before any port is bound; a bad value becomes a [`ConfigError`] naming the variable,
+//! the value and what was expected, and the binary exits with code 2. [`load`] does this for
+//! any settings type; [`Settings`] is this service's.
+
+mod settings;
+mod value;
+
+pub use settings::*;
+pub use value::{SecretUrl, redact};
+
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A setting that could not be used.
+///
+/// ```
+/// let error = bootstrap::config::ConfigError::new("server.port", Some("abc".into()), "a TCP port (1-65535)");
+/// assert_eq!(error.to_string(), r#"APP__SERVER__PORT="abc" is invalid: expected a TCP port (1-65535)"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The environment variable that sets the key (`APP__SERVER__PORT`).
+    pub variable: String,
+    /// The offending value, already redacted; `None` when it was missing.
+    pub value: Option<String>,
+    /// What a valid value looks like.
+    pub expected: String,
+}
+
+impl ConfigError {
+    /// An error for the dotted `key` (`server.port`).
+    pub fn new(key: &str, value: Option<String>, expected: impl Into<String>) -> Self {
+        Self {
+            variable: env_name(key),
+            value,
+            expected: expected.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(
+                f,
+                "{}={value:?} is invalid: expected {}",
+                self.variable, self.expected
+            ),
+            None => write!(
+                f,
+                "{} is missing: expected {}",
+                self.variable, self.expected
+            ),
+        }
+    }
+}
+
+/// `server.port` -> `APP__SERVER__PORT`.
+fn env_name(key: &str) -> String {
+    if key.starts_with("APP_") || key.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+        return key.to_owned();
+    }
+    format!("APP__{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// Where the layers come from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Folder holding `default.toml` and `<APP_ENV>.toml` (`config`, or `APP_CONFIG_DIR`).
+    pub dir: PathBuf,
+    /// `APP_ENV`, when set.
+    pub app_env: Option<String>,
+}
+
+impl Sources {
+    /// Reads `APP_CONFIG_DIR` and `APP_ENV` from the process environment.
+    pub fn from_env() -> Self {
+        Self {
+            dir: std::env::var_os("APP_CONFIG_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("config")),
+            app_env: std::env::var("APP_ENV").ok().filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+/// Loads any settings type from the layers of `sources`: defaults come from its `Default`,
+/// every key a layer sets must be a field (`deny_unknown_fields`), and the first bad value
+/// becomes one [`ConfigError`] naming its variable.
+///
+/// ```
+/// #[derive(Debug, Default, serde::Deserialize)]
+/// #[serde(default, deny_unknown_fields)]
+/// struct Settings { cache: Cache }
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// #[serde(default, deny_unknown_fields)]
+/// struct Cache { size: usize }
+/// impl Default for Cache { fn default() -> Self { Self { size: 100 } } }
+///
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(dir.path().join("default.toml"), "[cache]\nsize = 5\n")?;
+/// let sources = bootstrap::config::Sources { dir: dir.path().into(), app_env: None };
+/// let settings: Settings = bootstrap::config::load(&sources)?;
+/// assert_eq!(settings.cache.size, 5);
+///
+/// std::fs::write(dir.path().join("default.toml"), "[cache]\nsise = 5\n")?;
+/// let error = bootstrap::config::load::<Settings>(&sources).unwrap_err();
+/// assert_eq!(error.variable, "APP__CACHE__SISE");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn load<T: DeserializeOwned>(sources: &Sources) -> Result<T, ConfigError> {
+    from_layers(&layered(sources)?)
+}
+
+fn from_layers<T: DeserializeOwned>(raw: &config::Config) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(raw.clone()).map_err(|error| {
+        let key = error.path().to_string();
+        let message = error.inner().to_string();
+        if message.starts_with("unknown field") {
+            return ConfigError::new(
+                &key,
+                raw.get_string(&key).ok().map(|v| redact(&v)),
+                "a known setting: this key is not one (misspelt? see docs/configuration.md)",
+            );
+        }
+        let expected = message
+            .rsplit_once("expected ")
+            .map_or(message.as_str(), |(_, expected)| expected);
+        // The config crate appends the key, which the variable already names.
+        let expected = expected
+            .split_once(" for key `")
+            .map_or(expected, |(expected, _)| expected);
+        let value = match raw.get_string(&key) {
+            Ok(value) => redact(&value),
+            Err(_) => "(not a single value)".into(),
+        };
+        ConfigError::new(&key, Some(value), redact(expected))
+    })
+}
+
+fn layered(sources: &Sources) -> Result<config::Config, ConfigError> {
+    let mut builder = config::Config::builder().add_source(
+        config::File::from(sources.dir.join("default.toml"))
+            .format(config::FileFormat::Toml)
+            .required(false),
+    );
+    if let Some(env) = &sources.app_env {
+        let file = sources.dir.join(format!("{env}.toml"));
+        if !file.is_file() {
+            return Err(ConfigError::new(
+                "APP_ENV",
+                Some(env.clone()),
+                format!("an environment with a file {}", display(&file)),
+            ));
+        }
+        builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+    }
+    builder
+        .add_source(
+            config::Environment::with_prefix("APP")
+                .prefix_separator("__")
+                .separator("__"),
+        )
+        .build()
+        .map_err(|e| {
+            ConfigError::new(
+                "APP_ENV",
+                sources.app_env.clone(),
+                format!("readable configuration files ({})", redact(&e.to_string())),
+            )
+        })
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}

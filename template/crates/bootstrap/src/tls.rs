@@ -1,0 +1,284 @@
+//! TLS to PostgreSQL and RabbitMQ: rustls with the ring provider.
+//!
+//! What is checked of the server's certificate follows libpq's `sslmode`; which authorities are
+//! trusted follows the dependency's `CA_FILE` (a PEM bundle), or the system's roots when unset.
+//! Managed databases (RDS, Cloud SQL, Azure) hand out such a bundle.
+
+use crate::config::{DatabaseSettings, RabbitMqSettings, SslMode};
+use anyhow::Context;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How much of the server's certificate is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Encrypt only (libpq `prefer` and `require` without a CA file): any certificate is taken.
+    EncryptOnly,
+    /// The chain up to a trusted authority, not the host name (libpq `verify-ca`).
+    Chain,
+    /// The chain and the host name (libpq `verify-full`, and always for `amqps://`).
+    Full,
+}
+
+impl Verification {
+    /// What `mode` verifies; a CA file given with `prefer` or `require` asks for full
+    /// verification (a bundle nobody checks against would be a false sense of safety).
+    ///
+    /// ```
+    /// use bootstrap::config::SslMode;
+    /// use bootstrap::tls::Verification;
+    /// assert_eq!(Verification::for_postgres(SslMode::Require, false), Verification::EncryptOnly);
+    /// assert_eq!(Verification::for_postgres(SslMode::Require, true), Verification::Full);
+    /// assert_eq!(Verification::for_postgres(SslMode::VerifyCa, true), Verification::Chain);
+    /// ```
+    pub fn for_postgres(mode: SslMode, has_ca_file: bool) -> Self {
+        match mode {
+            SslMode::VerifyFull => Self::Full,
+            SslMode::VerifyCa => Self::Chain,
+            SslMode::Disable | SslMode::Prefer | SslMode::Require if has_ca_file => Self::Full,
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => Self::EncryptOnly,
+        }
+    }
+}
+
+/// The certificates of a PEM bundle; an error when the file is unreadable or holds none.
+///
+/// ```no_run
+/// let authorities = bootstrap::tls::read_ca_file(std::path::Path::new("/etc/ssl/rds-ca.pem"))?;
+/// assert!(!authorities.is_empty());
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing the PEM certificates of {}", path.display()))?;
+    anyhow::ensure!(
+        !certificates.is_empty(),
+        "{} holds no PEM certificate",
+        path.display()
+    );
+    Ok(certificates)
+}
+
+fn trust_anchors(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let (added, _) = roots.add_parsable_certificates(read_ca_file(path)?);
+            anyhow::ensure!(
+                added > 0,
+                "{} holds no usable CA certificate",
+                path.display()
+            );
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if let Some(error) = found.errors.first() {
+                tracing::debug!(%error, "some system certificates could not be read");
+            }
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    Ok(roots)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls client configuration trusting `ca_file` (or the system roots) and verifying as
+/// `verification` says.
+///
+/// ```no_run
+/// use bootstrap::tls::{Verification, client_config};
+/// let config = client_config(None, Verification::Full)?;
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn client_config(
+    ca_file: Option<&Path>,
+    verification: Verification,
+) -> anyhow::Result<ClientConfig> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?;
+    let verifier: Arc<dyn ServerCertVerifier> = match verification {
+        Verification::EncryptOnly => Arc::new(EncryptOnly {
+            algorithms: provider.signature_verification_algorithms,
+        }),
+        Verification::Chain | Verification::Full => {
+            let full = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(trust_anchors(ca_file)?),
+                provider,
+            )
+            .build()
+            .context("building the certificate verifier")?;
+            if verification == Verification::Full {
+                full
+            } else {
+                Arc::new(ChainOnly { full })
+            }
+        }
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// The PostgreSQL connection parameters and TLS connector of `settings`.
+///
+/// ```
+/// let settings = bootstrap::config::DatabaseSettings::from_url(
+///     "postgres://app@db.internal/app?sslmode=verify-full",
+/// )?;
+/// let (config, _tls) = bootstrap::tls::postgres(&settings)?;
+/// assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn postgres(
+    settings: &DatabaseSettings,
+) -> anyhow::Result<(
+    tokio_postgres::Config,
+    tokio_postgres_rustls::MakeRustlsConnect,
+)> {
+    let mut config: tokio_postgres::Config = settings.url.expose().parse().map_err(|e| {
+        anyhow::anyhow!(
+            "APP__DATABASE__URL ({}) is not a PostgreSQL URL: {e}",
+            settings.url
+        )
+    })?;
+    config.ssl_mode(match settings.ssl_mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
+    let verification = Verification::for_postgres(settings.ssl_mode, settings.ca_file.is_some());
+    let tls = client_config(settings.ca_file.as_deref(), verification)
+        .context("APP__DATABASE__CA_FILE")?;
+    Ok((config, tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
+}
+
+/// lapin's TLS settings for `settings`: for `amqps://`, the chain and host name are verified
+/// against the system roots plus `APP__RABBITMQ__CA_FILE` (lapin adds a bundle to the roots).
+pub fn amqp(settings: &RabbitMqSettings) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
+    let cert_chain = match &settings.ca_file {
+        None => None,
+        Some(path) => {
+            // Parsed first, so a bad file is named here and not as a handshake failure.
+            read_ca_file(path).context("APP__RABBITMQ__CA_FILE")?;
+            Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )
+        }
+    };
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    })
+}
+
+/// Verifies the chain as [`WebPkiServerVerifier`] does and accepts any host name in it.
+#[derive(Debug)]
+struct ChainOnly {
+    full: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.full.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.full.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.full.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.full.supported_verify_schemes()
+    }
+}
+
+/// Takes any certificate, still checking that the server holds its key (libpq `require`).
+#[derive(Debug)]
+struct EncryptOnly {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
