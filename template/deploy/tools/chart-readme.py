@@ -34,7 +34,9 @@ helm upgrade --install {{project-name}} oci://ghcr.io/{{project-name}}/charts/{{
 The chart refuses to render without `database.url` or `database.existingSecret` (and the same for
 `rabbitmq`), with inverted autoscaling bounds, with more PostgreSQL connections than
 `database.maxConnections` allows, with a grace period below the shutdown budget or a startup probe
-budget below the app's startup deadline. The production walk-through is
+budget below the app's startup deadline, and a CA bundle (`database.tls.caBundle`,
+`rabbitmq.tls.caBundle`) from both a Secret and a ConfigMap or with an inline URL that has TLS off
+(`sslmode=disable`, `amqp://`). The production walk-through is
 [docs/deploy.md](../../docs/deploy.md); every probe number is explained in
 [docs/probes.md](../../docs/probes.md).
 

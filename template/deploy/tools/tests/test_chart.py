@@ -143,6 +143,84 @@ def test_no_url_and_no_secret_is_refused_naming_the_values(refused, missing):
     assert f"set {missing}.url" in message and f"{missing}.existingSecret" in message, message
 
 
+# TLS to the dependencies: CA bundles --------------------------------------------------------
+
+TLS_URLS = {"database": {"url": "postgres://app:pw@db.example.com:5432/orders?sslmode=verify-full"},
+            "rabbitmq": {"url": "amqps://app:pw@mq.example.com:5671/%2f"}}
+
+
+def ca_files(out: Rendered) -> dict[str, str]:
+    """Dependency -> the file its APP__<DEP>__CA_FILE names, checked against the pod: the mount of
+    the volume <dep>-ca holds exactly that file, read-only."""
+    data = out.one("ConfigMap")["data"]
+    volumes = {v["name"]: v for v in out.pod["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in out.container["volumeMounts"]}
+    found = {}
+    for dependency in ("database", "rabbitmq"):
+        path = data.get(f"APP__{dependency.upper()}__CA_FILE")
+        name = f"{dependency}-ca"
+        if path is None:
+            assert name not in volumes and name not in mounts, f"{name} mounted without its variable"
+            continue
+        mount, volume = mounts[name], volumes[name]
+        source = volume.get("secret") or volume["configMap"]
+        assert mount["readOnly"] is True
+        assert path == f"{mount['mountPath']}/{source['items'][0]['path']}", (path, mount, source)
+        assert source["defaultMode"] == 0o444
+        found[dependency] = path
+    return found
+
+
+def test_ca_bundles_from_secrets_are_mounted_where_the_app_settings_point(render):
+    out = render(TLS_URLS, {"database": {"tls": {"caBundle": {"secretName": "rds-ca"}}},
+                            "rabbitmq": {"tls": {"caBundle": {"secretName": "mq-ca", "key": "bundle.pem"}}}})
+    assert ca_files(out) == {"database": "/etc/{% endraw %}{{project-name}}{% raw %}/tls/database/ca.crt", "rabbitmq": "/etc/{% endraw %}{{project-name}}{% raw %}/tls/rabbitmq/ca.crt"}
+    volumes = {v["name"]: v for v in out.pod["spec"]["volumes"]}
+    assert volumes["database-ca"]["secret"] == {"secretName": "rds-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}], "defaultMode": 0o444}
+    assert volumes["rabbitmq-ca"]["secret"]["secretName"] == "mq-ca"
+    assert volumes["rabbitmq-ca"]["secret"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]
+    # The variables are settings like the others (ConfigMap), not container env entries.
+    assert not any(e["name"].endswith("__CA_FILE") for e in out.container["env"])
+
+
+def test_a_ca_bundle_from_a_config_map(render):
+    out = render(TLS_URLS, {"rabbitmq": {"tls": {"caBundle": {"configMapName": "mq-ca", "key": "ca.pem"}}}})
+    assert ca_files(out) == {"rabbitmq": "/etc/{% endraw %}{{project-name}}{% raw %}/tls/rabbitmq/ca.crt"}
+    volume = next(v for v in out.pod["spec"]["volumes"] if v["name"] == "rabbitmq-ca")
+    assert volume["configMap"] == {"name": "mq-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}], "defaultMode": 0o444}
+    assert "secret" not in volume
+
+
+def test_without_a_ca_bundle_there_is_no_volume_and_no_variable(render):
+    for values in (INLINE, TLS_URLS):
+        out = render(values)
+        assert ca_files(out) == {}
+        assert [v["name"] for v in out.pod["spec"]["volumes"]] == ["tmp"]
+        assert [m["name"] for m in out.container["volumeMounts"]] == ["tmp"]
+        assert not any(k.endswith("__CA_FILE") for k in out.one("ConfigMap")["data"])
+
+
+@pytest.mark.parametrize("dependency", ["database", "rabbitmq"])
+def test_a_ca_bundle_from_a_secret_and_a_config_map_is_refused(refused, dependency):
+    message = refused(TLS_URLS, {dependency: {"tls": {"caBundle": {"secretName": "a", "configMapName": "b"}}}})
+    assert f"{dependency}.tls.caBundle: set secretName" in message and "configMapName" in message and "not both" in message, message
+
+
+def test_a_broker_ca_bundle_with_an_amqp_url_is_refused(refused, render):
+    ca = {"rabbitmq": {"tls": {"caBundle": {"secretName": "mq-ca"}}}}
+    message = refused(TLS_URLS, {"rabbitmq": INLINE["rabbitmq"]}, ca)
+    assert "rabbitmq.tls.caBundle is set but rabbitmq.url is amqp://" in message and "amqps://" in message, message
+    # A URL in an existing Secret cannot be read at render time: the app checks it (exit 2).
+    assert ca_files(render(TLS_URLS, {"rabbitmq": EXISTING["rabbitmq"]}, ca)) == {"rabbitmq": "/etc/{% endraw %}{{project-name}}{% raw %}/tls/rabbitmq/ca.crt"}
+
+
+@pytest.mark.parametrize("url", ["postgres://app:pw@db:5432/orders?sslmode=disable",
+                                 "postgres://app:pw@db:5432/orders?connect_timeout=3&sslmode=disable"])
+def test_a_database_ca_bundle_with_sslmode_disable_is_refused(refused, url):
+    message = refused(TLS_URLS, {"database": {"url": url, "tls": {"caBundle": {"configMapName": "db-ca"}}}})
+    assert "database.tls.caBundle is set but database.url has sslmode=disable" in message, message
+
+
 # Parent charts, registry, image --------------------------------------------------------------
 
 def test_enabled_and_global_are_accepted_and_used(render):
@@ -191,6 +269,13 @@ def test_more_connections_than_the_server_allows_are_refused(refused, render):
 def test_pool_size_and_management_workers_are_values(render):
     data = render(INLINE, {"app": {"database": {"poolMaxSize": 8}, "managementWorkers": 2}}).one("ConfigMap")["data"]
     assert (data["APP__DATABASE__POOL_MAX_SIZE"], data["APP__MANAGEMENT__WORKERS"]) == ("8", "2")
+
+
+def test_body_timeout_and_connection_cap_are_values(render):
+    data = render(INLINE).one("ConfigMap")["data"]
+    assert (data["APP__SERVER__BODY_TIMEOUT"], data["APP__SERVER__MAX_CONNECTIONS"]) == ("10s", "0")
+    data = render(INLINE, {"app": {"server": {"bodyTimeoutSeconds": 30, "maxConnections": 2048}}}).one("ConfigMap")["data"]
+    assert (data["APP__SERVER__BODY_TIMEOUT"], data["APP__SERVER__MAX_CONNECTIONS"]) == ("30s", "2048")
 
 
 def test_pdb_lets_unhealthy_pods_be_evicted(render):
@@ -343,6 +428,8 @@ def test_alert_rules_are_scoped_to_the_release(render):
     ({"app": {"health": {"postgres": {"intervalSeconds": 1, "timeoutSeconds": 2}}}}, ["must not exceed intervalSeconds"]),
     # Helm 3 and Helm 4 word schema errors differently.
     ({"database": {"url": "mysql://x"}}, ["database.url", "/database/url"]),
+    ({"app": {"server": {"bodyTimeoutSeconds": 0}}}, ["bodyTimeoutSeconds"]),
+    ({"database": {"tls": {"caBundle": {"secretName": "ca", "key": ""}}}}, ["key"]),
 ])
 def test_refusals(refused, values, messages):
     message = refused(INLINE, values)

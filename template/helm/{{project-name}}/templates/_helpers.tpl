@@ -126,6 +126,26 @@ key: {{ .key }}
 {{- end }}
 {{- end }}
 
+{{/*
+The CA bundles that are set, as YAML: {database: <caBundle>, rabbitmq: <caBundle>}, each only
+when its secretName or configMapName is given. Read it with `fromYaml`.
+*/}}
+{{- define "{% endraw %}{{project-name}}{% raw %}.caBundles" -}}
+{{- $set := dict }}
+{{- range $dependency := list "database" "rabbitmq" }}
+{{- $ca := ((index $.Values $dependency).tls).caBundle | default dict }}
+{{- if or $ca.secretName $ca.configMapName }}
+{{- $_ := set $set $dependency $ca }}
+{{- end }}
+{{- end }}
+{{- toYaml $set }}
+{{- end }}
+
+{{/* Directory where the CA bundle of a dependency ("database" or "rabbitmq") is mounted; the file in it is ca.crt. */}}
+{{- define "{% endraw %}{{project-name}}{% raw %}.caDir" -}}
+{{- printf "/etc/{% endraw %}{{project-name}}{% raw %}/tls/%s" . }}
+{{- end }}
+
 {{/* True when the chart creates the URL Secret (some URL given inline, not from a Secret). */}}
 {{- define "{% endraw %}{{project-name}}{% raw %}.createsUrlSecret" -}}
 {{- if or (and .Values.database.url (not .Values.database.existingSecret)) (and .Values.rabbitmq.url (not .Values.rabbitmq.existingSecret)) }}true{{- end }}
@@ -178,6 +198,22 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" }}
+{{- end }}
+{{- range $dependency := list "database" "rabbitmq" }}
+{{- $values := index $.Values $dependency }}
+{{- $ca := ($values.tls).caBundle | default dict }}
+{{- if and $ca.secretName $ca.configMapName }}
+{{- fail (printf "%s.tls.caBundle: set secretName (%q) or configMapName (%q), not both" $dependency $ca.secretName $ca.configMapName) }}
+{{- end }}
+{{- /* Only an inline URL can be read here; one in existingSecret is checked by the app (exit 2). */}}
+{{- if and (or $ca.secretName $ca.configMapName) $values.url (not $values.existingSecret) }}
+{{- if and (eq $dependency "database") (regexMatch "[?&]sslmode=disable(&|#|$)" $values.url) }}
+{{- fail "database.tls.caBundle is set but database.url has sslmode=disable (TLS off): the app refuses a CA file without TLS (exit 2). Use sslmode=verify-full, or unset database.tls.caBundle." }}
+{{- end }}
+{{- if and (eq $dependency "rabbitmq") (hasPrefix "amqp://" $values.url) }}
+{{- fail "rabbitmq.tls.caBundle is set but rabbitmq.url is amqp:// (no TLS): the app refuses a CA file without TLS (exit 2). Use an amqps:// URL (port 5671), or unset rabbitmq.tls.caBundle." }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- $pods := add (ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled) .Values.strategy.maxSurge | int }}
 {{- /* Per pod: the request pool, the health check's connection, the relay's two, and the

@@ -1,0 +1,171 @@
+//! One client must not take the pod down by holding connections: uploads whose body never
+//! arrives, more of them than the process may open files. The API sheds them; the probes,
+//! PostgreSQL and RabbitMQ keep their descriptors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const FILE_LIMIT: u64 = 1024;
+const UPLOADS: usize = 1100;
+const CLOSED_WITHIN: Duration = Duration::from_secs(30);
+
+/// This test process holds every upload's socket: it needs more than its default 1024 files.
+fn raise_own_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    assert!(
+        hard >= 2 * UPLOADS as u64,
+        "hard file limit {hard} too low for this test"
+    );
+}
+
+/// Reads what the server sends until it closes the connection; `None` when it is still open
+/// at `deadline`.
+fn wait_closed(mut stream: TcpStream, deadline: Instant) -> Option<String> {
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 512];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(String::from_utf8_lossy(&answer).into_owned()),
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&answer).into_owned());
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            Err(e) => panic!("reading an upload's answer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn stalled_uploads_under_a_small_file_limit_never_starve_the_probes() {
+    raise_own_file_limit();
+    let shared = Shared::new("stalled");
+    let env = shared.env();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let service = Service::spawn_with_file_limit(binary(), &pairs, FILE_LIMIT);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let liveness = service.watch_probe("/livez");
+    let readiness = service.watch_probe("/readyz");
+
+    let began = Instant::now();
+    let head = b"POST /v1/items HTTP/1.1\r\nHost: {{project-name}}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na";
+    let uploads: Vec<TcpStream> = (0..UPLOADS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", service.api_port)).unwrap();
+            stream.write_all(head).unwrap();
+            stream
+        })
+        .collect();
+    println!("{UPLOADS} stalled uploads open after {:?}", began.elapsed());
+
+    let deadline = began + CLOSED_WITHIN;
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for upload in uploads {
+        let status = match wait_closed(upload, deadline) {
+            None => format!("(still open after {CLOSED_WITHIN:?})"),
+            Some(answer) => answer
+                .lines()
+                .next()
+                .unwrap_or("(closed without an answer)")
+                .to_owned(),
+        };
+        *answers.entry(status).or_default() += 1;
+    }
+    println!("uploads after {:?}: {answers:?}", began.elapsed());
+    let probes = [("/livez", liveness), ("/readyz", readiness)].map(|(probe, watch)| {
+        let (polls, failures) = watch.finish();
+        println!("{probe}: {} of {polls} polls failed", failures.len());
+        (probe, polls, failures)
+    });
+
+    assert!(
+        answers
+            .keys()
+            .all(|status| status.contains("408") || status.starts_with("(closed")),
+        "every upload is closed by the server (408 or a bare close): {answers:?}"
+    );
+    for (probe, polls, failures) in probes {
+        assert!(polls > 50, "{probe} polled only {polls} times");
+        assert!(
+            failures.is_empty(),
+            "{probe} failed {} of {polls} polls while the API port was flooded: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+    assert_eq!(service.api("/v1/items").0, 200, "the API serves again");
+    assert!(
+        !service.logs().contains("Too many open files"),
+        "the process ran out of descriptors:\n{}",
+        service.logs()
+    );
+}
+
+/// Sends `request` on a new connection; returns the status line of the answer.
+fn raw_status(service: &Service, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", service.api_port)).unwrap();
+    stream.write_all(request).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn malformed_requests_are_400_counted_and_not_logged_as_errors() {
+    let shared = Shared::new("malformed");
+    let service = spawn(&shared.env());
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let cases: [&[u8]; 4] = [
+        b"GET /v1/items HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        long_uri.as_bytes(),
+        b"NOT-HTTP\r\n\r\n",
+        b"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+    ];
+    for request in cases {
+        let status = raw_status(&service, request);
+        assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    }
+    let metrics = service.probe("/metrics").2;
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("http_client_protocol_errors_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no http_client_protocol_errors_total in /metrics"));
+    assert_eq!(counted, cases.len() as u64);
+    let logs = service.logs();
+    let errors: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "client mistakes logged as errors: {errors:?}"
+    );
+}

@@ -1,0 +1,57 @@
+//! How many connections the API may hold, from the process's open-file limit.
+//!
+//! Every connection costs a file descriptor. When a flood of slow clients takes the last one,
+//! `accept` fails on every port: the kubelet's probes time out and the pod is restarted
+//! because of one client. The API therefore holds at most what the file limit leaves after the
+//! descriptors the rest of the process needs; further clients wait in the kernel's accept
+//! queue, which costs the process nothing.
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Descriptors kept for everything but API connections, on top of the database pools:
+/// management connections (kubelet, Prometheus), the broker, the health check's own
+/// connections, runtimes (epoll, eventfd per worker), listeners, log and trace exporters.
+pub const RESERVED_FILES: u64 = 256;
+
+/// The open-file limit of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimit {
+    /// The soft limit: what `accept` runs into.
+    pub soft: u64,
+    /// The hard limit: how far the process may raise the soft one.
+    pub hard: u64,
+}
+
+impl FileLimit {
+    /// Raises the soft limit to the hard one (container runtimes often start processes at
+    /// 1024 soft with a much higher hard limit) and returns the result.
+    ///
+    /// ```
+    /// let limit = bootstrap::limits::FileLimit::raise()?;
+    /// assert_eq!(limit.soft, limit.hard);
+    /// # Ok::<(), nix::Error>(())
+    /// ```
+    pub fn raise() -> nix::Result<FileLimit> {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+        }
+        Ok(FileLimit { soft: hard, hard })
+    }
+
+    /// API connections this limit affords, all workers together, after [`RESERVED_FILES`]
+    /// and `pooled` database connections; at least one per worker.
+    ///
+    /// ```
+    /// use bootstrap::limits::FileLimit;
+    /// let limit = FileLimit { soft: 1024, hard: 1024 };
+    /// assert_eq!(limit.api_connections(18, 2), 750);
+    /// assert_eq!(FileLimit { soft: 100, hard: 100 }.api_connections(18, 2), 2);
+    /// ```
+    pub fn api_connections(&self, pooled: u64, workers: usize) -> usize {
+        let spare = self.soft.saturating_sub(RESERVED_FILES + pooled);
+        usize::try_from(spare)
+            .unwrap_or(usize::MAX)
+            .max(workers.max(1))
+    }
+}
