@@ -8,7 +8,7 @@
 //! down, and two recovery mechanisms fighting over one connection is worse than one.
 
 use crate::Backoff;
-use crate::config::RabbitMqSettings;
+use crate::config::SecretUrl;
 use futures_util::future::BoxFuture;
 use health::checks::rabbitmq::BrokerLink;
 use lapin::tcp::OwnedTLSConfig;
@@ -22,6 +22,20 @@ use tokio_util::sync::CancellationToken;
 /// Declares exchanges, queues and bindings on a fresh connection.
 pub type Topology =
     Arc<dyn Fn(Arc<Connection>) -> BoxFuture<'static, Result<(), lapin::Error>> + Send + Sync>;
+
+/// Where and how to connect: the URL (`amqps://` for TLS), the CA bundle for it, and the
+/// reconnection tuning.
+#[derive(Debug, Clone)]
+pub struct BrokerConnection {
+    /// `amqp://` or `amqps://` URL.
+    pub url: SecretUrl,
+    /// PEM bundle added to the system roots (`amqps://` only).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Longest pause between two reconnection attempts.
+    pub reconnect_max_backoff: Duration,
+    /// Bound on one attempt, handshake and topology included.
+    pub connect_timeout: Duration,
+}
 
 /// Handle to a running supervisor.
 #[derive(Debug)]
@@ -37,7 +51,7 @@ impl BrokerSupervisor {
     ///
     /// Fails only when the TLS settings cannot be used (an unreadable `CA_FILE`).
     pub fn spawn(
-        settings: &RabbitMqSettings,
+        settings: &BrokerConnection,
         name: String,
         topology: Topology,
     ) -> anyhow::Result<Self> {
@@ -87,7 +101,7 @@ impl BrokerSupervisor {
 }
 
 async fn supervise(
-    settings: RabbitMqSettings,
+    settings: BrokerConnection,
     tls: OwnedTLSConfig,
     name: String,
     topology: Topology,

@@ -1,12 +1,5 @@
-//! Everything a service does before and after it handles requests.
-//!
-//! - [`config`]: layered settings, validated at start, secrets redacted.
-//! - [`telemetry`]: JSON logs, optional OTLP traces.
-//! - [`phases`]: ordered startup phases with backoff and one deadline.
-//! - [`lifecycle`]: `starting -> ready -> draining -> stopped`, as the probes report it.
-//! - [`shutdown`]: SIGTERM/SIGINT handling.
-//! - [`broker`]: the RabbitMQ connection supervisor.
-//! - [`web`]: request telemetry for the API server.
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 
 mod backoff;
 pub mod broker;
@@ -20,7 +13,7 @@ pub mod tls;
 pub mod web;
 
 pub use backoff::Backoff;
-pub use config::{ConfigError, SecretUrl, Settings};
+pub use config::{ConfigError, SecretUrl};
 pub use lifecycle::Lifecycle;
 pub use phases::{Startup, StartupError, StartupPhase};
 pub use telemetry::Telemetry;

@@ -6,58 +6,69 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The startup phases, in the order the service runs them.
+/// One step of a service's startup, as data: its name in logs, the dependency it waits for
+/// (named when the deadline passes), and the backoff between its attempts. The service
+/// declares its own phases and runs them in order through [`Startup`].
+///
+/// ```
+/// use bootstrap::StartupPhase;
+/// use std::time::Duration;
+///
+/// const CACHE: StartupPhase = StartupPhase::new("cache").waiting_for("redis");
+/// const MIGRATIONS: StartupPhase = StartupPhase::new("migrations")
+///     .waiting_for("postgres")
+///     .backoff(Duration::from_millis(500), Duration::from_secs(10));
+/// assert_eq!(CACHE.dependency(), Some("redis"));
+/// assert_eq!(MIGRATIONS.to_string(), "migrations");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartupPhase {
-    /// Settings loaded and validated.
-    Config,
-    /// Logs and traces installed.
-    Telemetry,
-    /// `/livez` and `/startupz` answering.
-    ManagementServer,
-    /// First PostgreSQL connection of the request pool.
-    PostgresPool,
-    /// Schema migrations applied.
-    Migrations,
-    /// Broker connection and topology.
-    RabbitMq,
-    /// Relay, consumers, health scheduler.
-    BackgroundWorkers,
-    /// The service's own warm-up hook.
-    WarmUp,
-    /// The API port bound.
-    ApiServer,
+pub struct StartupPhase {
+    name: &'static str,
+    dependency: Option<&'static str>,
+    first_retry: Duration,
+    max_retry: Duration,
 }
 
 impl StartupPhase {
-    /// Name used in logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            StartupPhase::Config => "config",
-            StartupPhase::Telemetry => "telemetry",
-            StartupPhase::ManagementServer => "management server",
-            StartupPhase::PostgresPool => "postgres pool",
-            StartupPhase::Migrations => "migrations",
-            StartupPhase::RabbitMq => "rabbitmq",
-            StartupPhase::BackgroundWorkers => "background workers",
-            StartupPhase::WarmUp => "warm-up",
-            StartupPhase::ApiServer => "api server",
+    /// A phase called `name`, waiting on no dependency, retried after 100 ms doubling to 5 s.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            dependency: None,
+            first_retry: Duration::from_millis(100),
+            max_retry: Duration::from_secs(5),
         }
     }
 
-    /// The dependency a phase waits on, named when the deadline passes.
-    pub const fn dependency(self) -> Option<&'static str> {
-        match self {
-            StartupPhase::PostgresPool | StartupPhase::Migrations => Some("postgres"),
-            StartupPhase::RabbitMq => Some("rabbitmq"),
-            _ => None,
-        }
+    /// The same phase, waiting for `dependency` (as the health check names it).
+    #[must_use]
+    pub const fn waiting_for(mut self, dependency: &'static str) -> Self {
+        self.dependency = Some(dependency);
+        self
+    }
+
+    /// The same phase, retried after `first`, doubling (with jitter) up to `max`.
+    #[must_use]
+    pub const fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.first_retry = first;
+        self.max_retry = max;
+        self
+    }
+
+    /// Name used in logs.
+    pub const fn as_str(&self) -> &'static str {
+        self.name
+    }
+
+    /// The dependency the phase waits on, named when the deadline passes.
+    pub const fn dependency(&self) -> Option<&'static str> {
+        self.dependency
     }
 }
 
 impl Display for StartupPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.name)
     }
 }
 
@@ -87,7 +98,7 @@ pub struct StartupError {
 /// let startup = Startup::new(Duration::from_secs(5));
 /// let mut tries = 0;
 /// let value = startup
-///     .run(StartupPhase::WarmUp, || {
+///     .run(StartupPhase::new("warm-up"), || {
 ///         tries += 1;
 ///         let ready = tries >= 2;
 ///         async move { if ready { Ok(42) } else { Err(anyhow::anyhow!("cache not ready")) } }
@@ -135,7 +146,7 @@ impl Startup {
         E: Into<anyhow::Error>,
     {
         let began = Instant::now();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::new(phase.first_retry, phase.max_retry);
         let mut attempts = 0;
         let mut last_error = String::from("no attempt finished");
         loop {

@@ -4,7 +4,7 @@ use crate::lifecycle::LifecycleCell;
 use crate::liveness::Heartbeat;
 use crate::metrics::HealthMetrics;
 use crate::snapshot::{CheckSlot, CheckState};
-use crate::{Check, CheckPolicy, LifecycleState, ProbeQuery, Status};
+use crate::{Check, CheckPolicy, LifecycleState, ProbeQuery, Status, StatusListener};
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,7 @@ impl HealthBuilder {
         }
         let metrics = HealthMetrics::register(&self.registry)?;
         for slot in &self.checks {
-            metrics.check_registered(&slot.name, slot.policy.critical);
+            metrics.check_registered(&slot.name, slot.policy.is_critical());
         }
         let heartbeat = Heartbeat::new(self.stall_after);
         heartbeat.beat();
@@ -207,7 +207,7 @@ impl Health {
         for slot in self.0.checks.iter().filter(|s| !query.excludes(s)) {
             let state = slot.state.load();
             if slot.status_at(&state, now) == Status::Fail {
-                let degraded = if slot.policy.critical {
+                let degraded = if slot.policy.is_critical() {
                     Status::Fail
                 } else {
                     Status::Warn
@@ -252,7 +252,7 @@ impl Health {
             if stale == slot.stale_reported.swap(stale, Ordering::Relaxed) {
                 continue;
             }
-            let critical = slot.policy.critical;
+            let critical = slot.policy.is_critical();
             if stale {
                 tracing::warn!(check = %slot.name, critical, age_ms = now.saturating_duration_since(state.at).as_millis() as u64, "health check result stale: its scheduler task is not running; counted as failing");
                 self.0
@@ -274,13 +274,21 @@ impl Health {
         if previous.status != next.status {
             let output = next.observation.output.as_deref().unwrap_or("");
             if next.status == Status::Pass {
-                tracing::info!(check = %slot.name, critical = slot.policy.critical, from = %previous.status, to = %next.status, "health check recovered");
+                tracing::info!(check = %slot.name, critical = slot.policy.is_critical(), from = %previous.status, to = %next.status, "health check recovered");
             } else {
-                tracing::warn!(check = %slot.name, critical = slot.policy.critical, from = %previous.status, to = %next.status, reason = output, "health check failing");
+                tracing::warn!(check = %slot.name, critical = slot.policy.is_critical(), from = %previous.status, to = %next.status, reason = output, "health check failing");
             }
             self.0
                 .metrics
-                .check_changed(&slot.name, slot.policy.critical, next.status);
+                .check_changed(&slot.name, slot.policy.is_critical(), next.status);
+            slot.changes.send_replace(next.status);
         }
+    }
+
+    /// Follows the status of the check `selector` (its name or key); `None` when no check has
+    /// that name. See [`StatusListener`].
+    pub fn listen(&self, selector: &str) -> Option<StatusListener> {
+        self.slot(selector)
+            .map(|slot| StatusListener(slot.changes.subscribe()))
     }
 }

@@ -57,10 +57,8 @@ impl CheckState {
             ),
         };
         let status = match self.status {
-            Status::Pass if failures >= policy.failure_threshold.max(1) => Status::Fail,
-            Status::Fail | Status::Warn if successes >= policy.success_threshold.max(1) => {
-                Status::Pass
-            }
+            Status::Pass if failures >= policy.failure_threshold() => Status::Fail,
+            Status::Fail | Status::Warn if successes >= policy.success_threshold() => Status::Pass,
             unchanged => unchanged,
         };
         CheckState {
@@ -85,6 +83,8 @@ pub(crate) struct CheckSlot {
     /// Whether the current result has been reported stale (gauge and log), so that staleness
     /// is told once, like any other change.
     pub(crate) stale_reported: std::sync::atomic::AtomicBool,
+    /// Tells [`crate::StatusListener`]s about every change of status.
+    pub(crate) changes: tokio::sync::watch::Sender<Status>,
 }
 
 impl std::fmt::Debug for CheckSlot {
@@ -99,12 +99,14 @@ impl std::fmt::Debug for CheckSlot {
 impl CheckSlot {
     pub(crate) fn new(name: String, policy: CheckPolicy, check: Arc<dyn Check>) -> Self {
         let key = format!("{name}:{}", check.measurement());
+        let pending = CheckState::pending();
         Self {
             name,
             key,
             policy,
             check,
-            state: ArcSwap::from_pointee(CheckState::pending()),
+            changes: tokio::sync::watch::Sender::new(pending.status),
+            state: ArcSwap::from_pointee(pending),
             stale_reported: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -133,11 +135,11 @@ mod tests {
     use super::*;
 
     fn policy(failure_threshold: u32, success_threshold: u32) -> CheckPolicy {
-        CheckPolicy {
-            failure_threshold,
-            success_threshold,
-            ..CheckPolicy::default()
-        }
+        CheckPolicy::builder()
+            .failure_threshold(failure_threshold)
+            .success_threshold(success_threshold)
+            .build()
+            .unwrap()
     }
 
     #[test]

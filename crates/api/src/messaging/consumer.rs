@@ -3,7 +3,8 @@
 //!
 //! Two kinds of failure are told apart. The database being away (or a conflict a retry
 //! resolves) is not the message's fault: the consumer holds the delivery and retries it with
-//! backoff until the database answers, so an outage delays events and dead-letters none. Any
+//! backoff until the database answers, so an outage delays events and dead-letters none; while
+//! the `postgres` health check fails it does not even try, it waits for the check to pass. Any
 //! other failure is an attempt, counted in the message itself (the `x-attempts` header of a
 //! republished copy, so a restart or another replica continues the count); after
 //! [`MAX_ATTEMPTS`] the message goes to the dead-letter queue.
@@ -13,6 +14,7 @@ use crate::domain::item::ItemEvent;
 use crate::problem::ApiError;
 use futures_util::StreamExt;
 use health::checks::rabbitmq::BrokerLink;
+use health::{Status, StatusListener};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -62,6 +64,8 @@ impl From<ApiError> for ProcessError {
 pub struct Consumer {
     /// PostgreSQL, each event's work bounded by the query timeout.
     pub db: Database,
+    /// The `postgres` check: no attempt is made while it fails.
+    pub database: StatusListener,
     pub link: BrokerLink,
     pub queue: String,
     pub tag: String,
@@ -184,7 +188,16 @@ impl Consumer {
         stop: &CancellationToken,
     ) -> Option<Result<bool, ProcessError>> {
         let (mut backoff, cap) = UNAVAILABLE_BACKOFF;
+        let mut database = self.database.clone();
         let mut waited = false;
+        if database.status() == Status::Fail {
+            tracing::warn!(event_id = %event.id, "consumer: the postgres check fails, holding the event until it passes");
+            waited = true;
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = database.until_not_failing() => {}
+            }
+        }
         loop {
             match process(&self.db, event).await {
                 Err(ProcessError::Unavailable(reason)) => {
@@ -192,9 +205,13 @@ impl Consumer {
                         tracing::warn!(event_id = %event.id, %reason, "consumer: database unavailable, holding the event until it returns");
                         waited = true;
                     }
+                    // The check may not have noticed yet: retry with backoff; once it fails,
+                    // wait for it to pass instead of polling the database.
+                    let failing = database.status() == Status::Fail;
                     tokio::select! {
                         _ = stop.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff), if !failing => {}
+                        _ = database.until_not_failing(), if failing => {}
                     }
                     backoff = (backoff * 2).min(cap);
                 }

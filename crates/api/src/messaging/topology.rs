@@ -1,7 +1,7 @@
 //! Exchanges, queues and bindings, declared on every new broker connection.
 
+use crate::settings::RabbitMqSettings;
 use bootstrap::broker::Topology;
-use bootstrap::config::RabbitMqSettings;
 use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};

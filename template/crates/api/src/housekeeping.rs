@@ -3,7 +3,7 @@
 //! (`APP__OUTBOX__RETENTION`, `APP__RETENTION__*`). Every replica prunes; batches are small, skip rows another replica
 //! holds, and each statement is bounded, so pruning never competes with requests for long.
 
-use bootstrap::config::RetentionSettings;
+use crate::settings::RetentionSettings;
 use deadpool_postgres::Pool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

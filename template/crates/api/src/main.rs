@@ -8,13 +8,14 @@ mod messaging;
 mod openapi;
 mod problem;
 mod routes;
+mod settings;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // Settings first, before a runtime or a socket exists: a bad value must stop the process
     // with exit code 2 and one line naming the variable.
-    let settings = match bootstrap::Settings::load(&bootstrap::config::Sources::from_env()) {
+    let settings = match settings::Settings::load(&bootstrap::config::Sources::from_env()) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("configuration error: {error}");

@@ -4,7 +4,8 @@
 //! trusted follows the dependency's `CA_FILE` (a PEM bundle), or the system's roots when unset.
 //! Managed databases (RDS, Cloud SQL, Azure) hand out such a bundle.
 
-use crate::config::{DatabaseSettings, RabbitMqSettings, SslMode};
+use crate::broker::BrokerConnection;
+use crate::config::{DatabaseSettings, SslMode};
 use anyhow::Context;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -172,7 +173,7 @@ pub fn postgres(
 
 /// lapin's TLS settings for `settings`: for `amqps://`, the chain and host name are verified
 /// against the system roots plus `APP__RABBITMQ__CA_FILE` (lapin adds a bundle to the roots).
-pub fn amqp(settings: &RabbitMqSettings) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
+pub fn amqp(settings: &BrokerConnection) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
     let cert_chain = match &settings.ca_file {
         None => None,
         Some(path) => {

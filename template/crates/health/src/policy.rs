@@ -1,8 +1,10 @@
 //! How often a check runs and how its results turn into a status.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// Tuning of one check.
+/// Tuning of one check, valid by construction: built through [`CheckPolicy::builder`], it
+/// cannot have a zero interval, a timeout longer than its interval, or a zero threshold.
 ///
 /// A failing dependency is reported after `failure_threshold` consecutive failures, so
 /// detection takes at most `failure_threshold x interval + timeout`; a recovered one after
@@ -13,56 +15,98 @@ use std::time::Duration;
 /// use health::CheckPolicy;
 /// use std::time::Duration;
 ///
-/// let policy = CheckPolicy::default().with_interval(Duration::from_secs(1));
+/// let policy = CheckPolicy::builder().interval(Duration::from_secs(1)).build()?;
 /// assert_eq!(policy.stale_after(), Duration::from_secs(3));
 /// assert!(policy.detection_bound() <= Duration::from_secs(4));
+///
+/// let refused = CheckPolicy::builder().interval(Duration::from_secs(1)).timeout(Duration::from_secs(2)).build();
+/// assert!(refused.is_err());
+/// # Ok::<(), health::PolicyError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckPolicy {
-    /// Time between the starts of two runs.
-    pub interval: Duration,
-    /// A run that takes longer counts as failed.
-    pub timeout: Duration,
-    /// Consecutive failures before the check reports failure.
-    pub failure_threshold: u32,
-    /// Consecutive successes before a failed check reports success again.
-    pub success_threshold: u32,
-    /// Critical checks fail readiness; the others turn the status to `warn`.
-    pub critical: bool,
+    interval: Duration,
+    timeout: Duration,
+    failure_threshold: NonZeroU32,
+    success_threshold: NonZeroU32,
+    critical: bool,
 }
 
+/// Why a [`CheckPolicy`] cannot be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The interval or the timeout is zero.
+    #[error("the check interval and timeout must be above zero")]
+    Zero,
+    /// The timeout is longer than the interval: runs would overlap.
+    #[error("the check timeout ({timeout:?}) must not exceed its interval ({interval:?})")]
+    TimeoutAboveInterval {
+        /// The interval asked for.
+        interval: Duration,
+        /// The timeout asked for.
+        timeout: Duration,
+    },
+    /// A threshold of zero would report a status before any run.
+    #[error("check thresholds must be at least 1")]
+    ZeroThreshold,
+}
+
+const ONE: NonZeroU32 = NonZeroU32::MIN;
+const TWO: NonZeroU32 = NonZeroU32::MIN.saturating_add(1);
+
 impl Default for CheckPolicy {
+    /// Every 2 s, 1 s timeout, failing after 2 failures, passing after 1 success, critical.
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
-            failure_threshold: 2,
-            success_threshold: 1,
+            failure_threshold: TWO,
+            success_threshold: ONE,
             critical: true,
         }
     }
 }
 
 impl CheckPolicy {
-    /// Sets the interval.
-    #[must_use]
-    pub fn with_interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
-        self
+    /// A builder starting from [`CheckPolicy::default`].
+    pub fn builder() -> CheckPolicyBuilder {
+        CheckPolicyBuilder {
+            policy: CheckPolicy::default(),
+            failure_threshold: 2,
+            success_threshold: 1,
+        }
     }
 
-    /// Sets the timeout.
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Sets criticality.
+    /// The same policy, critical or not (criticality has no invariant to keep).
     #[must_use]
     pub fn critical(mut self, critical: bool) -> Self {
         self.critical = critical;
         self
+    }
+
+    /// Time between the starts of two runs.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// A run that takes longer counts as failed.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Consecutive failures before the check reports failure.
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.get()
+    }
+
+    /// Consecutive successes before a failed check reports success again.
+    pub fn success_threshold(&self) -> u32 {
+        self.success_threshold.get()
+    }
+
+    /// Critical checks fail readiness; the others turn the status to `warn`.
+    pub fn is_critical(&self) -> bool {
+        self.critical
     }
 
     /// A result older than this counts as failed: a stuck scheduler must not look healthy.
@@ -73,7 +117,94 @@ impl CheckPolicy {
     /// Worst-case time from a dependency dying to this check reporting it.
     pub fn detection_bound(&self) -> Duration {
         self.interval
-            .saturating_mul(self.failure_threshold.max(1))
+            .saturating_mul(self.failure_threshold.get())
             .saturating_add(self.timeout)
+    }
+}
+
+/// Builds a [`CheckPolicy`]; [`CheckPolicyBuilder::build`] checks the invariants.
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct CheckPolicyBuilder {
+    policy: CheckPolicy,
+    failure_threshold: u32,
+    success_threshold: u32,
+}
+
+impl CheckPolicyBuilder {
+    /// Time between the starts of two runs (2 s).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.policy.interval = interval;
+        self
+    }
+
+    /// Bound on one run, at most the interval (1 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.policy.timeout = timeout;
+        self
+    }
+
+    /// Consecutive failures before the check fails (2).
+    pub fn failure_threshold(mut self, runs: u32) -> Self {
+        self.failure_threshold = runs;
+        self
+    }
+
+    /// Consecutive successes before a failed check passes again (1).
+    pub fn success_threshold(mut self, runs: u32) -> Self {
+        self.success_threshold = runs;
+        self
+    }
+
+    /// Whether a failure makes the pod unready (true).
+    pub fn critical(mut self, critical: bool) -> Self {
+        self.policy.critical = critical;
+        self
+    }
+
+    /// The policy, or why it cannot exist.
+    pub fn build(self) -> Result<CheckPolicy, PolicyError> {
+        let CheckPolicy {
+            interval, timeout, ..
+        } = self.policy;
+        if interval.is_zero() || timeout.is_zero() {
+            return Err(PolicyError::Zero);
+        }
+        if timeout > interval {
+            return Err(PolicyError::TimeoutAboveInterval { interval, timeout });
+        }
+        Ok(CheckPolicy {
+            failure_threshold: NonZeroU32::new(self.failure_threshold)
+                .ok_or(PolicyError::ZeroThreshold)?,
+            success_threshold: NonZeroU32::new(self.success_threshold)
+                .ok_or(PolicyError::ZeroThreshold)?,
+            ..self.policy
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_policies_cannot_be_built() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            CheckPolicy::builder().interval(Duration::ZERO).build(),
+            Err(PolicyError::Zero)
+        );
+        assert!(matches!(
+            CheckPolicy::builder()
+                .interval(second)
+                .timeout(2 * second)
+                .build(),
+            Err(PolicyError::TimeoutAboveInterval { .. })
+        ));
+        assert_eq!(
+            CheckPolicy::builder().failure_threshold(0).build(),
+            Err(PolicyError::ZeroThreshold)
+        );
+        assert_eq!(CheckPolicy::builder().build(), Ok(CheckPolicy::default()));
     }
 }

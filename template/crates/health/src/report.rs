@@ -130,7 +130,7 @@ impl Health {
                 observed_value: state.observation.observed_value,
                 observed_unit: state.observation.observed_unit,
                 output,
-                affects_readiness: slot.policy.critical,
+                affects_readiness: slot.policy.is_critical(),
             };
             let value = serde_json::to_value(entry).unwrap_or(Value::Null);
             checks.insert(slot.key.clone(), Value::Array(vec![value]));

@@ -38,7 +38,7 @@ impl Health {
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 let slot = &health.slots()[index];
-                let mut ticker = interval(slot.policy.interval);
+                let mut ticker = interval(slot.policy.interval());
                 // After a slow run, wait a full interval rather than firing a burst.
                 ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 loop {
@@ -59,12 +59,12 @@ impl Health {
 
 async fn run_once(health: &Health, slot: &CheckSlot) {
     let started = Instant::now();
-    let outcome = match timeout(slot.policy.timeout, slot.check.run()).await {
+    let outcome = match timeout(slot.policy.timeout(), slot.check.run()).await {
         Ok(Ok(observation)) => Ok(observation),
         Ok(Err(failure)) => Err(failure.0),
         Err(_) => Err(format!(
             "timed out after {}",
-            humantime::format_duration(slot.policy.timeout)
+            humantime::format_duration(slot.policy.timeout())
         )),
     };
     health.metrics().check_ran(&slot.name, started.elapsed());
@@ -118,7 +118,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn readiness_follows_a_critical_check_both_ways() {
         let up = Arc::new(AtomicBool::new(true));
-        let policy = CheckPolicy::default().with_interval(Duration::from_millis(100));
+        let policy = CheckPolicy::builder()
+            .interval(Duration::from_millis(100))
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
         let health = Health::builder("t", "0")
             .check("db", policy, Switch(up.clone()))
             .build()
@@ -135,11 +139,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_listener_hears_every_change_of_a_non_critical_check() {
+        let up = Arc::new(AtomicBool::new(true));
+        let policy = CheckPolicy::builder()
+            .interval(Duration::from_millis(100))
+            .timeout(Duration::from_millis(100))
+            .critical(false)
+            .build()
+            .unwrap();
+        let health = Health::builder("t", "0")
+            .check("cache", policy, Switch(up.clone()))
+            .build()
+            .unwrap();
+        let mut listener = health.listen("cache:connectivity").unwrap();
+        assert_eq!(listener.status(), Status::Fail, "not checked yet");
+        let stop = CancellationToken::new();
+        let _tasks = health.spawn_scheduler(stop.clone());
+        assert_eq!(listener.until_not_failing().await, Status::Pass);
+        up.store(false, Ordering::SeqCst);
+        let heard = listener.wait_until(|status| status == Status::Fail).await;
+        assert_eq!(heard, Status::Fail);
+        // Heard although the check is not critical and the lifecycle never became ready.
+        assert_eq!(health.readiness(&ProbeQuery::default()), Status::Fail);
+        up.store(true, Ordering::SeqCst);
+        assert_eq!(listener.until_not_failing().await, Status::Pass);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_hanging_non_critical_check_times_out_into_warn() {
-        let policy = CheckPolicy::default()
-            .with_interval(Duration::from_millis(100))
-            .with_timeout(Duration::from_millis(50))
-            .critical(false);
+        let policy = CheckPolicy::builder()
+            .interval(Duration::from_millis(100))
+            .timeout(Duration::from_millis(50))
+            .critical(false)
+            .build()
+            .unwrap();
         let health = Health::builder("t", "0")
             .check("broker", policy, Hangs)
             .build()
@@ -178,7 +212,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stuck_scheduler_makes_results_stale() {
         let up = Arc::new(AtomicBool::new(true));
-        let policy = CheckPolicy::default().with_interval(Duration::from_millis(100));
+        let policy = CheckPolicy::builder()
+            .interval(Duration::from_millis(100))
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
         let health = Health::builder("t", "0")
             .check("db", policy, Switch(up))
             .build()

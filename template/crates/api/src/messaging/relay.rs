@@ -14,8 +14,8 @@
 //! measured from the table by the lag check, so a stuck relay shows as lag.
 
 use crate::db;
+use crate::settings::OutboxSettings;
 use bootstrap::Backoff;
-use bootstrap::config::OutboxSettings;
 use deadpool_postgres::Pool;
 use deadpool_postgres::PoolError;
 use health::checks::rabbitmq::BrokerLink;

@@ -5,13 +5,13 @@
 //! deserialized into typed structs (`deny_unknown_fields`, so a misspelt key is an error), at
 //! start, before any port is bound; a bad value becomes a [`ConfigError`] naming the variable,
 //! the value and what was expected, and the binary exits with code 2. [`load`] does this for
-//! any settings type; [`Settings`] is this service's.
+//! any settings type; [`sections`](self#structs) offers the sections most services share.
 
-mod settings;
-mod value;
+mod sections;
+pub mod value;
 
-pub use settings::*;
-pub use value::{SecretUrl, redact};
+pub use sections::*;
+pub use value::{SecretUrl, constant_url, redact};
 
 use serde::de::DeserializeOwned;
 use std::fmt;
