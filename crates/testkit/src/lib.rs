@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod kubelet;
 pub mod load;
 pub mod net;
+pub mod otlp;
 pub mod postgres;
 pub mod proxy;
 pub mod rabbitmq;
@@ -20,6 +21,7 @@ pub mod tls;
 
 pub use net::{free_port, wait_until};
 pub use nix::sys::signal::Signal;
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::Postgres;
 pub use proxy::{Fault, FaultProxy};
 pub use rabbitmq::RabbitMq;

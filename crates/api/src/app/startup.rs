@@ -70,6 +70,7 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     registry.register(Box::new(
         bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
     ))?;
+    registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
     // Detached: it only logs, and ends with the runtime.
     tokio::spawn(bootstrap::telemetry::report_client_protocol_errors(
         Duration::from_secs(60),
@@ -116,29 +117,7 @@ pub(super) async fn start(
     stop_workers: &CancellationToken,
     stop_health: &CancellationToken,
 ) -> Result<Running, Failure> {
-    let pool = db::pool(&settings.database)?;
-    startup
-        .run(POSTGRES_POOL, || async {
-            let client = pool.get().await?;
-            client.simple_query("SELECT 1").await?;
-            Ok::<_, anyhow::Error>(())
-        })
-        .await?;
-    parts
-        .registry
-        .register(Box::new(
-            PoolGauges::new(pool.clone()).map_err(anyhow::Error::from)?,
-        ))
-        .map_err(anyhow::Error::from)?;
-
-    startup
-        .run(MIGRATIONS, || async {
-            let applied = db::migrate(&settings.database).await?;
-            tracing::info!(applied, "migrations");
-            Ok::<_, anyhow::Error>(())
-        })
-        .await?;
-
+    let pool = database(settings, startup, parts).await?;
     // A critical broker holds startup; a non-critical one is connected in the background.
     if settings.health.rabbitmq.critical == Some(true) {
         startup
@@ -152,33 +131,7 @@ pub(super) async fn start(
 
     let began = Instant::now();
     let scheduler = parts.health.spawn_scheduler(stop_health.clone());
-    let mut workers = JoinSet::new();
-    let relay = Relay {
-        pool: parts.relay_pool.clone(),
-        link: parts.broker.link(),
-        exchange: settings.rabbitmq.exchange.clone(),
-        settings: settings.outbox.clone(),
-        written: parts.outbox_written.clone(),
-        backlog: parts.backlog.clone(),
-    };
-    workers.spawn(relay.run(stop_workers.clone()));
-    let consumer = Consumer {
-        db: db::Database::new(pool.clone(), settings.database.query_timeout),
-        database: parts
-            .health
-            .listen("postgres")
-            .ok_or_else(|| anyhow::anyhow!("the postgres check is not registered"))?,
-        link: parts.broker.link(),
-        queue: settings.rabbitmq.queue.clone(),
-        tag: format!("{}-{}", settings.service.name, std::process::id()),
-    };
-    workers.spawn(consumer.run(stop_workers.clone()));
-    workers.spawn(crate::housekeeping::run(
-        pool.clone(),
-        settings.retention.clone(),
-        settings.outbox.retention,
-        stop_workers.clone(),
-    ));
+    let workers = background_workers(settings, parts, &pool, stop_workers)?;
     startup.record(BACKGROUND_WORKERS, began.elapsed());
 
     // Warm-up: wait for the first verdict of every critical check, so the pod turns ready on
@@ -209,4 +162,71 @@ pub(super) async fn start(
         scheduler,
         api,
     })
+}
+
+/// The request pool, once its first connection works, and the schema migrated.
+async fn database(
+    settings: &Settings,
+    startup: &Startup,
+    parts: &Parts,
+) -> Result<deadpool_postgres::Pool, Failure> {
+    let pool = db::pool(&settings.database)?;
+    startup
+        .run(POSTGRES_POOL, || async {
+            let client = pool.get().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    parts
+        .registry
+        .register(Box::new(
+            PoolGauges::new(pool.clone()).map_err(anyhow::Error::from)?,
+        ))
+        .map_err(anyhow::Error::from)?;
+    startup
+        .run(MIGRATIONS, || async {
+            let applied = db::migrate(&settings.database).await?;
+            tracing::info!(applied, "migrations");
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    Ok(pool)
+}
+
+/// The outbox relay, the consumer and housekeeping, each stopped by `stop`.
+fn background_workers(
+    settings: &Settings,
+    parts: &Parts,
+    pool: &deadpool_postgres::Pool,
+    stop: &CancellationToken,
+) -> anyhow::Result<JoinSet<()>> {
+    let mut workers = JoinSet::new();
+    let relay = Relay {
+        pool: parts.relay_pool.clone(),
+        link: parts.broker.link(),
+        exchange: settings.rabbitmq.exchange.clone(),
+        settings: settings.outbox.clone(),
+        written: parts.outbox_written.clone(),
+        backlog: parts.backlog.clone(),
+    };
+    workers.spawn(relay.run(stop.clone()));
+    let consumer = Consumer {
+        db: db::Database::new(pool.clone(), settings.database.query_timeout),
+        database: parts
+            .health
+            .listen("postgres")
+            .ok_or_else(|| anyhow::anyhow!("the postgres check is not registered"))?,
+        link: parts.broker.link(),
+        queue: settings.rabbitmq.queue.clone(),
+        tag: format!("{}-{}", settings.service.name, std::process::id()),
+    };
+    workers.spawn(consumer.run(stop.clone()));
+    workers.spawn(crate::housekeeping::run(
+        pool.clone(),
+        settings.retention.clone(),
+        settings.outbox.retention,
+        stop.clone(),
+    ));
+    Ok(workers)
 }

@@ -9,8 +9,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The current span's context as headers (`traceparent`, `tracestate`), for the outbox row.
 pub fn current_headers() -> Value {
+    headers_of(&tracing::Span::current())
+}
+
+/// `span`'s context as headers (`traceparent`, `tracestate`).
+pub fn headers_of(span: &tracing::Span) -> Value {
     let mut headers = HashMap::new();
-    let context = tracing::Span::current().context();
+    let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderMap(&mut headers));
     });
@@ -44,6 +49,27 @@ pub fn to_amqp(headers: &Value) -> FieldTable {
         }
     }
     table
+}
+
+/// Makes the context stored with an outbox row (see [`current_headers`]) the parent of `span`.
+pub fn continue_stored_trace(span: &tracing::Span, headers: &Value) {
+    let Value::Object(map) = headers else { return };
+    let context = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&StoredHeaders(map))
+    });
+    let _ = span.set_parent(context);
+}
+
+struct StoredHeaders<'a>(&'a Map<String, Value>);
+
+impl Extractor for StoredHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(Value::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
 }
 
 /// Makes the context carried by `headers` the parent of `span`.

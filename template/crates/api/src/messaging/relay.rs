@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How often an idle relay looks for rows written by other replicas.
 const POLL: Duration = Duration::from_secs(1);
@@ -217,12 +218,23 @@ impl Relay {
         }
         let mut confirms = Vec::with_capacity(rows.len());
         for row in &rows {
+            // A producer span in the request's trace; the message carries its context, so the
+            // consumer's span is its child.
+            let span = tracing::info_span!(
+                "publish",
+                otel.kind = "producer",
+                otel.name = %format_args!("{} publish", self.exchange),
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %self.exchange,
+                messaging.message.id = %row.event_id,
+            );
+            super::trace::continue_stored_trace(&span, &row.headers);
             let properties = BasicProperties::default()
                 .with_message_id(row.event_id.to_string().into())
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_type(row.routing_key.as_str().into())
-                .with_headers(super::trace::to_amqp(&row.headers));
+                .with_headers(super::trace::to_amqp(&super::trace::headers_of(&span)));
             let body = serde_json::to_vec(&row.payload)?;
             let confirm = channel
                 .basic_publish(
@@ -232,6 +244,7 @@ impl Relay {
                     &body,
                     properties,
                 )
+                .instrument(span)
                 .await?;
             confirms.push(confirm);
         }

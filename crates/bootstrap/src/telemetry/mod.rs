@@ -2,7 +2,10 @@
 //!
 //! - Logs: JSON lines (pretty when stdout is a terminal), filtered by `RUST_LOG` (default `info`).
 //! - Traces: exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; otherwise no
-//!   exporter exists at all, so there is nothing to retry, log or send.
+//!   exporter exists at all, so there is nothing to retry, log or send. The export queue is
+//!   bounded (`OTEL_BSP_MAX_QUEUE_SIZE`): a collector that is down or slow never holds a request,
+//!   and what does not fit is counted in [`SPANS_DROPPED`].
+//! - Log lines logged inside a traced span lead with its `trace_id` and `span_id`.
 //! - Client protocol errors (a malformed request line or header, a URI too long), which actix-http
 //!   logs at ERROR although the fault is the client's and it already answered 400, are counted in
 //!   `http_client_protocol_errors_total` and summarised at INFO ([`report_client_protocol_errors`])
@@ -10,6 +13,11 @@
 //! - W3C `traceparent` propagation is always on (spans get OTel contexts even without an
 //!   exporter), so a trace continues through this service, into the AMQP messages it publishes,
 //!   even when this service does not export.
+
+use opentelemetry::trace::TraceContextExt;
+mod export;
+
+pub use export::SPANS_DROPPED;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -20,7 +28,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -59,10 +71,14 @@ impl Telemetry {
             tracing_subscriber::fmt::layer().pretty().boxed()
         } else {
             tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(WithTraceIds(
+                    tracing_subscriber::fmt::format()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(true)
+                        .with_span_list(false),
+                ))
                 .boxed()
         };
         let (provider, exporting) = tracer_provider(service_name)?;
@@ -119,10 +135,48 @@ fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), Tele
         .with_service_name(service_name)
         .build();
     let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(export::BoundedExport::new(exporter))
         .with_resource(resource)
         .build();
     Ok((provider, true))
+}
+
+/// JSON log lines led by the OpenTelemetry `trace_id` and `span_id` of the span they were
+/// logged in (when it has a valid context), so a log search by trace id finds every line of a
+/// request, its relay publish and its consumer.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = ctx.lookup_current().and_then(|_| {
+            let context = tracing::Span::current().context();
+            let span = context.span();
+            let ids = span.span_context();
+            ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
+        });
+        let Some((trace_id, span_id)) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// Requests the HTTP layer refused as malformed (each answered 400 by actix-http).

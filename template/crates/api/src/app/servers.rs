@@ -1,0 +1,113 @@
+//! The two HTTP servers: the API, and the management port that the kubelet and Prometheus use.
+
+use crate::routes::AppState;
+use crate::settings::Settings;
+use crate::{openapi, problem, routes};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, middleware, web};
+use bootstrap::web::HttpMetrics;
+use health::Health;
+use std::time::Duration;
+use tracing_actix_web::TracingLogger;
+
+pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow::Result<Server> {
+    let health = health.clone();
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(health.clone()))
+            .configure(health::http::configure)
+    })
+    .workers(settings.management.workers)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind((settings.server.host, settings.management.port))
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "binding the management port {}: {e}",
+            settings.management.port
+        )
+    })?
+    .run())
+}
+
+pub(super) fn api_server(
+    settings: &Settings,
+    state: AppState,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Server> {
+    let metrics = HttpMetrics::register(registry)?;
+    let document = web::Data::new(openapi::document());
+    let state = web::Data::new(state);
+    let body_limit = settings.server.body_limit;
+    let body_timeout = settings.server.body_timeout;
+    let workers = match settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let connections = api_connections(settings, workers);
+    let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        App::new()
+            .app_data(document.clone())
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(body_limit))
+            .wrap(middleware::from_fn(move |req, next| {
+                bootstrap::web::body_deadline(body_timeout, req, next)
+            }))
+            // Innermost: a handler's panic becomes a 500 the metrics and the access log see.
+            .wrap(middleware::from_fn(bootstrap::web::catch_panics))
+            .wrap(middleware::from_fn(move |req, next| {
+                bootstrap::web::observe(metrics.clone(), req, next)
+            }))
+            .wrap(TracingLogger::default())
+            .route("/openapi.json", web::get().to(openapi::serve))
+            .configure(|cfg| routes::configure(cfg, body_limit))
+            .default_service(web::to(problem::not_found))
+    })
+    .disable_signals()
+    .workers(workers)
+    // Per worker: past it, new clients wait in the kernel's accept queue.
+    .max_connections(connections.div_ceil(workers))
+    // Headers must arrive within this (actix's default, said here): slow-header clients are cut.
+    .client_request_timeout(Duration::from_secs(5))
+    // Graceful stop waits this long for in-flight requests, then closes what is left.
+    .shutdown_timeout(settings.shutdown.timeout.as_secs().max(1));
+    Ok(server
+        .bind((settings.server.host, settings.server.port))
+        .map_err(|e| anyhow::anyhow!("binding the API port {}: {e}", settings.server.port))?
+        .run())
+}
+
+/// Open API connections allowed: `APP__SERVER__MAX_CONNECTIONS`, at most what the file limit
+/// (raised to its hard value first) leaves for them.
+fn api_connections(settings: &Settings, workers: usize) -> usize {
+    // The request pool, the relay's two connections and the check's one.
+    let pooled = settings.database.pool_max_size as u64 + 3;
+    let budget = match bootstrap::limits::FileLimit::raise() {
+        Ok(limit) => {
+            let budget = limit.api_connections(pooled, workers);
+            tracing::info!(
+                file_limit = limit.soft,
+                api_connections = budget,
+                "file limit"
+            );
+            budget
+        }
+        Err(error) => {
+            tracing::warn!(%error, "reading the file limit; API connections left unbounded by it");
+            usize::MAX
+        }
+    };
+    match settings.server.max_connections {
+        0 => budget,
+        wanted => wanted.min(budget),
+    }
+}
+
+pub(super) async fn stop_server(
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    handle.stop(true).await;
+    let _ = task.await;
+}

@@ -1,0 +1,133 @@
+//! The graceful shutdown: not ready at once, keep serving through the drain delay, then stop
+//! the API, the workers, the broker and the pools under one deadline, probes last.
+
+use super::Failure;
+use super::servers::stop_server;
+use super::startup::{Parts, Running};
+use actix_web::dev::ServerHandle;
+use bootstrap::Lifecycle;
+use bootstrap::config::ShutdownSettings;
+use bootstrap::shutdown::ShutdownDeadline;
+use health::CancellationToken;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// The management server, stopped last so the probes answer until the end.
+pub(super) struct Management {
+    pub(super) handle: ServerHandle,
+    pub(super) task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Management {
+    pub(super) async fn stop(self, deadline: &ShutdownDeadline) {
+        deadline
+            .step("management server", stop_server(self.handle, self.task))
+            .await;
+    }
+}
+
+/// The service while it serves: what startup produced, with the API running.
+pub(super) struct Serving {
+    pool: deadpool_postgres::Pool,
+    workers: JoinSet<()>,
+    scheduler: JoinSet<()>,
+    api_handle: ServerHandle,
+    /// `None` once the server ended on its own: a finished handle must not be awaited again.
+    api_task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Serving {
+    pub(super) fn start(running: Running) -> Serving {
+        let Running {
+            pool,
+            workers,
+            scheduler,
+            api,
+        } = running;
+        Serving {
+            pool,
+            workers,
+            scheduler,
+            api_handle: api.handle(),
+            api_task: Some(tokio::spawn(api)),
+        }
+    }
+
+    /// Waits for a termination signal; ends early, with the failure, when the API server or a
+    /// background worker stops on its own (a panic): the service cannot do its job without
+    /// them, so it stops (exit 1) and Kubernetes restarts it.
+    pub(super) async fn until_stopped(
+        &mut self,
+        terminate: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let Some(task) = self.api_task.as_mut() else {
+            return Ok(());
+        };
+        tokio::select! {
+            _ = terminate.cancelled() => Ok(()),
+            ended = task => {
+                self.api_task = None;
+                Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}").into())
+            }
+            Some(ended) = self.workers.join_next() => {
+                Err(anyhow::anyhow!("a background worker stopped on its own: {ended:?}").into())
+            }
+        }
+    }
+}
+
+/// The steps after the termination signal; [`Shutdown::run`] returns the deadline whose
+/// remainder the trace flush gets.
+pub(super) struct Shutdown<'a> {
+    pub(super) settings: &'a ShutdownSettings,
+    pub(super) lifecycle: &'a Lifecycle,
+    pub(super) stop_workers: &'a CancellationToken,
+    pub(super) stop_health: &'a CancellationToken,
+}
+
+impl Shutdown<'_> {
+    pub(super) async fn run(
+        self,
+        serving: Serving,
+        parts: Parts,
+        management: Management,
+    ) -> ShutdownDeadline {
+        let Serving {
+            pool,
+            mut workers,
+            scheduler,
+            api_handle,
+            api_task,
+        } = serving;
+        // Draining: not ready from this instant, still serving while endpoints are removed.
+        self.lifecycle.draining();
+        tokio::time::sleep(self.settings.drain_delay).await;
+        tracing::info!("drain delay over: closing the API listener, finishing in-flight requests");
+        // From here every step shares one budget: the chart's grace period is drain + this.
+        let deadline = ShutdownDeadline::after(self.settings.timeout);
+        if let Some(task) = api_task {
+            deadline
+                .step("api server", stop_server(api_handle, task))
+                .await;
+        }
+        // The consumer settles the delivery in hand, the relay finishes its batch.
+        self.stop_workers.cancel();
+        deadline
+            .step("background workers", async {
+                while workers.join_next().await.is_some() {}
+            })
+            .await;
+        deadline
+            .step("broker connection", parts.broker.close())
+            .await;
+        pool.close();
+        parts.relay_pool.close();
+        self.lifecycle.stopped();
+        self.stop_health.cancel();
+        deadline
+            .step("health scheduler", scheduler.join_all())
+            .await;
+        management.stop(&deadline).await;
+        tracing::info!("stopped");
+        deadline
+    }
+}

@@ -1,0 +1,232 @@
+//! Startup: the phases of this service, in order, under one deadline.
+
+use super::servers::api_server;
+use super::{Failure, VERSION};
+use crate::db;
+use crate::messaging;
+use crate::messaging::consumer::Consumer;
+use crate::messaging::relay::{Backlog, OutboxLagCheck, Relay};
+use crate::routes::AppState;
+use crate::settings::Settings;
+use actix_web::dev::Server;
+use bootstrap::broker::BrokerSupervisor;
+use bootstrap::{Startup, StartupPhase};
+use health::checks::postgres::{PoolGauges, PostgresCheck};
+use health::checks::rabbitmq::RabbitMqCheck;
+use health::{CancellationToken, Health, ProbeQuery, Status};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+/// Logs and traces installed.
+pub const TELEMETRY: StartupPhase = StartupPhase::new("telemetry");
+/// `/livez` and `/startupz` answering.
+pub const MANAGEMENT_SERVER: StartupPhase = StartupPhase::new("management server");
+/// First PostgreSQL connection of the request pool.
+const POSTGRES_POOL: StartupPhase = StartupPhase::new("postgres pool").waiting_for("postgres");
+/// Schema migrations applied.
+const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("postgres");
+/// Broker connection and topology (only when the broker is critical).
+const RABBITMQ: StartupPhase = StartupPhase::new("rabbitmq").waiting_for("rabbitmq");
+/// Relay, consumer, housekeeping, health scheduler.
+const BACKGROUND_WORKERS: StartupPhase = StartupPhase::new("background workers");
+/// The first verdict of every critical check.
+const WARM_UP: StartupPhase = StartupPhase::new("warm-up");
+/// The API port bound.
+const API_SERVER: StartupPhase = StartupPhase::new("api server");
+
+/// What the process holds while it runs, created before the dependencies are reached.
+pub(super) struct Parts {
+    pub(super) health: Health,
+    pub(super) registry: prometheus::Registry,
+    pub(super) broker: BrokerSupervisor,
+    pub(super) backlog: Arc<Backlog>,
+    /// The relay's own connections (and its lag check's).
+    pub(super) relay_pool: deadpool_postgres::Pool,
+    pub(super) outbox_written: Arc<Notify>,
+}
+
+/// What startup produced.
+pub(super) struct Running {
+    pub(super) pool: deadpool_postgres::Pool,
+    /// The relay and the consumer.
+    pub(super) workers: JoinSet<()>,
+    /// One task per check; stopped last.
+    pub(super) scheduler: JoinSet<()>,
+    pub(super) api: Server,
+}
+
+pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
+    let registry = prometheus::Registry::new();
+    // The supervisor exists from the start so the rabbitmq check can follow it; it connects in
+    // the background and declares the topology on every connection.
+    let broker = BrokerSupervisor::spawn(
+        &settings.rabbitmq.connection(),
+        settings.service.name.clone(),
+        messaging::topology::declare(&settings.rabbitmq),
+    )?;
+    let backlog = Backlog::register(&registry)?;
+    registry.register(Box::new(
+        bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
+    ))?;
+    registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
+    // Detached: it only logs, and ends with the runtime.
+    tokio::spawn(bootstrap::telemetry::report_client_protocol_errors(
+        Duration::from_secs(60),
+    ));
+    let relay_pool = db::relay_pool(&settings.database)?;
+    let health = Health::builder(settings.service.name.clone(), VERSION)
+        .registry(registry.clone())
+        .liveness_stall_after(settings.health.liveness.stall_after)
+        .check("postgres", settings.health.postgres.policy(true)?, {
+            let (config, tls) = bootstrap::tls::postgres(&settings.database)?;
+            PostgresCheck::new(config, tls)
+        })
+        .check(
+            "rabbitmq",
+            // Not critical by default: the outbox absorbs broker outages.
+            settings.health.rabbitmq.policy(false)?,
+            RabbitMqCheck::new(broker.link()),
+        )
+        // Never critical: a lagging relay means late events, not failing requests.
+        .check(
+            "outbox",
+            settings.health.postgres.policy(false)?,
+            OutboxLagCheck::new(
+                relay_pool.clone(),
+                backlog.clone(),
+                settings.outbox.lag_warn_after,
+            ),
+        )
+        .build()?;
+    Ok(Parts {
+        health,
+        registry,
+        broker,
+        backlog,
+        relay_pool,
+        outbox_written: Arc::new(Notify::new()),
+    })
+}
+
+pub(super) async fn start(
+    settings: &Settings,
+    startup: &Startup,
+    parts: &Parts,
+    stop_workers: &CancellationToken,
+    stop_health: &CancellationToken,
+) -> Result<Running, Failure> {
+    let pool = database(settings, startup, parts).await?;
+    // A critical broker holds startup; a non-critical one is connected in the background.
+    if settings.health.rabbitmq.critical == Some(true) {
+        startup
+            .run(RABBITMQ, || async {
+                tokio::time::timeout(Duration::from_secs(5), parts.broker.connected())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("broker not connected yet"))
+            })
+            .await?;
+    }
+
+    let began = Instant::now();
+    let scheduler = parts.health.spawn_scheduler(stop_health.clone());
+    let workers = background_workers(settings, parts, &pool, stop_workers)?;
+    startup.record(BACKGROUND_WORKERS, began.elapsed());
+
+    // Warm-up: wait for the first verdict of every critical check, so the pod turns ready on
+    // evidence rather than on the absence of it. A service fills in its own (caches, ...).
+    startup
+        .run(WARM_UP, || async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while parts.health.checks_status(&ProbeQuery::default()) == Status::Fail {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(anyhow::anyhow!("critical checks not passing yet"));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(())
+        })
+        .await?;
+
+    let began = Instant::now();
+    let state = AppState {
+        db: db::Database::new(pool.clone(), settings.database.query_timeout),
+        outbox_written: parts.outbox_written.clone(),
+    };
+    let api = api_server(settings, state, &parts.registry)?;
+    startup.record(API_SERVER, began.elapsed());
+    Ok(Running {
+        pool,
+        workers,
+        scheduler,
+        api,
+    })
+}
+
+/// The request pool, once its first connection works, and the schema migrated.
+async fn database(
+    settings: &Settings,
+    startup: &Startup,
+    parts: &Parts,
+) -> Result<deadpool_postgres::Pool, Failure> {
+    let pool = db::pool(&settings.database)?;
+    startup
+        .run(POSTGRES_POOL, || async {
+            let client = pool.get().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    parts
+        .registry
+        .register(Box::new(
+            PoolGauges::new(pool.clone()).map_err(anyhow::Error::from)?,
+        ))
+        .map_err(anyhow::Error::from)?;
+    startup
+        .run(MIGRATIONS, || async {
+            let applied = db::migrate(&settings.database).await?;
+            tracing::info!(applied, "migrations");
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    Ok(pool)
+}
+
+/// The outbox relay, the consumer and housekeeping, each stopped by `stop`.
+fn background_workers(
+    settings: &Settings,
+    parts: &Parts,
+    pool: &deadpool_postgres::Pool,
+    stop: &CancellationToken,
+) -> anyhow::Result<JoinSet<()>> {
+    let mut workers = JoinSet::new();
+    let relay = Relay {
+        pool: parts.relay_pool.clone(),
+        link: parts.broker.link(),
+        exchange: settings.rabbitmq.exchange.clone(),
+        settings: settings.outbox.clone(),
+        written: parts.outbox_written.clone(),
+        backlog: parts.backlog.clone(),
+    };
+    workers.spawn(relay.run(stop.clone()));
+    let consumer = Consumer {
+        db: db::Database::new(pool.clone(), settings.database.query_timeout),
+        database: parts
+            .health
+            .listen("postgres")
+            .ok_or_else(|| anyhow::anyhow!("the postgres check is not registered"))?,
+        link: parts.broker.link(),
+        queue: settings.rabbitmq.queue.clone(),
+        tag: format!("{}-{}", settings.service.name, std::process::id()),
+    };
+    workers.spawn(consumer.run(stop.clone()));
+    workers.spawn(crate::housekeeping::run(
+        pool.clone(),
+        settings.retention.clone(),
+        settings.outbox.retention,
+        stop.clone(),
+    ));
+    Ok(workers)
+}

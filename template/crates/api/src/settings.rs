@@ -1,0 +1,400 @@
+//! The settings of this service: the shared sections from `bootstrap`, and the example's own
+//! (the broker's exchange and queue, the outbox, retention, which checks exist). Loaded and
+//! validated by `bootstrap::config::load` before anything starts; see docs/configuration.md.
+
+use bootstrap::broker::BrokerConnection;
+use bootstrap::config::value::{count, name, optional_file, positive_duration};
+use bootstrap::config::{
+    CheckTuning, ConfigError, DatabaseSettings, LivenessSettings, ManagementSettings, SecretUrl,
+    ServerSettings, ShutdownSettings, Sources, StartupSettings, check_ca_file, constant_url,
+    require_scheme,
+};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// All settings of the service: one struct per `APP__SECTION__*`, every field with its default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `APP__SERVICE__*`.
+    pub service: ServiceSettings,
+    /// The API server.
+    pub server: ServerSettings,
+    /// The management server (probes, metrics).
+    pub management: ManagementSettings,
+    /// PostgreSQL.
+    pub database: DatabaseSettings,
+    /// RabbitMQ.
+    pub rabbitmq: RabbitMqSettings,
+    /// Startup.
+    pub startup: StartupSettings,
+    /// Shutdown.
+    pub shutdown: ShutdownSettings,
+    /// Check tuning.
+    pub health: HealthSettings,
+    /// The outbox relay.
+    pub outbox: OutboxSettings,
+    /// How long bookkeeping rows are kept.
+    pub retention: RetentionSettings,
+}
+
+/// `APP__SERVICE__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Name reported as `serviceId` and OTel `service.name` ({{project-name}}).
+    #[serde(deserialize_with = "name")]
+    pub name: String,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            name: "{{project-name}}".into(),
+        }
+    }
+}
+
+/// `APP__RETENTION__*`: bookkeeping tables pruned in bounded batches, so none only grows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Stored `Idempotency-Key` responses: a retry after this long creates anew (24 h).
+    #[serde(deserialize_with = "positive_duration")]
+    pub idempotency_keys: Duration,
+    /// Ids of processed events: a redelivery older than this would be processed again (7 d).
+    #[serde(deserialize_with = "positive_duration")]
+    pub processed_events: Duration,
+    /// How often a replica prunes (10 min).
+    #[serde(deserialize_with = "positive_duration")]
+    pub prune_every: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            idempotency_keys: Duration::from_secs(24 * 3600),
+            processed_events: Duration::from_secs(7 * 24 * 3600),
+            prune_every: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `APP__OUTBOX__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Rows the relay publishes per transaction (100).
+    #[serde(deserialize_with = "count::<_, 1, 10_000>")]
+    pub batch_size: usize,
+    /// How long sent rows are kept before they are pruned (24 h).
+    #[serde(deserialize_with = "positive_duration")]
+    pub retention: Duration,
+    /// The outbox check warns when the oldest pending event is older than this (30 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub lag_warn_after: Duration,
+    /// Bound on publishing one batch and receiving its confirms (10 s): a stalled broker
+    /// makes the relay give the batch up and retry, instead of holding its row locks.
+    #[serde(deserialize_with = "positive_duration")]
+    pub publish_timeout: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            retention: Duration::from_secs(24 * 3600),
+            lag_warn_after: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `APP__RABBITMQ__*`: the broker connection, and the exchange and queue of the example.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitMqSettings {
+    /// Connection URL; `amqps://` for TLS.
+    pub url: SecretUrl,
+    /// PEM bundle added to the system roots to verify the broker (`amqps://` only).
+    #[serde(deserialize_with = "optional_file")]
+    pub ca_file: Option<PathBuf>,
+    /// Topic exchange the events go to.
+    #[serde(deserialize_with = "name")]
+    pub exchange: String,
+    /// The consumer's durable queue.
+    #[serde(deserialize_with = "name")]
+    pub queue: String,
+    /// Longest pause between two reconnection attempts (10 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub reconnect_max_backoff: Duration,
+    /// Bound on one connection attempt, handshake and topology included (5 s): a black-holed
+    /// broker accepts TCP and never answers.
+    #[serde(deserialize_with = "positive_duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for RabbitMqSettings {
+    fn default() -> Self {
+        Self {
+            url: constant_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            ca_file: None,
+            exchange: "{{project-name}}.events".into(),
+            queue: "{{project-name}}.items".into(),
+            reconnect_max_backoff: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RabbitMqSettings {
+    /// What the connection supervisor needs.
+    pub fn connection(&self) -> BrokerConnection {
+        BrokerConnection {
+            url: self.url.clone(),
+            ca_file: self.ca_file.clone(),
+            reconnect_max_backoff: self.reconnect_max_backoff,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+/// `APP__HEALTH__*`: which checks this service has, and the liveness bound.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// The PostgreSQL check.
+    pub postgres: CheckTuning,
+    /// The RabbitMQ check.
+    pub rabbitmq: CheckTuning,
+    /// `APP__HEALTH__LIVENESS__*`.
+    pub liveness: LivenessSettings,
+}
+
+impl Settings {
+    /// Loads every layer and validates every value.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let mut settings: Settings = bootstrap::config::load(sources)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// What one value cannot say on its own: relations between settings and files on disk.
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.server.port == self.management.port {
+            return Err(ConfigError::new(
+                "management.port",
+                Some(self.management.port.to_string()),
+                "a port different from APP__SERVER__PORT",
+            ));
+        }
+        self.health.postgres.validate("postgres")?;
+        self.health.rabbitmq.validate("rabbitmq")?;
+        self.database.validate()?;
+        require_scheme("rabbitmq.url", &self.rabbitmq.url, &["amqp", "amqps"])?;
+        if let Some(path) = &self.rabbitmq.ca_file {
+            if self.rabbitmq.url.url().scheme() == "amqp" {
+                return Err(ConfigError::new(
+                    "rabbitmq.ca_file",
+                    None,
+                    "no CA file with an amqp:// URL (use amqps:// for TLS)",
+                ));
+            }
+            check_ca_file("rabbitmq.ca_file", path)?;
+        }
+        Ok(())
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bootstrap::config::{SslMode, redact};
+
+    use std::time::Duration;
+
+    /// Settings from one `default.toml` holding `pairs` (dotted keys, text values: as the
+    /// environment gives them).
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tables = std::collections::BTreeMap::<&str, String>::new();
+        for (key, value) in pairs {
+            let (table, field) = key.rsplit_once('.').unwrap();
+            tables
+                .entry(table)
+                .or_default()
+                .push_str(&format!("{field} = {value:?}\n"));
+        }
+        let toml: String = tables
+            .iter()
+            .map(|(table, fields)| format!("[{table}]\n{fields}"))
+            .collect();
+        std::fs::write(dir.path().join("default.toml"), toml).unwrap();
+        Settings::load(&Sources {
+            dir: dir.path().to_path_buf(),
+            app_env: None,
+        })
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_naming_it() {
+        let error = load(&[("health.postgres.intervall", "5s")]).unwrap_err();
+        assert_eq!(error.variable, "APP__HEALTH__POSTGRES__INTERVALL");
+        assert!(error.expected.contains("misspelt"), "{error}");
+    }
+
+    #[test]
+    fn a_table_where_a_value_belongs_is_an_error_not_the_default() {
+        let error = load(&[("server.port.number", "8080")]).unwrap_err();
+        assert_eq!(error.variable, "APP__SERVER__PORT");
+    }
+
+    #[test]
+    fn the_app_env_file_overrides_default_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[server]\nport = 7000\n[management]\nport = 7100\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("staging.toml"), "[server]\nport = 7001\n").unwrap();
+        let sources = |app_env: Option<&str>| Sources {
+            dir: dir.path().to_path_buf(),
+            app_env: app_env.map(str::to_owned),
+        };
+        let base = Settings::load(&sources(None)).unwrap();
+        assert_eq!((base.server.port, base.management.port), (7000, 7100));
+        let staging = Settings::load(&sources(Some("staging"))).unwrap();
+        assert_eq!((staging.server.port, staging.management.port), (7001, 7100));
+        let missing = Settings::load(&sources(Some("nowhere"))).unwrap_err();
+        assert_eq!(missing.variable, "APP_ENV");
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let s = load(&[]).unwrap();
+        assert_eq!(
+            (s.server.port, s.management.port, s.management.workers),
+            (8080, 9090, 1)
+        );
+        assert_eq!(s.shutdown.drain_delay, Duration::from_secs(5));
+        assert_eq!(s.shutdown.timeout, Duration::from_secs(20));
+        assert_eq!(s.startup.deadline, Duration::from_secs(60));
+        assert_eq!(s.health.postgres.failure_threshold, 2);
+        assert_eq!(s.health.rabbitmq.critical, None);
+        assert_eq!(s.database.ssl_mode, SslMode::Prefer);
+        assert_eq!(s.rabbitmq.exchange, "{{project-name}}.events");
+    }
+
+    #[test]
+    fn a_bad_port_names_the_variable_and_the_value() {
+        let error = load(&[("server.port", "80800")]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "APP__SERVER__PORT=\"80800\" is invalid: expected a TCP port (1-65535)"
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_is_refused() {
+        let error = load(&[("shutdown.drain_delay", "soon")]).unwrap_err();
+        assert_eq!(error.variable, "APP__SHUTDOWN__DRAIN_DELAY");
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_its_password() {
+        let error = load(&[("database.url", "mysql://u:s3cret@db/x")]).unwrap_err();
+        assert_eq!(error.variable, "APP__DATABASE__URL");
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn check_tuning_is_read_per_check() {
+        let s = load(&[
+            ("health.rabbitmq.critical", "true"),
+            ("health.postgres.interval", "500ms"),
+            ("health.postgres.timeout", "250ms"),
+        ])
+        .unwrap();
+        assert!(s.health.rabbitmq.policy(false).unwrap().is_critical());
+        assert_eq!(s.health.postgres.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_timeout_longer_than_the_interval_is_refused() {
+        let error = load(&[("health.postgres.timeout", "5s")]).unwrap_err();
+        assert_eq!(error.variable, "APP__HEALTH__POSTGRES__TIMEOUT");
+    }
+
+    #[test]
+    fn sslmode_leaves_the_url_and_a_bad_one_is_refused() {
+        let s = load(&[(
+            "database.url",
+            "postgres://u:pw@db/app?sslmode=verify-ca&connect_timeout=3",
+        )])
+        .unwrap();
+        assert_eq!(s.database.ssl_mode, SslMode::VerifyCa);
+        assert_eq!(
+            s.database.url.expose(),
+            "postgres://u:pw@db/app?connect_timeout=3"
+        );
+        let error = load(&[("database.url", "postgres://u:pw@db/app?sslmode=verify")]).unwrap_err();
+        assert_eq!(error.variable, "APP__DATABASE__URL");
+        assert!(error.expected.contains("verify-full"), "{error}");
+    }
+
+    #[test]
+    fn a_ca_file_must_be_a_pem_bundle_and_needs_tls() {
+        let missing = load(&[("database.ca_file", "/nonexistent/ca.pem")]).unwrap_err();
+        assert_eq!(missing.variable, "APP__DATABASE__CA_FILE");
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let error = load(&[
+            ("rabbitmq.url", "amqps://mq/%2f"),
+            ("rabbitmq.ca_file", not_pem.to_str().unwrap()),
+        ])
+        .unwrap_err();
+        assert_eq!(error.variable, "APP__RABBITMQ__CA_FILE");
+        let plain = load(&[("rabbitmq.ca_file", not_pem.to_str().unwrap())]).unwrap_err();
+        assert!(plain.expected.contains("amqps://"), "{plain}");
+        let disabled = load(&[
+            ("database.url", "postgres://db/app?sslmode=disable"),
+            ("database.ca_file", not_pem.to_str().unwrap()),
+        ])
+        .unwrap_err();
+        assert!(disabled.expected.contains("sslmode=disable"), "{disabled}");
+        // Empty means unset: a chart can always render the variable.
+        assert_eq!(
+            load(&[("database.ca_file", "")]).unwrap().database.ca_file,
+            None
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_is_an_error_never_the_default() {
+        for (key, value, variable) in [
+            ("outbox.batch_size", "lots", "APP__OUTBOX__BATCH_SIZE"),
+            (
+                "health.rabbitmq.critical",
+                "maybe",
+                "APP__HEALTH__RABBITMQ__CRITICAL",
+            ),
+            ("server.body_timeout", "0s", "APP__SERVER__BODY_TIMEOUT"),
+            ("server.host", "localhost", "APP__SERVER__HOST"),
+        ] {
+            let error = load(&[(key, value)]).unwrap_err();
+            assert_eq!(error.variable, variable, "{error}");
+            assert_eq!(error.value.as_deref(), Some(value), "{error}");
+            assert!(!error.expected.contains("for key"), "{error}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_masked_inside_any_error_text() {
+        let error = load(&[("rabbitmq.url", "http://u:s3cret@mq/x")]).unwrap_err();
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+        let embedded =
+            redact("connect failed: postgres://app:hunter2@db:5432/app (password=hunter2)");
+        assert!(!embedded.contains("hunter2"), "{embedded}");
+    }
+}

@@ -1,0 +1,361 @@
+//! Settings sections most services share: the two servers, a PostgreSQL database, startup,
+//! shutdown and check tuning. A service composes its own settings type from them (see the
+//! example's `crates/api/src/settings.rs`) and loads it with [`super::load`].
+
+use super::value::{
+    constant_url, count, duration, ip_address, optional_file, optional_flag, port,
+    positive_duration,
+};
+use super::{ConfigError, SecretUrl, display, redact};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `APP__SERVER__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address both servers bind to (`0.0.0.0`: every interface of the pod).
+    #[serde(deserialize_with = "ip_address")]
+    pub host: std::net::IpAddr,
+    /// API port (8080).
+    #[serde(deserialize_with = "port")]
+    pub port: u16,
+    /// Worker threads; 0 means one per core.
+    #[serde(deserialize_with = "count::<_, 0, 512>")]
+    pub workers: usize,
+    /// Largest accepted request body in bytes (64 KiB).
+    #[serde(deserialize_with = "count::<_, 1, 67_108_864>")]
+    pub body_limit: usize,
+    /// Longest time a client may take to send a request body (10 s): a stalled upload holds
+    /// a connection and a file descriptor, and enough of them would starve the probes.
+    #[serde(deserialize_with = "positive_duration")]
+    pub body_timeout: Duration,
+    /// Open API connections, all workers together; 0 sizes it from the file limit, leaving
+    /// room for the management port, the pools and the broker (0).
+    #[serde(deserialize_with = "count::<_, 0, 1_000_000>")]
+    pub max_connections: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: std::net::IpAddr::from([0, 0, 0, 0]),
+            port: 8080,
+            workers: 0,
+            body_limit: 64 * 1024,
+            body_timeout: Duration::from_secs(10),
+            max_connections: 0,
+        }
+    }
+}
+
+/// `APP__MANAGEMENT__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementSettings {
+    /// Probe and metrics port (9090).
+    #[serde(deserialize_with = "port")]
+    pub port: u16,
+    /// Worker threads of its own, so a saturated API never starves the probes (1).
+    #[serde(deserialize_with = "count::<_, 1, 64>")]
+    pub workers: usize,
+}
+
+impl Default for ManagementSettings {
+    fn default() -> Self {
+        Self {
+            port: 9090,
+            workers: 1,
+        }
+    }
+}
+
+/// libpq's `sslmode`, read from the `sslmode` parameter of `APP__DATABASE__URL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, plain otherwise; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked (unless a CA file is given).
+    Require,
+    /// TLS; the certificate chains to a trusted authority.
+    VerifyCa,
+    /// TLS; the chain and the host name are checked.
+    VerifyFull,
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = ();
+    fn from_str(raw: &str) -> Result<Self, ()> {
+        Ok(match raw {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// `APP__DATABASE__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connection URL, without its `sslmode` parameter (that is [`Self::ssl_mode`]).
+    pub url: SecretUrl,
+    /// The URL's `sslmode` (prefer).
+    #[serde(skip)]
+    pub ssl_mode: SslMode,
+    /// PEM bundle of the authorities that sign the server's certificate (unset: the system's).
+    #[serde(deserialize_with = "optional_file")]
+    pub ca_file: Option<PathBuf>,
+    /// Largest number of request connections (16).
+    #[serde(deserialize_with = "count::<_, 1, 1024>")]
+    pub pool_max_size: usize,
+    /// How long a request waits for a pooled connection before it gets a 503 (2 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub pool_wait_timeout: Duration,
+    /// Longest time a request's database work may take before it is abandoned with a 503 (5 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub query_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: constant_url("postgres://postgres@127.0.0.1:5432/{{project-name}}"),
+            ssl_mode: SslMode::Prefer,
+            ca_file: None,
+            pool_max_size: 16,
+            pool_wait_timeout: Duration::from_secs(2),
+            query_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The defaults with `url` (its `sslmode` taken out), as the loader does.
+    ///
+    /// ```
+    /// use bootstrap::config::{DatabaseSettings, SslMode};
+    /// let settings = DatabaseSettings::from_url("postgres://app@db/app?sslmode=require")?;
+    /// assert_eq!(settings.ssl_mode, SslMode::Require);
+    /// assert_eq!(settings.url.expose(), "postgres://app@db/app");
+    /// # Ok::<(), bootstrap::ConfigError>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let mut settings = Self {
+            url: url.parse().map_err(|_| {
+                ConfigError::new("database.url", Some(redact(url)), "a postgres:// URL")
+            })?,
+            ..Self::default()
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what one value cannot say on its own, after loading: the URL's scheme and
+    /// `sslmode` (moved out of the URL), and the CA file (a readable PEM bundle, not given
+    /// with TLS off).
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        require_scheme("database.url", &self.url, &["postgres", "postgresql"])?;
+        self.take_ssl_mode()?;
+        if let Some(path) = &self.ca_file {
+            if self.ssl_mode == SslMode::Disable {
+                return Err(ConfigError::new(
+                    "database.ca_file",
+                    None,
+                    "no CA file with sslmode=disable (TLS is off)",
+                ));
+            }
+            check_ca_file("database.ca_file", path)?;
+        }
+        Ok(())
+    }
+
+    /// Moves `sslmode` out of the URL: tokio-postgres knows only disable/prefer/require.
+    fn take_ssl_mode(&mut self) -> Result<(), ConfigError> {
+        let url = self.url.url();
+        let mut mode = None;
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter_map(|(key, value)| {
+                if key == "sslmode" {
+                    mode = Some(value.into_owned());
+                    None
+                } else {
+                    Some((key.into_owned(), value.into_owned()))
+                }
+            })
+            .collect();
+        let Some(mode) = mode else {
+            return Ok(());
+        };
+        self.ssl_mode = mode.parse().map_err(|()| {
+            ConfigError::new(
+                "database.url",
+                Some(format!("sslmode={mode}")),
+                "sslmode disable, prefer, require, verify-ca or verify-full",
+            )
+        })?;
+        let mut stripped = url.clone();
+        stripped.set_query(None);
+        if !kept.is_empty() {
+            stripped.query_pairs_mut().extend_pairs(kept);
+        }
+        self.url = SecretUrl::from(stripped);
+        Ok(())
+    }
+}
+
+/// `APP__STARTUP__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StartupSettings {
+    /// Give up (exit 1) when a required phase has not finished by then (60 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub deadline: Duration,
+}
+
+impl Default for StartupSettings {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `APP__SHUTDOWN__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// After SIGTERM: not ready but still serving, while endpoints are removed (5 s).
+    #[serde(deserialize_with = "duration")]
+    pub drain_delay: Duration,
+    /// Grace for in-flight requests and consumers after the drain delay (20 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `APP__HEALTH__LIVENESS__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LivenessSettings {
+    /// `/livez` fails when the runtime has not ticked for this long (10 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub stall_after: Duration,
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        Self {
+            stall_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `APP__HEALTH__<CHECK>__*`: a check's schedule and thresholds. Whether it is critical by
+/// default is the service's choice ([`CheckTuning::policy`]); the setting overrides it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckTuning {
+    /// Time between two runs (2 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub interval: Duration,
+    /// Bound on one run; at most the interval (1 s).
+    #[serde(deserialize_with = "positive_duration")]
+    pub timeout: Duration,
+    /// Failed runs in a row before the check reports failure (2).
+    #[serde(deserialize_with = "count::<_, 1, 100>")]
+    pub failure_threshold: usize,
+    /// Passed runs in a row before a failed check passes again (1).
+    #[serde(deserialize_with = "count::<_, 1, 100>")]
+    pub success_threshold: usize,
+    /// Overrides whether a failure makes the pod unready.
+    #[serde(deserialize_with = "optional_flag")]
+    pub critical: Option<bool>,
+}
+
+impl Default for CheckTuning {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 2,
+            success_threshold: 1,
+            critical: None,
+        }
+    }
+}
+
+impl CheckTuning {
+    /// The policy, critical as configured or else `critical_by_default`.
+    ///
+    /// ```
+    /// let tuning = bootstrap::config::CheckTuning::default();
+    /// assert!(!tuning.policy(false)?.is_critical());
+    /// assert_eq!(tuning.policy(true)?.failure_threshold(), 2);
+    /// # Ok::<(), health::PolicyError>(())
+    /// ```
+    pub fn policy(
+        &self,
+        critical_by_default: bool,
+    ) -> Result<health::CheckPolicy, health::PolicyError> {
+        health::CheckPolicy::builder()
+            .interval(self.interval)
+            .timeout(self.timeout)
+            // Bounded to 1-100 when read.
+            .failure_threshold(u32::try_from(self.failure_threshold).unwrap_or(u32::MAX))
+            .success_threshold(u32::try_from(self.success_threshold).unwrap_or(u32::MAX))
+            .critical(self.critical.unwrap_or(critical_by_default))
+            .build()
+    }
+
+    /// Refuses a tuning no policy can be built from, naming `APP__HEALTH__<CHECK>__TIMEOUT`.
+    pub fn validate(&self, check: &str) -> Result<(), ConfigError> {
+        self.policy(true).map(|_| ()).map_err(|error| {
+            ConfigError::new(
+                &format!("health.{check}.timeout"),
+                Some(humantime::format_duration(self.timeout).to_string()),
+                format!("a valid check policy ({error})"),
+            )
+        })
+    }
+}
+
+/// Refuses `url` unless its scheme is one of `schemes`, naming the variable of `key`.
+pub fn require_scheme(key: &str, url: &SecretUrl, schemes: &[&str]) -> Result<(), ConfigError> {
+    if schemes.contains(&url.url().scheme()) {
+        return Ok(());
+    }
+    let expected = schemes
+        .iter()
+        .map(|s| format!("{s}://"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Err(ConfigError::new(
+        key,
+        Some(url.to_string()),
+        format!("a URL starting with {expected}"),
+    ))
+}
+
+/// Refuses a CA file that is not a readable PEM bundle, naming the variable of `key`.
+pub fn check_ca_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    crate::tls::read_ca_file(path)
+        .map(|_| ())
+        .map_err(|e| ConfigError::new(key, Some(display(path)), format!("a PEM CA bundle ({e:#})")))
+}
