@@ -16,7 +16,7 @@ const SERVER: i32 = 2;
 const PRODUCER: i32 = 4;
 const CONSUMER: i32 = 5;
 
-fn kind<'a>(spans: &'a [ReceivedSpan], wanted: i32) -> Option<&'a ReceivedSpan> {
+fn kind(spans: &[ReceivedSpan], wanted: i32) -> Option<&ReceivedSpan> {
     spans.iter().find(|span| span.kind == wanted)
 }
 
