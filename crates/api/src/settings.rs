@@ -337,6 +337,16 @@ mod tests {
             s.database.url.expose(),
             "postgres://u:pw@db/app?connect_timeout=3"
         );
+        // The other parameters keep their encoding: libpq's options value has spaces.
+        let s = load(&[(
+            "database.url",
+            "postgres://db/app?options=-c%20search_path%3Dx&sslmode=require",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.database.url.expose(),
+            "postgres://db/app?options=-c%20search_path%3Dx"
+        );
         let error = load(&[("database.url", "postgres://u:pw@db/app?sslmode=verify")]).unwrap_err();
         assert_eq!(error.variable, "APP__DATABASE__URL");
         assert!(error.expected.contains("verify-full"), "{error}");

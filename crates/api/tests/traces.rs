@@ -131,7 +131,7 @@ fn a_stalled_collector_never_holds_a_request_and_dropped_spans_are_counted() {
     println!("200 writes with a stalled collector, slowest {slowest:?}");
     // A generous bound on behaviour, not a benchmark: an export that waited for the collector
     // would take its 10 s timeout.
-    assert!(slowest < Duration::from_secs(2), "a write took {slowest:?}");
+    assert!(slowest < Duration::from_secs(3), "a write took {slowest:?}");
     let metrics = service.probe("/metrics").2;
     let dropped: u64 = metrics
         .lines()

@@ -152,20 +152,26 @@ pub fn postgres(
     tokio_postgres::Config,
     tokio_postgres_rustls::MakeRustlsConnect,
 )> {
+    // `sslmode` is read here too, so settings that skipped `validate` cannot lose it.
+    let mut settings = settings.clone();
+    settings.take_ssl_mode()?;
     let mut config: tokio_postgres::Config = settings.url.expose().parse().map_err(|e| {
         anyhow::anyhow!(
             "APP__DATABASE__URL ({}) is not a PostgreSQL URL: {e}",
             settings.url
         )
     })?;
+    let has_ca_file = settings.ca_file.is_some();
     config.ssl_mode(match settings.ssl_mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+        // A CA file asks for verification, and `prefer` would fall back to plain TCP when the
+        // server (or somebody in between) declines TLS: with one, TLS is required.
+        SslMode::Prefer if !has_ca_file => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
             tokio_postgres::config::SslMode::Require
         }
     });
-    let verification = Verification::for_postgres(settings.ssl_mode, settings.ca_file.is_some());
+    let verification = Verification::for_postgres(settings.ssl_mode, has_ca_file);
     let tls = client_config(settings.ca_file.as_deref(), verification)
         .context("APP__DATABASE__CA_FILE")?;
     Ok((config, tokio_postgres_rustls::MakeRustlsConnect::new(tls)))

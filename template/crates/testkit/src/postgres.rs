@@ -41,10 +41,16 @@ impl Postgres {
     /// A cluster that accepts TCP connections only over TLS (`hostssl`; `hostnossl` is
     /// rejected), with a server certificate for 127.0.0.1 signed by `authority`.
     pub fn start_tls_only(authority: &crate::Authority) -> Postgres {
-        Self::init(Some(authority))
+        Self::init(Some((authority, "IP:127.0.0.1,DNS:localhost")))
     }
 
-    fn init(authority: Option<&crate::Authority>) -> Postgres {
+    /// Like [`Postgres::start_tls_only`], its certificate naming only `names` (a server whose
+    /// certificate does not name the host the client dialled).
+    pub fn start_tls_only_named(authority: &crate::Authority, names: &str) -> Postgres {
+        Self::init(Some((authority, names)))
+    }
+
+    fn init(authority: Option<(&crate::Authority, &str)>) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("testkit-pg-")
             .tempdir()
@@ -65,8 +71,8 @@ impl Postgres {
             ]),
             "initdb",
         );
-        if let Some(authority) = authority {
-            let (crt, key) = authority.issue_server_certificate(dir.path());
+        if let Some((authority, names)) = authority {
+            let (crt, key) = authority.issue_certificate_for(dir.path(), names);
             std::fs::copy(crt, data.join("server.crt")).unwrap();
             std::fs::copy(key, data.join("server.key")).unwrap();
             std::fs::write(

@@ -51,13 +51,19 @@ impl Authority {
     /// Writes `server.crt` and `server.key` into `dir`: a certificate for `127.0.0.1` and
     /// `localhost` signed by this CA.
     pub fn issue_server_certificate(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        self.issue_certificate_for(dir, "IP:127.0.0.1,DNS:localhost")
+    }
+
+    /// Like [`Authority::issue_server_certificate`], for the subject alternative names `names`
+    /// (`DNS:db.example,IP:10.0.0.1`).
+    pub fn issue_certificate_for(&self, dir: &Path, names: &str) -> (PathBuf, PathBuf) {
         let (crt, key, csr) = (
             dir.join("server.crt"),
             dir.join("server.key"),
             dir.join("server.csr"),
         );
         let extensions = dir.join("server.ext");
-        std::fs::write(&extensions, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        std::fs::write(&extensions, format!("subjectAltName={names}\n")).unwrap();
         run(
             Command::new("openssl").args([
                 "req",

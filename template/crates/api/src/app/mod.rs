@@ -38,7 +38,8 @@ pub async fn run(settings: Settings) -> ExitCode {
             ExitCode::from(bootstrap::EXIT_STARTUP as u8)
         }
         Err(Failure::Other(error)) => {
-            tracing::error!(error = format!("{error:#}"), "service failed");
+            let error = bootstrap::config::redact(&format!("{error:#}"));
+            tracing::error!(%error, "service failed");
             ExitCode::FAILURE
         }
     };

@@ -67,7 +67,7 @@ pub(super) fn api_server(
     .disable_signals()
     .workers(workers)
     // Per worker: past it, new clients wait in the kernel's accept queue.
-    .max_connections(connections.div_ceil(workers))
+    .max_connections((connections / workers).max(1))
     // Headers must arrive within this (actix's default, said here): slow-header clients are cut.
     .client_request_timeout(Duration::from_secs(5))
     // Graceful stop waits this long for in-flight requests, then closes what is left.

@@ -92,7 +92,7 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         // Never critical: a lagging relay means late events, not failing requests.
         .check(
             "outbox",
-            settings.health.postgres.policy(false)?,
+            settings.health.postgres.policy(false)?.critical(false),
             OutboxLagCheck::new(
                 relay_pool.clone(),
                 backlog.clone(),

@@ -177,22 +177,20 @@ impl DatabaseSettings {
         Ok(())
     }
 
-    /// Moves `sslmode` out of the URL: tokio-postgres knows only disable/prefer/require.
-    fn take_ssl_mode(&mut self) -> Result<(), ConfigError> {
+    /// Moves `sslmode` out of the URL: tokio-postgres knows only disable/prefer/require. The
+    /// other parameters keep their encoding byte for byte. Without one, nothing changes.
+    pub(crate) fn take_ssl_mode(&mut self) -> Result<(), ConfigError> {
         let url = self.url.url();
-        let mut mode = None;
-        let kept: Vec<(String, String)> = url
-            .query_pairs()
-            .filter_map(|(key, value)| {
-                if key == "sslmode" {
-                    mode = Some(value.into_owned());
-                    None
-                } else {
-                    Some((key.into_owned(), value.into_owned()))
-                }
-            })
-            .collect();
-        let Some(mode) = mode else {
+        let Some(query) = url.query() else {
+            return Ok(());
+        };
+        let (modes, kept): (Vec<&str>, Vec<&str>) = query
+            .split('&')
+            .partition(|segment| segment.starts_with("sslmode="));
+        let Some(mode) = modes
+            .last()
+            .and_then(|segment| segment.strip_prefix("sslmode="))
+        else {
             return Ok(());
         };
         self.ssl_mode = mode.parse().map_err(|()| {
@@ -203,10 +201,8 @@ impl DatabaseSettings {
             )
         })?;
         let mut stripped = url.clone();
-        stripped.set_query(None);
-        if !kept.is_empty() {
-            stripped.query_pairs_mut().extend_pairs(kept);
-        }
+        let kept = kept.join("&");
+        stripped.set_query((!kept.is_empty()).then_some(kept.as_str()));
         self.url = SecretUrl::from(stripped);
         Ok(())
     }

@@ -38,7 +38,8 @@ impl SecretUrl {
             // Only fails for URLs that cannot carry credentials, which cannot have a password.
             let _ = shown.set_password(Some("***"));
         }
-        shown.to_string()
+        // `?password=` (libpq's keyword, accepted in the query) is masked too.
+        redact(shown.as_str())
     }
 }
 

@@ -4,7 +4,9 @@
 use opentelemetry::Context;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor,
+};
 use prometheus::IntCounter;
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -45,10 +47,17 @@ impl BoundedExport {
             inner: exporter,
             queued: queued.clone(),
         };
+        let limit = queue_size();
+        // The SDK's queue gets the same size, so it never drops a span this count let through.
+        let config = BatchConfigBuilder::default()
+            .with_max_queue_size(limit)
+            .build();
         Self {
-            inner: BatchSpanProcessor::builder(exporter).build(),
+            inner: BatchSpanProcessor::builder(exporter)
+                .with_batch_config(config)
+                .build(),
             queued,
-            limit: queue_size(),
+            limit,
         }
     }
 }
@@ -80,6 +89,18 @@ impl SpanProcessor for BoundedExport {
     }
 }
 
+/// Takes a batch's spans out of the count when dropped.
+struct HandedOver<'a> {
+    queued: &'a AtomicUsize,
+    spans: usize,
+}
+
+impl Drop for HandedOver<'_> {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.spans, Ordering::Relaxed);
+    }
+}
+
 /// Counts spans out of the queue as their batch is handed over, exported or not.
 #[derive(Debug)]
 struct CountingExporter<E> {
@@ -89,10 +110,12 @@ struct CountingExporter<E> {
 
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        let result = self.inner.export(batch).await;
-        self.queued.fetch_sub(spans, Ordering::Relaxed);
-        result
+        // Counted out even when the export panics or is dropped half way.
+        let _handed_over = HandedOver {
+            queued: &self.queued,
+            spans: batch.len(),
+        };
+        self.inner.export(batch).await
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {

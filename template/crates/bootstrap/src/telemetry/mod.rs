@@ -213,7 +213,10 @@ impl Visit for ClientFault {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
             let text = format!("{value:?}");
-            self.0 = text.starts_with("stream error: ") || text.starts_with("MAX_BUFFER_SIZE");
+            // A parse error is the client's; other stream errors (I/O, an internal error)
+            // stay in the ERROR log.
+            self.0 = text.starts_with("stream error: request parse error")
+                || text.starts_with("MAX_BUFFER_SIZE");
         }
     }
 }
