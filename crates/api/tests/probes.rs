@@ -10,7 +10,10 @@ use std::time::Duration;
 #[test]
 fn probes_follow_the_contract() {
     let shared = Shared::new("probes");
-    let service = spawn(&shared.env());
+    let mut env = shared.env();
+    // What the chart renders: the postgres check's criticality said explicitly.
+    env.push(("APP__HEALTH__POSTGRES__CRITICAL".into(), "true".into()));
+    let service = spawn(&env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     service.wait_for_status("pass", Duration::from_secs(10));
 
@@ -32,6 +35,11 @@ fn probes_follow_the_contract() {
         assert!(entry["observedValue"].as_f64().unwrap() >= 0.0);
         assert!(entry["time"].as_str().unwrap().ends_with('Z'));
     }
+    // Criticality as the design says: a lagging relay never takes the pod out of its Service.
+    let affects = |key: &str| verbose["checks"][key][0]["affectsReadiness"].clone();
+    assert_eq!(affects("postgres:connectivity"), true, "{body}");
+    assert_eq!(affects("rabbitmq:connectivity"), false, "{body}");
+    assert_eq!(affects("outbox:lag"), false, "{body}");
 
     let excluded = json(&service.probe("/readyz?verbose&exclude=rabbitmq").2);
     assert!(
