@@ -50,16 +50,20 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Starts the receiver.
-    pub fn start() -> OtlpReceiver {
+    fn bind() -> (TcpListener, OtlpReceiver) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let receiver = OtlpReceiver {
-            port,
+            port: listener.local_addr().unwrap().port(),
             spans: Arc::default(),
             requests: Arc::default(),
             stop: Arc::default(),
         };
+        (listener, receiver)
+    }
+
+    /// Starts the receiver.
+    pub fn start() -> OtlpReceiver {
+        let (listener, receiver) = Self::bind();
         let (spans, requests, stop) = (
             receiver.spans.clone(),
             receiver.requests.clone(),
@@ -81,14 +85,7 @@ impl OtlpReceiver {
     /// A collector that accepts connections and never answers (nor reads): what an overloaded
     /// or half-dead collector looks like to an exporter.
     pub fn stalled() -> OtlpReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let receiver = OtlpReceiver {
-            port,
-            spans: Arc::default(),
-            requests: Arc::default(),
-            stop: Arc::default(),
-        };
+        let (listener, receiver) = Self::bind();
         let stop = receiver.stop.clone();
         std::thread::spawn(move || {
             let mut held = Vec::new();

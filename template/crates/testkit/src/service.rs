@@ -156,6 +156,16 @@ impl Service {
         self.get(self.management_port, path)
     }
 
+    /// The value of the unlabelled metric `name` in `/metrics`; panics when it is absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let exposition = self.probe("/metrics").2;
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{exposition}"))
+    }
+
     /// GET on the API port.
     pub fn api(&self, path: &str) -> (u16, String, String) {
         self.get(self.api_port, path)
