@@ -258,11 +258,13 @@ impl Health {
                 self.0
                     .metrics
                     .check_shown_as(&slot.name, critical, Status::Fail);
+                slot.changes.send_replace(Status::Fail);
             } else {
                 tracing::info!(check = %slot.name, critical, status = %state.status, "health check result fresh again");
                 self.0
                     .metrics
                     .check_shown_as(&slot.name, critical, state.status);
+                slot.changes.send_replace(state.status);
             }
         }
     }

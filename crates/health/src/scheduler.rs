@@ -227,6 +227,7 @@ mod tests {
         let _tasks = health.spawn_scheduler(stop.clone());
         wait_for(&health, Status::Pass).await;
         assert_eq!(status_gauge(&health, "db"), 1.0);
+        let mut listener = health.listen("db").unwrap();
         stop.cancel();
         // Nobody refreshes the result any more: after 3 intervals it no longer counts, and the
         // gauge says so as well as readiness.
@@ -239,6 +240,8 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Code following the check hears it too.
+        assert_eq!(listener.status(), Status::Fail);
         // A fresh result restores it.
         let _again = health.spawn_scheduler(CancellationToken::new());
         wait_for(&health, Status::Pass).await;

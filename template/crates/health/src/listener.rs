@@ -6,8 +6,8 @@ use tokio::sync::watch;
 /// Follows the status of one check; made by [`crate::Health::listen`].
 ///
 /// The status is the check's own (after its thresholds), whether or not it is critical; a
-/// result gone stale (its scheduler task stopped) is not announced here, while readiness already
-/// counts it as failed. Code
+/// result gone stale (its scheduler task stopped) is heard as a failure, as readiness counts
+/// it. Code
 /// that needs a dependency can wait for it instead of failing against it: the example's
 /// consumer pauses while the `postgres` check fails, rather than hammering a database that is
 /// away.
