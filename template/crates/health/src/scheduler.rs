@@ -227,7 +227,7 @@ mod tests {
         let _tasks = health.spawn_scheduler(stop.clone());
         wait_for(&health, Status::Pass).await;
         assert_eq!(status_gauge(&health, "db"), 1.0);
-        let mut listener = health.listen("db").unwrap();
+        let listener = health.listen("db").unwrap();
         stop.cancel();
         // Nobody refreshes the result any more: after 3 intervals it no longer counts, and the
         // gauge says so as well as readiness.
