@@ -83,6 +83,10 @@ async fn serve(
     let stop_workers = CancellationToken::new();
     let stop_health = CancellationToken::new();
     let _watchdog = parts.health.spawn_watchdog(stop_health.clone());
+    // Detached: it only logs, and ends with the runtime.
+    tokio::spawn(bootstrap::telemetry::report_client_protocol_errors(
+        std::time::Duration::from_secs(60),
+    ));
 
     // Management first: /livez and /startupz answer during the whole startup.
     let began = Instant::now();

@@ -71,10 +71,6 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
     ))?;
     registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
-    // Detached: it only logs, and ends with the runtime.
-    tokio::spawn(bootstrap::telemetry::report_client_protocol_errors(
-        Duration::from_secs(60),
-    ));
     let relay_pool = db::relay_pool(&settings.database)?;
     let health = Health::builder(settings.service.name.clone(), VERSION)
         .registry(registry.clone())

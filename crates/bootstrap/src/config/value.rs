@@ -32,14 +32,9 @@ impl SecretUrl {
         &self.0
     }
 
+    /// The user-info password and a `?password=` (libpq's keyword) masked.
     fn redacted(&self) -> String {
-        let mut shown = self.0.clone();
-        if shown.password().is_some() {
-            // Only fails for URLs that cannot carry credentials, which cannot have a password.
-            let _ = shown.set_password(Some("***"));
-        }
-        // `?password=` (libpq's keyword, accepted in the query) is masked too.
-        redact(shown.as_str())
+        redact(self.0.as_str())
     }
 }
 

@@ -112,9 +112,11 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("choosing TLS versions")?;
+    let algorithms = provider.signature_verification_algorithms;
     let verifier: Arc<dyn ServerCertVerifier> = match verification {
-        Verification::EncryptOnly => Arc::new(EncryptOnly {
-            algorithms: provider.signature_verification_algorithms,
+        Verification::EncryptOnly => Arc::new(Relaxed {
+            chain: None,
+            algorithms,
         }),
         Verification::Chain | Verification::Full => {
             let full = WebPkiServerVerifier::builder_with_provider(
@@ -126,7 +128,10 @@ pub fn client_config(
             if verification == Verification::Full {
                 full
             } else {
-                Arc::new(ChainOnly { full })
+                Arc::new(Relaxed {
+                    chain: Some(full),
+                    algorithms,
+                })
             }
         }
     };
@@ -197,13 +202,16 @@ pub fn amqp(settings: &BrokerConnection) -> anyhow::Result<lapin::tcp::OwnedTLSC
     })
 }
 
-/// Verifies the chain as [`WebPkiServerVerifier`] does and accepts any host name in it.
+/// What libpq's weaker modes check: with `chain`, the chain as [`WebPkiServerVerifier`] does
+/// but any host name (`verify-ca`); without, any certificate (`prefer`, `require`). Either way
+/// the handshake signatures are checked: the server holds the certificate's key.
 #[derive(Debug)]
-struct ChainOnly {
-    full: Arc<WebPkiServerVerifier>,
+struct Relaxed {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -212,59 +220,15 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.full.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.full.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.full.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.full.supported_verify_schemes()
-    }
-}
-
-/// Takes any certificate, still checking that the server holds its key (libpq `require`).
-#[derive(Debug)]
-struct EncryptOnly {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
