@@ -22,7 +22,7 @@ VENV := $(CURDIR)/.venv
 IMAGE_FILE := deploy/Dockerfile
 IMAGE ?= localhost/shipshape:dev
 
-.PHONY: help run build bench template-sync template-check test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check chart-docs probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
+.PHONY: help run build bench template-check test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check chart-docs probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -37,22 +37,24 @@ bench: tools deps-up ## Probe cost vs reference servers, startup, detection, RSS
 	$(CARGO) build --release --workspace --bins
 	target/release/bench
 
-template-sync: ## Rewrite template/ (the cargo-generate template) from the working tree
-	python3 deploy/tools/template-sync.py
+# @template-begin
+.PHONY: template
+template: $(VENV)/.installed ## Write template/ (the cargo-generate template, not committed) from the working tree
+	$(VENV)/bin/python deploy/tools/template-sync.py
+# @template-end
 
 $(CARGO_GENERATE):
 	$(CARGO) install --locked --quiet --root $(TOOLS) cargo-generate@$(CARGO_GENERATE_VERSION)
 
-template-check: tools-chart deps-up ## template/ in sync; generate acme-orders from it (path and git), build, test, lint its chart
-ifneq ($(wildcard template/cargo-generate.toml),)
+template-check: tools-chart deps-up ## Generate acme-orders with each generator choice: build, test, lint, start each
+ifneq ($(wildcard deploy/tools/template-sync.py),)
 	@$(MAKE) --no-print-directory $(CARGO_GENERATE)
-	@python3 deploy/tools/template-sync.py --check
-	@CARGO_GENERATE=$(CARGO_GENERATE) HELM4=$(HELM4) deploy/tools/template-check.sh
+	@CARGO_GENERATE=$(CARGO_GENERATE) HELM4=$(HELM4) PYTHON=$(VENV)/bin/python deploy/tools/template-check.sh
 else
-	@echo "template-check: this project was generated from the template (no template/ folder): nothing to check"
+	@echo "template-check: this project was generated from the template: nothing to check"
 endif
 
-deps-up: ## Make PostgreSQL and RabbitMQ reachable (reuse, compose, or local throwaway servers)
+deps-up: ## Make the dependencies reachable (reuse, compose, or local throwaway servers)
 	@deploy/local-deps.sh up
 
 deps-down: ## Stop the local dependencies that deps-up started
@@ -145,7 +147,7 @@ image-context: ## Static release binary and CA bundle into dist/image/ (the inpu
 image: packages-image ## Build the image from deploy/Dockerfile (podman, else docker); IMAGE=name:tag
 	@IMAGE=$(IMAGE) IMAGE_FILE=$(IMAGE_FILE) deploy/tools/image.sh build
 
-image-check: image deps-up ## Run the image read-only as uid 65532 against PostgreSQL and RabbitMQ: /readyz 200, SIGTERM exit 0
+image-check: image deps-up ## Run the image read-only as uid 65532 against its dependencies: /readyz 200, SIGTERM exit 0
 	@IMAGE=$(IMAGE) deploy/tools/image-check.sh
 
 fmt: ## Format the code

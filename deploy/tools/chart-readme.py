@@ -6,6 +6,7 @@ import json
 import pathlib
 import re
 import sys
+import textwrap
 
 import yaml
 
@@ -14,6 +15,14 @@ CHART = ROOT / "helm/shipshape"
 VALUES = CHART / "values.yaml"
 README = CHART / "README.md"
 KEY = re.compile(r"^(\s*)([A-Za-z0-9_]+):(?:\s|$)")
+
+# The connection sections of values.yaml (url / existingSecret / existingSecretKey / tls) that the
+# header's example and refusals name, each with the Secret the example creates, a placeholder URL
+# and the inline URL form that turns TLS off. Only the sections values.yaml has are shown.
+DEPENDENCIES = {
+    "database": ("shipshape-db", "postgres://...", "sslmode=disable"),
+    "rabbitmq": ("shipshape-broker", "amqp://...", "amqp://"),  # @rabbitmq
+}
 
 HEADER = """\
 <!-- Generated from values.yaml by deploy/tools/chart-readme.py (make chart-docs); do not edit. -->
@@ -25,26 +34,44 @@ a grace period derived from the drain settings), a restricted pod, PDB, optional
 HTTPRoute, NetworkPolicy, ServiceMonitor and alert rules.
 
 ```sh
-kubectl -n shipshape create secret generic shipshape-db --from-literal=database-url='postgres://...'
-kubectl -n shipshape create secret generic shipshape-broker --from-literal=rabbitmq-url='amqp://...'
+{secrets}
 helm upgrade --install shipshape oci://ghcr.io/shipshape/charts/shipshape -n shipshape \\
-  --set database.existingSecret=shipshape-db --set rabbitmq.existingSecret=shipshape-broker --wait
+  {existing} --wait
 ```
 
-The chart refuses to render without `database.url` or `database.existingSecret` (and the same for
-`rabbitmq`), with inverted autoscaling bounds, with more PostgreSQL connections than
-`database.maxConnections` allows, with a grace period below the shutdown budget or a startup probe
-budget below the app's startup deadline, and a CA bundle (`database.tls.caBundle`,
-`rabbitmq.tls.caBundle`) from both a Secret and a ConfigMap or with an inline URL that has TLS off
-(`sslmode=disable`, `amqp://`). The production walk-through is
-[docs/deploy.md](../../docs/deploy.md); every probe number is explained in
-[docs/probes.md](../../docs/probes.md).
+{refusals}
 
 ## Values
 
 | value | default | meaning |
 |---|---|---|
 """
+
+REFUSALS = (
+    "The chart refuses to render without `{first}.url` or `{first}.existingSecret`{others}, with inverted "
+    "autoscaling bounds, with more PostgreSQL connections than `database.maxConnections` allows, with a "
+    "grace period below the shutdown budget or a startup probe budget below the app's startup deadline, "
+    "and a CA bundle ({bundles}) from both a Secret and a ConfigMap or with an inline URL that has TLS off "
+    "({tls_off}). The production walk-through is [docs/deploy.md](../../docs/deploy.md); every probe "
+    "number is explained in [docs/probes.md](../../docs/probes.md)."
+)
+
+
+def header(values):
+    """The README's head, naming the connection sections that values.yaml has."""
+    names = [name for name in DEPENDENCIES if name in values]
+    secrets = [f"kubectl -n shipshape create secret generic {DEPENDENCIES[name][0]} "
+               f"--from-literal={values[name]['existingSecretKey']}='{DEPENDENCIES[name][1]}'" for name in names]
+    existing = " ".join(f"--set {name}.existingSecret={DEPENDENCIES[name][0]}" for name in names)
+    others = ", ".join(f"`{name}`" for name in names[1:])
+    refusals = REFUSALS.format(
+        first=names[0],
+        others=f" (and the same for {others})" if others else "",
+        bundles=", ".join(f"`{name}.tls.caBundle`" for name in names),
+        tls_off=", ".join(f"`{DEPENDENCIES[name][2]}`" for name in names),
+    )
+    refusals = textwrap.fill(refusals, 100, break_long_words=False, break_on_hyphens=False)
+    return HEADER.format(secrets="\n".join(secrets), existing=existing, refusals=refusals)
 
 
 def documented_keys(text):
@@ -95,8 +122,26 @@ def cell(text):
     return text.replace("|", "\\|")
 
 
+# Variant markers of the project template (whole-line `# @<choice>-begin`, `-else`, `-end`, and a
+# trailing `# @<choice>`) are not documentation, and the commented-out lines of an else branch are
+# another variant's values: neither becomes a comment of a value here.
+MARK = re.compile(r"^\s*#\s*@[a-z]+-(begin|else|end)\b")
+TRAILING_MARK = re.compile(r"\s*#\s*@[a-z]+\s*$")
+
+
+def without_markers(text):
+    out, in_else = [], False
+    for line in text.splitlines():
+        mark = MARK.match(line)
+        if mark:
+            in_else = mark.group(1) == "else"
+        elif not in_else:
+            out.append(TRAILING_MARK.sub("", line))
+    return "\n".join(out) + "\n"
+
+
 def render():
-    text = VALUES.read_text()
+    text = without_markers(VALUES.read_text())
     values = yaml.safe_load(text)
     rows = documented_keys(text)
     paths = {path for path, _ in rows}
@@ -104,7 +149,7 @@ def render():
                if not any(leaf == p or leaf.startswith(p + ".") for p in paths)]
     if missing:
         sys.exit("values without a comment (own or enclosing): " + ", ".join(missing))
-    out = [HEADER.rstrip("\n")]
+    out = [header(values).rstrip("\n")]
     for path, comment in rows:
         value = lookup(values, path)
         if isinstance(value, dict) and any(p.startswith(path + ".") for p in paths):

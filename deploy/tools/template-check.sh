@@ -1,44 +1,131 @@
 #!/usr/bin/env bash
-# `make template-check`: generate a project from template/ the two ways users do, prove that no
-# trace of the default name is left, build it, run its unit tests and lint its chart.
-# Needs CARGO_GENERATE and HELM4. The generated project builds in the main target/ folder: its dependencies are already compiled there.
+# `make template-check`: write the template from the tree, generate a project from it for each
+# choice of `rabbitmq`, the two ways users do (a path, and the `template` branch of a git
+# repository, as release.yml publishes it); prove that no trace of the default name is left (and,
+# without the broker, no trace of the broker); build it with its lock file, run its unit tests,
+# fmt and clippy, lint its chart, and start the binary against PostgreSQL (and RabbitMQ) until
+# /readyz is 200, create and read an item, and stop it with SIGTERM (exit 0).
+# Needs CARGO_GENERATE, HELM4 and PYTHON (with PyYAML). Generated projects build in target/template-check: their
+# dependencies are compiled once for both choices.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 name=acme-orders
+service_pid=
+database=
+vhost=
+cleanup() {
+  if [[ -n $service_pid ]]; then kill -9 "$service_pid" 2>/dev/null || true; fi
+  if [[ -n $database ]]; then psql -h 127.0.0.1 -U postgres -XAtqc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true; fi
+  if [[ -n $vhost ]]; then rabbitmqctl delete_vhost "$vhost" >/dev/null 2>&1 || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export CARGO_TARGET_DIR=$root/target/template-check
 
-generate() { # $1: output folder, rest: source arguments
-  local into=$1; shift
+echo "== the template, written from the tree"
+"$PYTHON" deploy/tools/template-sync.py "$work/template"
+git -C "$work/template" init -q -b template
+git -C "$work/template" add -A
+git -C "$work/template" -c user.name=check -c user.email=check@example.com commit -q -m template
+
+generate() { # $1: output folder, $2: rabbitmq choice, rest: source arguments
+  local into=$1 rabbitmq=$2; shift 2
   mkdir -p "$into"
   (cd "$into" && "$CARGO_GENERATE" generate "$@" --name "$name" --silent --vcs none \
      -d description="Takes orders for ACME." -d registry=registry.example.com/acme \
-     -d repository_url=https://git.example.com/acme/acme-orders >/dev/null)
+     -d repository_url=https://git.example.com/acme/acme-orders -d rabbitmq="$rabbitmq" >/dev/null)
 }
 
-echo "== cargo generate --path"
-generate "$work/by-path" --path "$root/template"
-echo "== cargo generate --git"
-generate "$work/by-git" --git "file://$root" template
-diff -r -q "$work/by-path/$name" "$work/by-git/$name"
-project=$work/by-path/$name
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
-echo "== no occurrence of the default name"
-if grep -rIil shipshape "$project"; then echo "the files above still say shipshape" >&2; exit 1; fi
-if find "$project" -iname '*shipshape*' | grep .; then echo "paths above still say shipshape" >&2; exit 1; fi
-grep -q 'name = "acme-orders"' "$project/crates/api/Cargo.toml"
-grep -q 'AcmeOrdersCriticalCheckFailing' "$project/helm/acme-orders/files/alerts.yaml"
-grep -q 'registry.example.com/acme/acme-orders' "$project/helm/acme-orders/values.yaml"
-grep -q '{{- define "acme-orders.fullname" -}}' "$project/helm/acme-orders/templates/_helpers.tpl"
-echo "ok"
+# Runs the generated binary until /readyz is 200, writes and reads an item, stops it with SIGTERM.
+start_and_stop() { # $1: project, $2: rabbitmq choice
+  local project=$1 rabbitmq=$2 api management log
+  api=$(free_port); management=$(free_port); log=$work/service-$rabbitmq.log
+  database=template_check_$$_$rabbitmq
+  psql -h 127.0.0.1 -U postgres -XAtqc "CREATE DATABASE \"$database\"" >/dev/null
+  local env=(APP__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$database"
+             APP__SERVER__HOST=127.0.0.1 APP__SERVER__PORT="$api" APP__MANAGEMENT__PORT="$management"
+             APP__SHUTDOWN__DRAIN_DELAY=1s)
+  if [[ $rabbitmq == true ]]; then
+    vhost=$database
+    rabbitmqctl add_vhost "$vhost" >/dev/null
+    rabbitmqctl set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+    env+=(APP__RABBITMQ__URL="amqp://guest:guest@127.0.0.1:5672/$vhost" APP__HEALTH__RABBITMQ__CRITICAL=true)
+  fi
+  (cd "$project" && env "${env[@]}" "$CARGO_TARGET_DIR/debug/$name" >"$log" 2>&1) &
+  service_pid=$!
+  local deadline=$((SECONDS + 60))
+  until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$management/readyz") == 200 ]]; do
+    if ((SECONDS > deadline)) || ! kill -0 "$service_pid" 2>/dev/null; then
+      echo "the generated service never became ready:" >&2; cat "$log" >&2; exit 1
+    fi
+    sleep 0.2
+  done
+  curl -s "http://127.0.0.1:$management/readyz?verbose" | python3 -c '
+import json, sys
+checks = sorted(key.split(":")[0] for key in json.load(sys.stdin)["checks"])
+print("ready; checks:", ", ".join(checks))'
+  local location
+  location=$(curl -sf -D - -o /dev/null -H 'content-type: application/json' -d '{"name":"first order"}' \
+    "http://127.0.0.1:$api/v1/items" | tr -d '\r' | awk -F': ' 'tolower($1) == "location" {print $2}')
+  curl -sf "http://127.0.0.1:$api$location" | grep -q '"first order"'
+  echo "item written and read back: $location"
+  kill -TERM "$service_pid"
+  local status=0
+  wait "$service_pid" || status=$?
+  service_pid=
+  if ((status != 0)); then echo "exit $status after SIGTERM:" >&2; cat "$log" >&2; exit 1; fi
+  echo "stopped by SIGTERM, exit 0"
+  psql -h 127.0.0.1 -U postgres -XAtqc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null
+  database=
+  if [[ -n $vhost ]]; then rabbitmqctl delete_vhost "$vhost" >/dev/null; vhost=; fi
+}
 
-echo "== build and unit tests of the generated project"
-(cd "$project" && CARGO_TARGET_DIR="$root/target" cargo build --workspace --quiet \
-   && CARGO_TARGET_DIR="$root/target" cargo test --workspace --lib --bins --quiet 2>&1 | grep -E '^test result' )
+for rabbitmq in true false; do
+  echo "== rabbitmq=$rabbitmq: cargo generate --path, and --git --branch template"
+  generate "$work/by-path-$rabbitmq" "$rabbitmq" --path "$work/template"
+  generate "$work/by-git-$rabbitmq" "$rabbitmq" --git "file://$work/template" --branch template
+  diff -r -q "$work/by-path-$rabbitmq/$name" "$work/by-git-$rabbitmq/$name"
+  project=$work/by-path-$rabbitmq/$name
 
-echo "== its chart"
-values=$project/helm/$name/ci/inline-urls-values.yaml
-"$HELM4" lint --strict "$project/helm/$name" -f "$values" | tail -n1
-"$HELM4" template "$name" "$project/helm/$name" -f "$values" | grep -q "name: $name"
+  echo "== no occurrence of the default name"
+  if grep -rIil shipshape "$project"; then echo "the files above still say shipshape" >&2; exit 1; fi
+  if find "$project" -iname '*shipshape*' | grep .; then echo "paths above still say shipshape" >&2; exit 1; fi
+  grep -q 'name = "acme-orders"' "$project/crates/api/Cargo.toml"
+  grep -q 'AcmeOrdersCriticalCheckFailing' "$project/helm/$name/files/alerts.yaml"
+  grep -q 'registry.example.com/acme/acme-orders' "$project/helm/$name/values.yaml"
+  grep -q '{{- define "acme-orders.fullname" -}}' "$project/helm/$name/templates/_helpers.tpl"
+  grep -q '^# acme-orders' "$project/README.md"
+  if [[ $rabbitmq == false ]]; then
+    "$PYTHON" deploy/tools/template-sync.py --scan "$project"
+    echo "no mention of the broker"
+  else
+    grep -q 'name = "lapin"' "$project/Cargo.lock"
+  fi
+  echo "ok"
+
+  echo "== build (--locked), unit tests, fmt, clippy"
+  (cd "$project" \
+     && cargo build --workspace --all-targets --locked --quiet \
+     && cargo test --workspace --lib --bins --quiet 2>&1 | grep -E '^test result' \
+     && cargo fmt --all --check \
+     && cargo clippy --workspace --all-targets --locked --quiet -- -D warnings)
+
+  echo "== its chart"
+  values=$project/helm/$name/ci/inline-urls-values.yaml
+  "$HELM4" lint --strict "$project/helm/$name" -f "$values" | tail -n1
+  rendered=$("$HELM4" template "$name" "$project/helm/$name" -f "$values")
+  grep -q "name: $name" <<<"$rendered"
+  if [[ $rabbitmq == false ]] && grep -i -E 'rabbit|amqp|outbox' <<<"$rendered"; then
+    echo "the chart without the broker still renders the lines above" >&2; exit 1
+  fi
+
+  echo "== the binary against PostgreSQL$([[ $rabbitmq == true ]] && echo ' and RabbitMQ')"
+  start_and_stop "$project" "$rabbitmq"
+done
 echo "template-check passed"

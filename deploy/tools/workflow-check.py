@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 # Top-level folders whose paths a workflow may name; a path under one of them must exist.
-TRACKED_ROOTS = ("deploy", "helm", "crates", "config", "docs", ".github", ".ci", "template")
+TRACKED_ROOTS = ("deploy", "helm", "crates", "config", "docs", ".github", ".ci")
 PATH_RE = re.compile(r"(?<![\w./${}-])((?:%s)/[\w./*@+-]*[\w*])" % "|".join(re.escape(r) for r in TRACKED_ROOTS))
 HASHFILES_RE = re.compile(r"hashFiles\(([^)]*)\)")
 MAKE_RE = re.compile(r"(?:^|[;&|(]\s*|\bsudo\s+(?:-\S+\s+)*|\benv\s+(?:\S+=\S*\s+)*)make\s+([^;&|#\n]*)", re.M)

@@ -1,7 +1,15 @@
-//! Pruning of the bookkeeping tables, so that none of them only grows: sent outbox rows,
-//! stored idempotency responses and the ids of processed events, each older than its retention
-//! (`APP__OUTBOX__RETENTION`, `APP__RETENTION__*`). Every replica prunes; batches are small, skip rows another replica
-//! holds, and each statement is bounded, so pruning never competes with requests for long.
+// @rabbitmq-begin
+//! Pruning of the bookkeeping tables, so that none of them only grows: stored idempotency
+//! responses (`APP__RETENTION__IDEMPOTENCY_KEYS`), and sent outbox rows and the ids of processed
+//! events (`APP__OUTBOX__RETENTION`, `APP__RETENTION__PROCESSED_EVENTS`), each older than its
+//! retention.
+// @rabbitmq-else
+// //! Pruning of the bookkeeping tables, so that none of them only grows: stored idempotency
+// //! responses older than their retention (`APP__RETENTION__IDEMPOTENCY_KEYS`).
+// @rabbitmq-end
+//!
+//! Every replica prunes; batches are small, skip rows another replica holds, and each
+//! statement is bounded, so pruning never competes with requests for long.
 
 use crate::settings::RetentionSettings;
 use deadpool_postgres::Pool;
@@ -22,30 +30,38 @@ struct Prunable {
     retention: Duration,
 }
 
+// @rabbitmq-begin
 /// Prunes every `settings.prune_every` until `stop`; `outbox` is the retention of sent rows.
+// @rabbitmq-else
+// /// Prunes every `settings.prune_every` until `stop`.
+// @rabbitmq-end
 pub async fn run(
     pool: Pool,
     settings: RetentionSettings,
-    outbox: Duration,
+    outbox: Duration, // @rabbitmq
     stop: CancellationToken,
 ) {
     let tables = [
+        // @rabbitmq-begin
         // Pending rows have no sent_at: the comparison leaves them alone.
         Prunable {
             table: "outbox",
             age_column: "sent_at",
             retention: outbox,
         },
+        // @rabbitmq-end
         Prunable {
             table: "idempotency_keys",
             age_column: "created_at",
             retention: settings.idempotency_keys,
         },
+        // @rabbitmq-begin
         Prunable {
             table: "processed_events",
             age_column: "processed_at",
             retention: settings.processed_events,
         },
+        // @rabbitmq-end
     ];
     loop {
         tokio::select! {

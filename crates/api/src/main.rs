@@ -4,7 +4,7 @@ mod app;
 mod db;
 mod domain;
 mod housekeeping;
-mod messaging;
+mod messaging; // @rabbitmq
 mod openapi;
 mod problem;
 mod routes;

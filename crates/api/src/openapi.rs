@@ -9,7 +9,11 @@ use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
+    // @rabbitmq-begin
     info(title = "shipshape", description = "Example resource of the shipshape template: items on PostgreSQL, events through a transactional outbox."),
+    // @rabbitmq-else
+    // info(title = "shipshape", description = "Example resource of the shipshape template: items on PostgreSQL."),
+    // @rabbitmq-end
     paths(items::create::create, items::get::get, items::list::list, items::delete::delete),
     components(schemas(Item, NewItem, Problem, items::list::ItemPage)),
     tags((name = "items", description = "The example resource"))

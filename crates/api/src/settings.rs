@@ -1,16 +1,21 @@
 //! The settings of this service: the shared sections from `bootstrap`, and the example's own
+// @rabbitmq-begin
 //! (the broker's exchange and queue, the outbox, retention, which checks exist). Loaded and
+// @rabbitmq-else
+// //! (retention, which checks exist). Loaded and
+// @rabbitmq-end
 //! validated by `bootstrap::config::load` before anything starts; see docs/configuration.md.
 
-use bootstrap::broker::BrokerConnection;
-use bootstrap::config::value::{count, name, optional_file, positive_duration};
+use bootstrap::broker::BrokerConnection; // @rabbitmq
+use bootstrap::config::value::{count, optional_file}; // @rabbitmq
+use bootstrap::config::value::{name, positive_duration};
 use bootstrap::config::{
-    CheckTuning, ConfigError, DatabaseSettings, LivenessSettings, ManagementSettings, SecretUrl,
-    ServerSettings, ShutdownSettings, Sources, StartupSettings, check_ca_file, constant_url,
-    require_scheme,
+    CheckTuning, ConfigError, DatabaseSettings, LivenessSettings, ManagementSettings,
+    ServerSettings, ShutdownSettings, Sources, StartupSettings,
 };
+use bootstrap::config::{SecretUrl, check_ca_file, constant_url, require_scheme}; // @rabbitmq
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::PathBuf; // @rabbitmq
 use std::time::Duration;
 
 /// All settings of the service: one struct per `APP__SECTION__*`, every field with its default.
@@ -25,16 +30,16 @@ pub struct Settings {
     pub management: ManagementSettings,
     /// PostgreSQL.
     pub database: DatabaseSettings,
-    /// RabbitMQ.
-    pub rabbitmq: RabbitMqSettings,
+    /// RabbitMQ. // @rabbitmq
+    pub rabbitmq: RabbitMqSettings, // @rabbitmq
     /// Startup.
     pub startup: StartupSettings,
     /// Shutdown.
     pub shutdown: ShutdownSettings,
     /// Check tuning.
     pub health: HealthSettings,
-    /// The outbox relay.
-    pub outbox: OutboxSettings,
+    /// The outbox relay. // @rabbitmq
+    pub outbox: OutboxSettings, // @rabbitmq
     /// How long bookkeeping rows are kept.
     pub retention: RetentionSettings,
 }
@@ -63,9 +68,11 @@ pub struct RetentionSettings {
     /// Stored `Idempotency-Key` responses: a retry after this long creates anew (24 h).
     #[serde(deserialize_with = "positive_duration")]
     pub idempotency_keys: Duration,
+    // @rabbitmq-begin
     /// Ids of processed events: a redelivery older than this would be processed again (7 d).
     #[serde(deserialize_with = "positive_duration")]
     pub processed_events: Duration,
+    // @rabbitmq-end
     /// How often a replica prunes (10 min).
     #[serde(deserialize_with = "positive_duration")]
     pub prune_every: Duration,
@@ -75,12 +82,13 @@ impl Default for RetentionSettings {
     fn default() -> Self {
         Self {
             idempotency_keys: Duration::from_secs(24 * 3600),
-            processed_events: Duration::from_secs(7 * 24 * 3600),
+            processed_events: Duration::from_secs(7 * 24 * 3600), // @rabbitmq
             prune_every: Duration::from_secs(600),
         }
     }
 }
 
+// @rabbitmq-begin
 /// `APP__OUTBOX__*`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -159,14 +167,16 @@ impl RabbitMqSettings {
         }
     }
 }
+// @rabbitmq-end
+
 /// `APP__HEALTH__*`: which checks this service has, and the liveness bound.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthSettings {
     /// The PostgreSQL check.
     pub postgres: CheckTuning,
-    /// The RabbitMQ check.
-    pub rabbitmq: CheckTuning,
+    /// The RabbitMQ check. // @rabbitmq
+    pub rabbitmq: CheckTuning, // @rabbitmq
     /// `APP__HEALTH__LIVENESS__*`.
     pub liveness: LivenessSettings,
 }
@@ -189,8 +199,9 @@ impl Settings {
             ));
         }
         self.health.postgres.validate("postgres")?;
-        self.health.rabbitmq.validate("rabbitmq")?;
+        self.health.rabbitmq.validate("rabbitmq")?; // @rabbitmq
         self.database.validate()?;
+        // @rabbitmq-begin
         require_scheme("rabbitmq.url", &self.rabbitmq.url, &["amqp", "amqps"])?;
         if let Some(path) = &self.rabbitmq.ca_file {
             if self.rabbitmq.url.url().scheme() == "amqp" {
@@ -202,9 +213,11 @@ impl Settings {
             }
             check_ca_file("rabbitmq.ca_file", path)?;
         }
+        // @rabbitmq-end
         Ok(())
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,9 +293,9 @@ mod tests {
         assert_eq!(s.shutdown.timeout, Duration::from_secs(20));
         assert_eq!(s.startup.deadline, Duration::from_secs(60));
         assert_eq!(s.health.postgres.failure_threshold, 2);
-        assert_eq!(s.health.rabbitmq.critical, None);
+        assert_eq!(s.health.rabbitmq.critical, None); // @rabbitmq
         assert_eq!(s.database.ssl_mode, SslMode::Prefer);
-        assert_eq!(s.rabbitmq.exchange, "shipshape.events");
+        assert_eq!(s.rabbitmq.exchange, "shipshape.events"); // @rabbitmq
     }
 
     #[test]
@@ -310,12 +323,12 @@ mod tests {
     #[test]
     fn check_tuning_is_read_per_check() {
         let s = load(&[
-            ("health.rabbitmq.critical", "true"),
+            ("health.postgres.critical", "false"),
             ("health.postgres.interval", "500ms"),
             ("health.postgres.timeout", "250ms"),
         ])
         .unwrap();
-        assert!(s.health.rabbitmq.policy(false).unwrap().is_critical());
+        assert!(!s.health.postgres.policy(true).unwrap().is_critical());
         assert_eq!(s.health.postgres.interval, Duration::from_millis(500));
     }
 
@@ -359,6 +372,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "hello").unwrap();
+        let error = load(&[("database.ca_file", not_pem.to_str().unwrap())]).unwrap_err();
+        assert!(error.expected.contains("PEM"), "{error}");
+        // @rabbitmq-begin
         let error = load(&[
             ("rabbitmq.url", "amqps://mq/%2f"),
             ("rabbitmq.ca_file", not_pem.to_str().unwrap()),
@@ -367,6 +383,7 @@ mod tests {
         assert_eq!(error.variable, "APP__RABBITMQ__CA_FILE");
         let plain = load(&[("rabbitmq.ca_file", not_pem.to_str().unwrap())]).unwrap_err();
         assert!(plain.expected.contains("amqps://"), "{plain}");
+        // @rabbitmq-end
         let disabled = load(&[
             ("database.url", "postgres://db/app?sslmode=disable"),
             ("database.ca_file", not_pem.to_str().unwrap()),
@@ -383,11 +400,11 @@ mod tests {
     #[test]
     fn a_wrong_type_is_an_error_never_the_default() {
         for (key, value, variable) in [
-            ("outbox.batch_size", "lots", "APP__OUTBOX__BATCH_SIZE"),
+            ("outbox.batch_size", "lots", "APP__OUTBOX__BATCH_SIZE"), // @rabbitmq
             (
-                "health.rabbitmq.critical",
+                "health.postgres.critical",
                 "maybe",
-                "APP__HEALTH__RABBITMQ__CRITICAL",
+                "APP__HEALTH__POSTGRES__CRITICAL",
             ),
             ("server.body_timeout", "0s", "APP__SERVER__BODY_TIMEOUT"),
             ("server.host", "localhost", "APP__SERVER__HOST"),
@@ -401,7 +418,7 @@ mod tests {
 
     #[test]
     fn passwords_are_masked_inside_any_error_text() {
-        let error = load(&[("rabbitmq.url", "http://u:s3cret@mq/x")]).unwrap_err();
+        let error = load(&[("database.url", "http://u:s3cret@db/x")]).unwrap_err();
         assert!(!error.to_string().contains("s3cret"), "{error}");
         let embedded =
             redact("connect failed: postgres://app:hunter2@db:5432/app (password=hunter2)");

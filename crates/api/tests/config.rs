@@ -61,13 +61,16 @@ fn an_unknown_app_env_names_the_variable() {
 #[test]
 fn passwords_never_reach_the_logs() {
     let shared = Shared::new("secrets");
-    // guest's password in the broker URL and a (trust-ignored) password in the database URL.
-    let env = env_for(
+    // @rabbitmq-begin
+    // A (trust-ignored) password in the database URL, and guest's in the broker URL.
+    // @rabbitmq-else
+    // // A (trust-ignored) password in the database URL.
+    // @rabbitmq-end
+    let env = shared.env_with(
         &format!(
             "postgres://postgres:pg-s3cr3t@127.0.0.1:5432/{}",
             shared.name
         ),
-        &format!("amqp://guest:guest@127.0.0.1:5672/{}", shared.name),
         &[("RUST_LOG", "debug")],
     );
     let service = spawn(&env);
@@ -76,10 +79,12 @@ fn passwords_never_reach_the_logs() {
     service.signal(Signal::SIGTERM);
     service.wait_exit(Duration::from_secs(15));
     let logs = service.logs();
+    // @rabbitmq-begin
     assert!(
         logs.contains("amqp://guest:***@127.0.0.1:5672"),
         "the broker URL should be logged redacted"
     );
+    // @rabbitmq-end
     for secret in ["pg-s3cr3t", "guest:guest"] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
     }

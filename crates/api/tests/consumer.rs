@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -29,11 +29,7 @@ fn a_short_database_outage_dead_letters_nothing() {
     let shared = Shared::new("pgblink");
     let postgres = Postgres::start();
     postgres.create_database("events");
-    let service = spawn(&env_for(
-        &postgres.url("events"),
-        &shared.rabbitmq_url(),
-        &[],
-    ));
+    let service = spawn(&shared.env_with(&postgres.url("events"), &[]));
     service.wait_for_status("pass", Duration::from_secs(30));
 
     postgres.stop();
@@ -112,4 +108,104 @@ fn a_message_that_keeps_failing_is_dead_lettered_after_its_attempts() {
     testkit::wait_until("the next event processed", Duration::from_secs(20), || {
         psql_in(&shared.name, "SELECT count(*) FROM processed_events") == "1"
     });
+}
+
+#[test]
+fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
+    let shared = Shared::new("events");
+    let service = spawn(&shared.env_with(&shared.database_url(), &[("RUST_LOG", "info")]));
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = service
+        .http()
+        .post(service.api_url("/v1/items"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"name": "traced"}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let id = response.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        service
+            .http()
+            .delete(service.api_url(&format!("/v1/items/{id}")))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        204
+    );
+    let db = shared.name.clone();
+    testkit::wait_until("both events consumed", Duration::from_secs(20), || {
+        psql_in(
+            &db,
+            "SELECT coalesce(string_agg(event_type || '=' || count, ',' ORDER BY event_type), '') FROM event_counts",
+        ) == "item.created=1,item.deleted=1"
+    });
+    // The consumer's span continued the HTTP request's trace through the broker.
+    let consumed = service
+        .logs()
+        .lines()
+        .find(|l| l.contains("event consumed") && l.contains("item.created"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        consumed.contains(&format!("\"trace_id\":\"{trace_id}\"")),
+        "{consumed}"
+    );
+
+    // A message that is not an event: dead-lettered, and the consumer keeps going.
+    publish_raw(&shared, "item.created", b"not json at all");
+    testkit::wait_until(
+        "the poison message in the DLQ",
+        Duration::from_secs(20),
+        || queue_depth(&shared, "shipshape.items.dlq") == 1,
+    );
+    assert_eq!(
+        post(&service, &json!({"name": "after poison"}), None)
+            .status()
+            .as_u16(),
+        201
+    );
+    testkit::wait_until("the next event consumed", Duration::from_secs(20), || {
+        psql_in(
+            &db,
+            "SELECT count FROM event_counts WHERE event_type = 'item.created'",
+        ) == "2"
+    });
+    // Redelivery is harmless: replaying a processed event changes nothing.
+    let event = psql_in(
+        &db,
+        "SELECT payload::text FROM outbox WHERE routing_key = 'item.created' ORDER BY seq LIMIT 1",
+    );
+    publish_raw(&shared, "item.created", event.as_bytes());
+    std::thread::sleep(Duration::from_millis(500));
+    testkit::wait_until(
+        "the duplicate acknowledged",
+        Duration::from_secs(20),
+        || queue_depth(&shared, "shipshape.items") == 0,
+    );
+    assert_eq!(
+        psql_in(
+            &db,
+            "SELECT count FROM event_counts WHERE event_type = 'item.created'"
+        ),
+        "2"
+    );
+}
+
+fn publish_raw(shared: &Shared, routing_key: &str, body: &[u8]) {
+    testkit::amqp::publish(
+        &shared.rabbitmq_url(),
+        "shipshape.events",
+        routing_key,
+        body,
+    );
+}
+
+fn queue_depth(shared: &Shared, queue: &str) -> u32 {
+    testkit::amqp::queue_depth(&shared.rabbitmq_url(), queue)
 }

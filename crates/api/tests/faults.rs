@@ -11,55 +11,17 @@ use std::time::{Duration, Instant};
 
 const RECOVERY: Duration = Duration::from_secs(20);
 
-/// A service on a throwaway PostgreSQL and the shared RabbitMQ (own vhost).
+/// A service on a throwaway PostgreSQL (and this test's share of the other dependencies).
 fn on_throwaway_postgres(test: &str, proxy: Option<&FaultProxy>) -> (Shared, Postgres, Service) {
     let shared = Shared::new(test);
     let postgres = Postgres::start();
     postgres.create_database("app");
     let port = proxy.map_or(postgres.port(), FaultProxy::port);
     let url = format!("postgres://postgres@127.0.0.1:{port}/app");
-    let service = spawn(&env_for(&url, &shared.rabbitmq_url(), &[]));
+    let service = spawn(&shared.env_with(&url, &[]));
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     service.wait_for_status("pass", Duration::from_secs(10));
     (shared, postgres, service)
-}
-
-/// A service on the shared PostgreSQL (own database) and a throwaway RabbitMQ node.
-fn on_throwaway_rabbitmq(test: &str, critical: bool) -> (Shared, RabbitMq, Service) {
-    let shared = Shared::new(test);
-    let rabbit = RabbitMq::start();
-    let critical = if critical { "true" } else { "false" };
-    let service = spawn(&env_for(
-        &shared.database_url(),
-        &rabbit.url(),
-        &[("APP__HEALTH__RABBITMQ__CRITICAL", critical)],
-    ));
-    service.wait_for("/readyz", 200, Duration::from_secs(30));
-    service.wait_for_status("pass", Duration::from_secs(15));
-    (shared, rabbit, service)
-}
-
-fn assert_alive(service: &Service, watch: testkit::LivenessWatch) {
-    let (polls, failures) = watch.finish();
-    assert!(polls > 10, "liveness polled only {polls} times");
-    assert!(
-        failures.is_empty(),
-        "/livez failed {} of {polls} polls: {failures:?}",
-        failures.len()
-    );
-    assert!(
-        service.try_exit().is_none(),
-        "the service exited:\n{}",
-        service.logs()
-    );
-}
-
-fn check_output(service: &Service, check: &str) -> String {
-    let body = json(&service.probe("/readyz?verbose").2);
-    body["checks"][format!("{check}:connectivity")][0]["output"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned()
 }
 
 #[test]
@@ -95,7 +57,7 @@ fn black_holed_postgres_times_out_while_probes_stay_fast() {
     let proxy = FaultProxy::start(postgres_port_holder.port());
     let shared = Shared::new("pgblackhole");
     let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.port());
-    let service = spawn(&env_for(&url, &shared.rabbitmq_url(), &[]));
+    let service = spawn(&shared.env_with(&url, &[]));
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let watch = service.watch_liveness();
     proxy.set(Fault::BlackHole);
@@ -131,7 +93,7 @@ fn latency_above_the_check_timeout_fails_readiness() {
     let proxy = FaultProxy::start(postgres.port());
     let shared = Shared::new("pglatency");
     let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.port());
-    let service = spawn(&env_for(&url, &shared.rabbitmq_url(), &[]));
+    let service = spawn(&shared.env_with(&url, &[]));
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let watch = service.watch_liveness();
     proxy.set(Fault::Latency(Duration::from_secs(2)));
@@ -143,95 +105,11 @@ fn latency_above_the_check_timeout_fails_readiness() {
 }
 
 #[test]
-fn rabbitmq_kill9_warns_by_default_and_recovers() {
-    let (_shared, rabbit, service) = on_throwaway_rabbitmq("rmqkill", false);
-    let watch = service.watch_liveness();
-    rabbit.kill9();
-    service.wait_for_status("warn", DETECTION);
-    // Non-critical: degraded, still in the Service.
-    assert_eq!(service.probe("/readyz").0, 200);
-    assert_eq!(service.probe("/readyz/rabbitmq").0, 503);
-    rabbit.start_again();
-    service.wait_for_status("pass", RECOVERY);
-    assert_alive(&service, watch);
-    assert!(
-        service
-            .logs()
-            .contains("broker connected, topology declared")
-    );
-}
-
-#[test]
-fn rabbitmq_kill9_fails_readiness_when_critical() {
-    let (_shared, rabbit, service) = on_throwaway_rabbitmq("rmqcrit", true);
-    let watch = service.watch_liveness();
-    rabbit.kill9();
-    service.wait_for("/readyz", 503, DETECTION);
-    rabbit.start_again();
-    service.wait_for("/readyz", 200, RECOVERY);
-    service.wait_for_status("pass", RECOVERY);
-    assert_alive(&service, watch);
-}
-
-#[test]
-fn both_down_at_once_then_back() {
-    let postgres = Postgres::start();
-    postgres.create_database("app");
-    let rabbit = RabbitMq::start();
-    let service = spawn(&env_for(&postgres.url("app"), &rabbit.url(), &[]));
-    service.wait_for("/readyz", 200, Duration::from_secs(30));
-    service.wait_for_status("pass", Duration::from_secs(15));
-    let watch = service.watch_liveness();
-    postgres.kill9();
-    rabbit.kill9();
-    service.wait_for("/readyz", 503, DETECTION);
-    let verbose = json(&service.probe("/readyz?verbose").2);
-    assert_eq!(verbose["status"], "fail");
-    postgres.start_again();
-    rabbit.start_again();
-    service.wait_for_status("pass", RECOVERY);
-    assert_alive(&service, watch);
-}
-
-#[test]
-fn starts_with_both_down_and_becomes_ready_when_they_return() {
-    let postgres = Postgres::start();
-    postgres.create_database("app");
-    let rabbit = RabbitMq::start();
-    postgres.kill9();
-    rabbit.kill9();
-    let service = spawn(&env_for(
-        &postgres.url("app"),
-        &rabbit.url(),
-        &[("APP__STARTUP__DEADLINE", "120s")],
-    ));
-    service.wait_for("/livez", 200, Duration::from_secs(20));
-    let watch = service.watch_liveness();
-    // Startup is held by PostgreSQL; give it a few backoff rounds.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        assert_eq!(service.probe("/startupz").0, 503);
-        assert_eq!(service.probe("/readyz").0, 503);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    postgres.start_again();
-    service.wait_for("/startupz", 200, RECOVERY);
-    // RabbitMQ is not critical: ready (warn) before the broker is back.
-    service.wait_for_status("warn", RECOVERY);
-    rabbit.start_again();
-    service.wait_for_status("pass", RECOVERY);
-    assert_alive(&service, watch);
-}
-
-#[test]
 fn startup_deadline_exceeded_exits_1_naming_the_dependency() {
+    let shared = Shared::new("deadline");
     let closed = testkit::free_port();
     let url = format!("postgres://postgres:s3cr3t-pw@127.0.0.1:{closed}/app");
-    let service = spawn(&env_for(
-        &url,
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        &[("APP__STARTUP__DEADLINE", "3s")],
-    ));
+    let service = spawn(&shared.env_with(&url, &[("APP__STARTUP__DEADLINE", "3s")]));
     service.wait_for("/livez", 200, Duration::from_secs(10));
     let (status, took) = service.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{}", service.logs());
@@ -252,9 +130,8 @@ fn every_request_is_bounded_when_the_database_freezes() {
     let postgres = Postgres::start();
     postgres.create_database("app");
     let query_timeout = Duration::from_secs(2);
-    let service = spawn(&env_for(
+    let service = spawn(&shared.env_with(
         &postgres.url("app"),
-        &shared.rabbitmq_url(),
         &[("APP__DATABASE__QUERY_TIMEOUT", "2s")],
     ));
     service.wait_for_status("pass", Duration::from_secs(30));
@@ -286,72 +163,6 @@ fn every_request_is_bounded_when_the_database_freezes() {
 }
 
 #[test]
-fn a_black_holed_broker_does_not_stall_reconnection() {
-    let shared = Shared::new("mqhole");
-    let rabbit = RabbitMq::start();
-    let proxy = FaultProxy::start(rabbit.port());
-    proxy.set(Fault::BlackHole);
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port());
-    let service = spawn(&env_for(
-        &shared.database_url(),
-        &url,
-        &[("APP__RABBITMQ__CONNECT_TIMEOUT", "2s")],
-    ));
-    // Not critical: ready, degraded.
-    service.wait_for_status("warn", Duration::from_secs(30));
-    // The attempt into the black hole is given up, not waited on for minutes.
-    testkit::wait_until(
-        "a connection attempt given up",
-        Duration::from_secs(15),
-        || service.logs().contains("broker connection failed"),
-    );
-    proxy.set(Fault::Pass);
-    service.wait_for_status("pass", RECOVERY);
-}
-
-#[test]
-fn a_broker_under_a_resource_alarm_is_reported() {
-    let shared = Shared::new("mqalarm");
-    let rabbit = RabbitMq::start();
-    let service = spawn(&env_for(&shared.database_url(), &rabbit.url(), &[]));
-    service.wait_for_status("pass", Duration::from_secs(30));
-    // A publishing connection: the relay sends this item's event.
-    let created = service
-        .http()
-        .post(service.api_url("/v1/items"))
-        .json(&serde_json::json!({"name": "before the alarm"}))
-        .send()
-        .unwrap();
-    assert_eq!(created.status().as_u16(), 201);
-    testkit::wait_until("the event consumed", Duration::from_secs(20), || {
-        psql_in(&shared.name, "SELECT count(*) FROM processed_events") == "1"
-    });
-
-    rabbit.ctl(&["set_vm_memory_high_watermark", "0.000001"]);
-    // The broker blocks a connection when it next publishes: the relay, with this event.
-    let during = service
-        .http()
-        .post(service.api_url("/v1/items"))
-        .json(&serde_json::json!({"name": "during the alarm"}))
-        .send()
-        .unwrap();
-    assert_eq!(
-        during.status().as_u16(),
-        201,
-        "writes do not wait for the broker"
-    );
-    service.wait_for_status("warn", DETECTION);
-    assert_eq!(service.probe("/readyz/rabbitmq").0, 503);
-    assert!(
-        check_output(&service, "rabbitmq").contains("blocked"),
-        "{}",
-        service.probe("/readyz?verbose").2
-    );
-    rabbit.ctl(&["set_vm_memory_high_watermark", "0.4"]);
-    service.wait_for_status("pass", RECOVERY);
-}
-
-#[test]
 fn the_verbose_report_gives_an_error_class_not_the_servers_text() {
     let shared = Shared::new("leak");
     let postgres = Postgres::start();
@@ -361,7 +172,7 @@ fn the_verbose_report_gives_an_error_class_not_the_servers_text() {
         "postgres://leaky_app_role@127.0.0.1:{}/app",
         postgres.port()
     );
-    let service = spawn(&env_for(&url, &shared.rabbitmq_url(), &[]));
+    let service = spawn(&shared.env_with(&url, &[]));
     service.wait_for_status("pass", Duration::from_secs(30));
     // The role may no longer log in: the check's next connection is refused by the server,
     // whose message names the role.

@@ -1,5 +1,4 @@
-//! The items API on real PostgreSQL and RabbitMQ: status codes, media types, idempotency,
-//! pagination, and events reaching the consumer.
+//! The items API on real PostgreSQL: status codes, media types, idempotency and pagination.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,23 +13,9 @@ use std::time::Duration;
 const PROBLEM: &str = "application/problem+json";
 
 fn ready(shared: &Shared, extra: &[(&str, &str)]) -> Service {
-    let mut env = shared.env();
-    env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    let service = spawn(&env);
+    let service = spawn(&shared.env_with(&shared.database_url(), extra));
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     service
-}
-
-fn post(service: &Service, body: &Value, key: Option<&str>) -> Response {
-    let mut request = service.http().post(service.api_url("/v1/items")).json(body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    request.send().unwrap()
 }
 
 fn media(response: &Response) -> String {
@@ -159,9 +144,8 @@ fn unexpected_failures_are_500_without_internals_and_an_unreachable_database_is_
     let proxy = FaultProxy::start(postgres.port());
     let shared = Shared::new("errors");
     let url = format!("postgres://postgres@127.0.0.1:{}/app", proxy.port());
-    let service = spawn(&env_for(
+    let service = spawn(&shared.env_with(
         &url,
-        &shared.rabbitmq_url(),
         &[
             ("APP__DATABASE__POOL_WAIT_TIMEOUT", "500ms"),
             ("APP__DATABASE__QUERY_TIMEOUT", "1s"),
@@ -251,6 +235,7 @@ fn twenty_parallel_posts_with_one_key_create_one_item_and_one_event() {
     assert_eq!(ids.len(), 1, "every retry must get the first item: {ids:?}");
     let db = &shared.name;
     assert_eq!(psql_in(db, "SELECT count(*) FROM items"), "1");
+    // @rabbitmq-begin
     assert_eq!(
         psql_in(
             db,
@@ -258,6 +243,7 @@ fn twenty_parallel_posts_with_one_key_create_one_item_and_one_event() {
         ),
         "1"
     );
+    // @rabbitmq-end
     // Same key, another body: refused.
     assert_problem(
         post(&service, &json!({"name": "other"}), Some("key-1")),
@@ -321,92 +307,6 @@ fn two_hundred_fifty_items_paged_by_seven_come_back_once_in_order() {
 }
 
 #[test]
-fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
-    let shared = Shared::new("events");
-    let service = ready(&shared, &[("RUST_LOG", "info")]);
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let response = service
-        .http()
-        .post(service.api_url("/v1/items"))
-        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .json(&json!({"name": "traced"}))
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
-    let id = response.json::<Value>().unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        service
-            .http()
-            .delete(service.api_url(&format!("/v1/items/{id}")))
-            .send()
-            .unwrap()
-            .status()
-            .as_u16(),
-        204
-    );
-    let db = shared.name.clone();
-    testkit::wait_until("both events consumed", Duration::from_secs(20), || {
-        psql_in(
-            &db,
-            "SELECT coalesce(string_agg(event_type || '=' || count, ',' ORDER BY event_type), '') FROM event_counts",
-        ) == "item.created=1,item.deleted=1"
-    });
-    // The consumer's span continued the HTTP request's trace through the broker.
-    let consumed = service
-        .logs()
-        .lines()
-        .find(|l| l.contains("event consumed") && l.contains("item.created"))
-        .unwrap()
-        .to_owned();
-    assert!(
-        consumed.contains(&format!("\"trace_id\":\"{trace_id}\"")),
-        "{consumed}"
-    );
-
-    // A message that is not an event: dead-lettered, and the consumer keeps going.
-    publish_raw(&shared, "item.created", b"not json at all");
-    testkit::wait_until(
-        "the poison message in the DLQ",
-        Duration::from_secs(20),
-        || queue_depth(&shared, "shipshape.items.dlq") == 1,
-    );
-    assert_eq!(
-        post(&service, &json!({"name": "after poison"}), None)
-            .status()
-            .as_u16(),
-        201
-    );
-    testkit::wait_until("the next event consumed", Duration::from_secs(20), || {
-        psql_in(
-            &db,
-            "SELECT count FROM event_counts WHERE event_type = 'item.created'",
-        ) == "2"
-    });
-    // Redelivery is harmless: replaying a processed event changes nothing.
-    let event = psql_in(
-        &db,
-        "SELECT payload::text FROM outbox WHERE routing_key = 'item.created' ORDER BY seq LIMIT 1",
-    );
-    publish_raw(&shared, "item.created", event.as_bytes());
-    std::thread::sleep(Duration::from_millis(500));
-    testkit::wait_until(
-        "the duplicate acknowledged",
-        Duration::from_secs(20),
-        || queue_depth(&shared, "shipshape.items") == 0,
-    );
-    assert_eq!(
-        psql_in(
-            &db,
-            "SELECT count FROM event_counts WHERE event_type = 'item.created'"
-        ),
-        "2"
-    );
-}
-
-#[test]
 fn three_replicas_starting_together_on_an_empty_database_all_become_ready() {
     let shared = Shared::new("migrace");
     let services: Vec<Service> = (0..3).map(|_| spawn(&shared.env())).collect();
@@ -434,19 +334,6 @@ fn three_replicas_starting_together_on_an_empty_database_all_become_ready() {
             201
         );
     }
-}
-
-fn publish_raw(shared: &Shared, routing_key: &str, body: &[u8]) {
-    testkit::amqp::publish(
-        &shared.rabbitmq_url(),
-        "shipshape.events",
-        routing_key,
-        body,
-    );
-}
-
-fn queue_depth(shared: &Shared, queue: &str) -> u32 {
-    testkit::amqp::queue_depth(&shared.rabbitmq_url(), queue)
 }
 
 #[test]

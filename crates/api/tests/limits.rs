@@ -1,6 +1,6 @@
 //! One client must not take the pod down by holding connections: uploads whose body never
-//! arrives, more of them than the process may open files. The API sheds them; the probes,
-//! PostgreSQL and RabbitMQ keep their descriptors.
+//! arrives, more of them than the process may open files. The API sheds them; the probes and
+//! the connections to the dependencies keep their descriptors.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -34,7 +34,7 @@ fn the_charts_probes_tell_the_kubelet_the_truth() {
     let shared = Shared::new("contract");
     let env = {
         let mut env = chart.env.clone();
-        env.extend(env_for(&postgres.url("app"), &shared.rabbitmq_url(), &[]));
+        env.extend(shared.env_with(&postgres.url("app"), &[]));
         env
     };
     // The app's own detection bound, from the chart's check tuning.

@@ -22,7 +22,7 @@ enum Load {
     /// GET /v1/items?limit=5 at full speed.
     Reads,
     /// POST /v1/items, paced (each connection waits 10 ms between requests) so that the
-    /// consumer can catch up afterwards within the test's patience.
+    /// events are all consumed afterwards within the test's patience.
     Writes,
 }
 
@@ -68,11 +68,7 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
     let mut env = chart.env.clone();
     env.retain(|(key, _)| key != "APP__SHUTDOWN__DRAIN_DELAY");
     env.push(("APP__SHUTDOWN__DRAIN_DELAY".into(), drain.into()));
-    env.extend(env_for(
-        &postgres.url("app"),
-        &shared.rabbitmq_url(),
-        &[("RUST_LOG", "warn")],
-    ));
+    env.extend(shared.env_with(&postgres.url("app"), &[("RUST_LOG", "warn")]));
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
 
     let slots: Vec<Slot> = (0..replicas * 2)
@@ -219,6 +215,7 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
                 "{} items answered 201 but only {items} rows (20 seeded)",
                 load.requests
             );
+            // @rabbitmq-begin
             testkit::wait_until(
                 "every item's event consumed by the new replicas",
                 Duration::from_secs(120),
@@ -232,6 +229,7 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
                 "SELECT count(*) FROM outbox WHERE routing_key = 'item.created'",
             );
             assert_eq!(created, items.to_string(), "an item without its event");
+            // @rabbitmq-end
         }
         Outcome {
             load,

@@ -17,6 +17,8 @@ use testkit::{Postgres, Service};
 /// Load of every throughput run: 64 keep-alive connections for this long.
 const CONNECTIONS: u32 = 64;
 const RUN: Duration = Duration::from_secs(10);
+/// The machine's shared broker, for the service and the naive handler. // @rabbitmq
+const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f"; // @rabbitmq
 
 /// One measured server.
 #[derive(Debug, Clone)]
@@ -96,12 +98,13 @@ pub fn ratio(a: Duration, b: Duration) -> f64 {
 
 fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Result<Results> {
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    let rabbitmq_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
     let env = [
         ("APP__DATABASE__URL", database_url.as_str()),
-        ("APP__RABBITMQ__URL", rabbitmq_url),
+        // @rabbitmq-begin
+        ("APP__RABBITMQ__URL", RABBITMQ_URL),
         ("APP__RABBITMQ__EXCHANGE", "bench.events"),
         ("APP__RABBITMQ__QUEUE", "bench.items"),
+        // @rabbitmq-end
         ("RUST_LOG", "warn"),
     ];
 
@@ -173,7 +176,7 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
             port,
             &[
                 ("DATABASE_URL", &database_url),
-                ("RABBITMQ_URL", rabbitmq_url),
+                ("RABBITMQ_URL", RABBITMQ_URL), // @rabbitmq
             ],
         )?;
         let load = wrk(&format!("http://127.0.0.1:{port}/readyz"), CONNECTIONS, RUN);
@@ -211,7 +214,7 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
     let startup_median = (startups[4] + startups[5]) / 2;
 
     eprintln!("bench: PostgreSQL kill -9 detection and recovery, default tuning");
-    let (detection, recovery) = detection_and_recovery(service_binary, rabbitmq_url)?;
+    let (detection, recovery) = detection_and_recovery(service_binary)?;
 
     Ok(Results {
         bare,
@@ -232,10 +235,7 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
     })
 }
 
-fn detection_and_recovery(
-    service_binary: &Path,
-    rabbitmq_url: &str,
-) -> anyhow::Result<(Duration, Duration)> {
+fn detection_and_recovery(service_binary: &Path) -> anyhow::Result<(Duration, Duration)> {
     let postgres = Postgres::start();
     postgres.create_database("app");
     let url = postgres.url("app");
@@ -243,8 +243,8 @@ fn detection_and_recovery(
         service_binary,
         &[
             ("APP__DATABASE__URL", &url),
-            ("APP__RABBITMQ__URL", rabbitmq_url),
-            ("APP__RABBITMQ__QUEUE", "bench.items"),
+            ("APP__RABBITMQ__URL", RABBITMQ_URL),    // @rabbitmq
+            ("APP__RABBITMQ__QUEUE", "bench.items"), // @rabbitmq
             ("RUST_LOG", "warn"),
         ],
     );

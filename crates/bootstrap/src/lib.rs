@@ -2,7 +2,7 @@
 #![deny(missing_docs)]
 
 mod backoff;
-pub mod broker;
+pub mod broker; // @rabbitmq
 pub mod config;
 pub mod lifecycle;
 pub mod limits;

@@ -40,7 +40,7 @@ pub fn listen() -> std::io::Result<CancellationToken> {
 }
 
 /// The one budget that everything after the drain delay shares (`shutdown.timeout`): stopping
-/// the API, the workers, the broker connection, the trace flush. Each step runs bounded by what
+/// the API, the workers, the connections to dependencies, the trace flush. Each step runs bounded by what
 /// is left of it, and a step cut short is logged by name, so the total never exceeds the
 /// budget the chart's `terminationGracePeriodSeconds` is derived from.
 ///

@@ -1,10 +1,14 @@
+// @rabbitmq-begin
 //! TLS to PostgreSQL and RabbitMQ: rustls with the ring provider.
+// @rabbitmq-else
+// //! TLS to PostgreSQL: rustls with the ring provider.
+// @rabbitmq-end
 //!
 //! What is checked of the server's certificate follows libpq's `sslmode`; which authorities are
 //! trusted follows the dependency's `CA_FILE` (a PEM bundle), or the system's roots when unset.
 //! Managed databases (RDS, Cloud SQL, Azure) hand out such a bundle.
 
-use crate::broker::BrokerConnection;
+use crate::broker::BrokerConnection; // @rabbitmq
 use crate::config::{DatabaseSettings, SslMode};
 use anyhow::Context;
 use rustls::client::WebPkiServerVerifier;
@@ -25,7 +29,11 @@ pub enum Verification {
     EncryptOnly,
     /// The chain up to a trusted authority, not the host name (libpq `verify-ca`).
     Chain,
+    // @rabbitmq-begin
     /// The chain and the host name (libpq `verify-full`, and always for `amqps://`).
+    // @rabbitmq-else
+    // /// The chain and the host name (libpq `verify-full`).
+    // @rabbitmq-end
     Full,
 }
 
@@ -182,6 +190,7 @@ pub fn postgres(
     Ok((config, tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
 }
 
+// @rabbitmq-begin
 /// lapin's TLS settings for `settings`: for `amqps://`, the chain and host name are verified
 /// against the system roots plus `APP__RABBITMQ__CA_FILE` (lapin adds a bundle to the roots).
 pub fn amqp(settings: &BrokerConnection) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
@@ -201,6 +210,7 @@ pub fn amqp(settings: &BrokerConnection) -> anyhow::Result<lapin::tcp::OwnedTLSC
         cert_chain,
     })
 }
+// @rabbitmq-end
 
 /// What libpq's weaker modes check: with `chain`, the chain as [`WebPkiServerVerifier`] does
 /// but any host name (`verify-ca`); without, any certificate (`prefer`, `require`). Either way

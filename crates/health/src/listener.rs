@@ -8,9 +8,8 @@ use tokio::sync::watch;
 /// The status is the check's own (after its thresholds), whether or not it is critical; a
 /// result gone stale (its scheduler task stopped) is heard as a failure, as readiness counts
 /// it. Code
-/// that needs a dependency can wait for it instead of failing against it: the example's
-/// consumer pauses while the `postgres` check fails, rather than hammering a database that is
-/// away.
+/// that needs a dependency can wait for it instead of failing against it: a background worker
+/// pauses while the `postgres` check fails, rather than hammering a database that is away.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -32,7 +32,7 @@ pub struct HealthBuilder {
 }
 
 impl HealthBuilder {
-    /// Adds a check under `name` (`postgres`, `rabbitmq`, ...).
+    /// Adds a check under `name` (`postgres`, `redis`, ...).
     #[must_use]
     pub fn check(
         mut self,

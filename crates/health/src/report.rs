@@ -16,9 +16,9 @@ pub const HEALTH_JSON: &str = "application/health+json";
 ///
 /// ```
 /// use health::ProbeQuery;
-/// let query = ProbeQuery::parse("verbose&exclude=rabbitmq");
+/// let query = ProbeQuery::parse("verbose&exclude=redis");
 /// assert!(query.verbose());
-/// assert!(query.excludes_name("rabbitmq"));
+/// assert!(query.excludes_name("redis"));
 /// assert!(!query.excludes_name("postgres"));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]

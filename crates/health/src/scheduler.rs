@@ -175,13 +175,13 @@ mod tests {
             .build()
             .unwrap();
         let health = Health::builder("t", "0")
-            .check("broker", policy, Hangs)
+            .check("remote", policy, Hangs)
             .build()
             .unwrap();
         health.advance(LifecycleState::Ready);
         let stop = CancellationToken::new();
         let _tasks = health.spawn_scheduler(stop.clone());
-        let slot = health.slot("broker").unwrap();
+        let slot = health.slot("remote").unwrap();
         while !slot.state.load().has_run {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

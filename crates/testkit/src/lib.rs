@@ -1,4 +1,4 @@
-//! Test-only tools: throwaway PostgreSQL and RabbitMQ nodes, a TCP fault proxy, and a spawner
+//! Test-only tools: throwaway dependency servers, a TCP fault proxy, and a spawner
 //! for the real `shipshape` binary. Everything is cleaned up on drop, also when a test panics.
 #![allow(
     clippy::unwrap_used,
@@ -6,7 +6,7 @@
     missing_debug_implementations
 )]
 
-pub mod amqp;
+pub mod amqp; // @rabbitmq
 pub mod balancer;
 pub mod kubelet;
 pub mod load;
@@ -14,7 +14,7 @@ pub mod net;
 pub mod otlp;
 pub mod postgres;
 pub mod proxy;
-pub mod rabbitmq;
+pub mod rabbitmq; // @rabbitmq
 pub mod service;
 mod system;
 pub mod tls;
@@ -24,6 +24,6 @@ pub use nix::sys::signal::Signal;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::Postgres;
 pub use proxy::{Fault, FaultProxy};
-pub use rabbitmq::RabbitMq;
+pub use rabbitmq::RabbitMq; // @rabbitmq
 pub use service::{LivenessWatch, Service};
 pub use tls::Authority;

@@ -23,7 +23,7 @@ pub struct ReceivedSpan {
     pub parent_span_id: String,
     /// The span's name.
     pub name: String,
-    /// OTLP span kind (1 internal, 2 server, 3 client, 4 producer, 5 consumer).
+    /// OTLP span kind (the `SpanKind` enum of the protocol: 2 is a server span).
     pub kind: i32,
     /// `service.name` of the resource that sent it.
     pub service_name: String,

@@ -27,9 +27,11 @@ const BASE_ENV: &[(&str, &str)] = &[
     ("APP__SERVER__WORKERS", "2"),
     ("APP__HEALTH__POSTGRES__INTERVAL", "500ms"),
     ("APP__HEALTH__POSTGRES__TIMEOUT", "400ms"),
+    // @rabbitmq-begin
     ("APP__HEALTH__RABBITMQ__INTERVAL", "500ms"),
     ("APP__HEALTH__RABBITMQ__TIMEOUT", "400ms"),
     ("APP__RABBITMQ__RECONNECT_MAX_BACKOFF", "1s"),
+    // @rabbitmq-end
     ("APP__SHUTDOWN__DRAIN_DELAY", "1s"),
     ("APP__SHUTDOWN__TIMEOUT", "5s"),
     ("APP__STARTUP__DEADLINE", "30s"),

@@ -1,4 +1,8 @@
-//! Running commands as the service users that PostgreSQL and RabbitMQ insist on.
+// @rabbitmq-begin
+//! Running commands as the service users that database and broker servers insist on.
+// @rabbitmq-else
+// //! Running commands as the service user that PostgreSQL insists on.
+// @rabbitmq-end
 
 use nix::unistd::{Uid, User, chown};
 use std::path::Path;

@@ -20,9 +20,33 @@ RELEASE = "orders"
 FULLNAME = "orders-shipshape"
 HELMS = [h for h in (os.environ.get("HELM4"), os.environ.get("HELM3")) if h]
 KUBERNETES = os.environ.get("CHART_TEST_KUBERNETES", "1.33")
-INLINE = {"database": {"url": "postgres://app:pw@db:5432/orders"}, "rabbitmq": {"url": "amqp://app:pw@mq:5672/%2f"}}
-EXISTING = {"database": {"existingSecret": "orders-db", "existingSecretKey": "url"},
-            "rabbitmq": {"existingSecret": "orders-mq"}}
+# One entry per dependency: the chart needs a URL (or an existing Secret) for each.
+INLINE = {
+    "database": {"url": "postgres://app:pw@db:5432/orders"},
+    "rabbitmq": {"url": "amqp://app:pw@mq:5672/%2f"},  # @rabbitmq
+}
+EXISTING = {
+    "database": {"existingSecret": "orders-db", "existingSecretKey": "url"},
+    "rabbitmq": {"existingSecret": "orders-mq"},  # @rabbitmq
+}
+# PostgreSQL connections a pod opens besides its request pool: the health check's and the
+# migration connection while it starts.
+EXTRA_CONNECTIONS = 2
+# @rabbitmq-begin
+# And the two of the outbox relay's own pool.
+EXTRA_CONNECTIONS += 2
+# @rabbitmq-end
+# Health checks the app has (APP__HEALTH__<CHECK>__*).
+CHECKS = [
+    "postgres",
+    "rabbitmq",  # @rabbitmq
+]
+# Egress ports of the dependencies: PostgreSQL.
+EGRESS_PORTS = {5432}
+# @rabbitmq-begin
+# And RabbitMQ, plain and over TLS.
+EGRESS_PORTS |= {5672, 5671}
+# @rabbitmq-end
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 # The default repository without its registry host (what global.imageRegistry goes in front of).
@@ -109,11 +133,26 @@ def refused(request, tmp_path):
 def test_inline_urls_go_into_a_secret_the_pods_reference(render):
     out = render(INLINE)
     secret = out.one("Secret", f"{FULLNAME}-urls")
-    assert secret["stringData"] == {"database-url": INLINE["database"]["url"], "rabbitmq-url": INLINE["rabbitmq"]["url"]}
-    assert out.env("APP__DATABASE__URL")["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-urls", "key": "database-url"}
-    assert out.env("APP__RABBITMQ__URL")["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-urls", "key": "rabbitmq-url"}
+    assert secret["stringData"] == {f"{name}-url": values["url"] for name, values in INLINE.items()}
+    assert [e["name"] for e in out.container["env"]] == [f"APP__{name.upper()}__URL" for name in INLINE]
+    for name in INLINE:
+        assert out.env(f"APP__{name.upper()}__URL")["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-urls", "key": f"{name}-url"}
     config = out.one("ConfigMap")["data"]
     assert not any("pw@" in str(v) for v in config.values()), "a password reached the ConfigMap"
+
+
+def test_the_config_map_sets_only_settings_the_app_has(render):
+    # The app refuses an APP__ variable it does not know (exit 2): the chart sets nothing else.
+    settings = {"APP_ENV", "RUST_LOG", "APP__SERVICE__NAME", "APP__SERVER__PORT", "APP__MANAGEMENT__PORT",
+                "APP__MANAGEMENT__WORKERS", "APP__SERVER__BODY_TIMEOUT", "APP__SERVER__MAX_CONNECTIONS",
+                "APP__DATABASE__POOL_MAX_SIZE", "APP__DATABASE__QUERY_TIMEOUT", "APP__STARTUP__DEADLINE",
+                "APP__SHUTDOWN__DRAIN_DELAY", "APP__SHUTDOWN__TIMEOUT"}
+    settings |= {f"APP__HEALTH__{check.upper()}__{knob}" for check in CHECKS
+                 for knob in ("INTERVAL", "TIMEOUT", "FAILURE_THRESHOLD", "CRITICAL")}
+    assert set(render(INLINE).one("ConfigMap")["data"]) == settings
+    ca = {name: {"tls": {"caBundle": {"secretName": f"{name}-ca"}}} for name in INLINE}
+    data = render(TLS_URLS, ca).one("ConfigMap")["data"]
+    assert set(data) == settings | {f"APP__{name.upper()}__CA_FILE" for name in INLINE}
 
 
 def test_a_changed_url_rolls_the_pods(render):
@@ -126,17 +165,19 @@ def test_existing_secrets_are_referenced_as_they_are(render):
     out = render(EXISTING)
     assert out.all("Secret") == []
     assert out.env("APP__DATABASE__URL")["valueFrom"]["secretKeyRef"] == {"name": "orders-db", "key": "url"}
-    assert out.env("APP__RABBITMQ__URL")["valueFrom"]["secretKeyRef"] == {"name": "orders-mq", "key": "rabbitmq-url"}
+    assert out.env("APP__RABBITMQ__URL")["valueFrom"]["secretKeyRef"] == {"name": "orders-mq", "key": "rabbitmq-url"}  # @rabbitmq
     assert "checksum/secret" not in out.pod["metadata"]["annotations"]
 
 
+# @rabbitmq-begin
 def test_one_existing_and_one_inline(render):
     out = render({"database": EXISTING["database"], "rabbitmq": INLINE["rabbitmq"]})
     assert out.one("Secret")["stringData"] == {"rabbitmq-url": INLINE["rabbitmq"]["url"]}
     assert out.env("APP__DATABASE__URL")["valueFrom"]["secretKeyRef"]["name"] == "orders-db"
 
 
-@pytest.mark.parametrize("missing", ["database", "rabbitmq"])
+# @rabbitmq-end
+@pytest.mark.parametrize("missing", list(INLINE))
 def test_no_url_and_no_secret_is_refused_naming_the_values(refused, missing):
     values = {k: v for k, v in INLINE.items() if k != missing}
     message = refused(values)
@@ -145,8 +186,10 @@ def test_no_url_and_no_secret_is_refused_naming_the_values(refused, missing):
 
 # TLS to the dependencies: CA bundles --------------------------------------------------------
 
-TLS_URLS = {"database": {"url": "postgres://app:pw@db.example.com:5432/orders?sslmode=verify-full"},
-            "rabbitmq": {"url": "amqps://app:pw@mq.example.com:5671/%2f"}}
+TLS_URLS = {
+    "database": {"url": "postgres://app:pw@db.example.com:5432/orders?sslmode=verify-full"},
+    "rabbitmq": {"url": "amqps://app:pw@mq.example.com:5671/%2f"},  # @rabbitmq
+}
 
 
 def ca_files(out: Rendered) -> dict[str, str]:
@@ -156,7 +199,7 @@ def ca_files(out: Rendered) -> dict[str, str]:
     volumes = {v["name"]: v for v in out.pod["spec"]["volumes"]}
     mounts = {m["name"]: m for m in out.container["volumeMounts"]}
     found = {}
-    for dependency in ("database", "rabbitmq"):
+    for dependency in TLS_URLS:
         path = data.get(f"APP__{dependency.upper()}__CA_FILE")
         name = f"{dependency}-ca"
         if path is None:
@@ -172,22 +215,25 @@ def ca_files(out: Rendered) -> dict[str, str]:
 
 
 def test_ca_bundles_from_secrets_are_mounted_where_the_app_settings_point(render):
-    out = render(TLS_URLS, {"database": {"tls": {"caBundle": {"secretName": "rds-ca"}}},
-                            "rabbitmq": {"tls": {"caBundle": {"secretName": "mq-ca", "key": "bundle.pem"}}}})
-    assert ca_files(out) == {"database": "/etc/shipshape/tls/database/ca.crt", "rabbitmq": "/etc/shipshape/tls/rabbitmq/ca.crt"}
+    out = render(TLS_URLS, {
+        "database": {"tls": {"caBundle": {"secretName": "rds-ca"}}},
+        "rabbitmq": {"tls": {"caBundle": {"secretName": "mq-ca", "key": "bundle.pem"}}},  # @rabbitmq
+    })
+    assert ca_files(out) == {name: f"/etc/shipshape/tls/{name}/ca.crt" for name in TLS_URLS}
     volumes = {v["name"]: v for v in out.pod["spec"]["volumes"]}
     assert volumes["database-ca"]["secret"] == {"secretName": "rds-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}], "defaultMode": 0o444}
-    assert volumes["rabbitmq-ca"]["secret"]["secretName"] == "mq-ca"
-    assert volumes["rabbitmq-ca"]["secret"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]
+    assert volumes["rabbitmq-ca"]["secret"]["secretName"] == "mq-ca"  # @rabbitmq
+    assert volumes["rabbitmq-ca"]["secret"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]  # @rabbitmq
     # The variables are settings like the others (ConfigMap), not container env entries.
     assert not any(e["name"].endswith("__CA_FILE") for e in out.container["env"])
 
 
 def test_a_ca_bundle_from_a_config_map(render):
-    out = render(TLS_URLS, {"rabbitmq": {"tls": {"caBundle": {"configMapName": "mq-ca", "key": "ca.pem"}}}})
-    assert ca_files(out) == {"rabbitmq": "/etc/shipshape/tls/rabbitmq/ca.crt"}
-    volume = next(v for v in out.pod["spec"]["volumes"] if v["name"] == "rabbitmq-ca")
-    assert volume["configMap"] == {"name": "mq-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}], "defaultMode": 0o444}
+    dependency = list(TLS_URLS)[-1]
+    out = render(TLS_URLS, {dependency: {"tls": {"caBundle": {"configMapName": "ca-bundle", "key": "ca.pem"}}}})
+    assert ca_files(out) == {dependency: f"/etc/shipshape/tls/{dependency}/ca.crt"}
+    volume = next(v for v in out.pod["spec"]["volumes"] if v["name"] == f"{dependency}-ca")
+    assert volume["configMap"] == {"name": "ca-bundle", "items": [{"key": "ca.pem", "path": "ca.crt"}], "defaultMode": 0o444}
     assert "secret" not in volume
 
 
@@ -200,12 +246,13 @@ def test_without_a_ca_bundle_there_is_no_volume_and_no_variable(render):
         assert not any(k.endswith("__CA_FILE") for k in out.one("ConfigMap")["data"])
 
 
-@pytest.mark.parametrize("dependency", ["database", "rabbitmq"])
+@pytest.mark.parametrize("dependency", list(TLS_URLS))
 def test_a_ca_bundle_from_a_secret_and_a_config_map_is_refused(refused, dependency):
     message = refused(TLS_URLS, {dependency: {"tls": {"caBundle": {"secretName": "a", "configMapName": "b"}}}})
     assert f"{dependency}.tls.caBundle: set secretName" in message and "configMapName" in message and "not both" in message, message
 
 
+# @rabbitmq-begin
 def test_a_broker_ca_bundle_with_an_amqp_url_is_refused(refused, render):
     ca = {"rabbitmq": {"tls": {"caBundle": {"secretName": "mq-ca"}}}}
     message = refused(TLS_URLS, {"rabbitmq": INLINE["rabbitmq"]}, ca)
@@ -214,6 +261,7 @@ def test_a_broker_ca_bundle_with_an_amqp_url_is_refused(refused, render):
     assert ca_files(render(TLS_URLS, {"rabbitmq": EXISTING["rabbitmq"]}, ca)) == {"rabbitmq": "/etc/shipshape/tls/rabbitmq/ca.crt"}
 
 
+# @rabbitmq-end
 @pytest.mark.parametrize("url", ["postgres://app:pw@db:5432/orders?sslmode=disable",
                                  "postgres://app:pw@db:5432/orders?connect_timeout=3&sslmode=disable"])
 def test_a_database_ca_bundle_with_sslmode_disable_is_refused(refused, url):
@@ -260,10 +308,13 @@ def test_inverted_autoscaling_bounds_are_refused(refused):
 
 
 def test_more_connections_than_the_server_allows_are_refused(refused, render):
-    # 10 replicas + 1 surge, each a pool of 16 + 4: 220 > 100.
+    # 10 replicas + 1 surge, each a pool of 16 plus its other connections: more than 100.
     message = refused(INLINE, {"autoscaling": {"enabled": True}})
-    assert "11 pods" in message and "= 220 exceeds database.maxConnections (100)" in message, message
-    render(INLINE, {"autoscaling": {"enabled": True}, "app": {"database": {"poolMaxSize": 5}}})  # 11 x 9 = 99
+    total = 11 * (16 + EXTRA_CONNECTIONS)
+    assert "11 pods" in message and f"poolMaxSize 16 + {EXTRA_CONNECTIONS}) = {total} exceeds database.maxConnections (100)" in message, message
+    pool = 100 // 11 - EXTRA_CONNECTIONS  # the largest pool that fits
+    render(INLINE, {"autoscaling": {"enabled": True}, "app": {"database": {"poolMaxSize": pool}}})
+    refused(INLINE, {"autoscaling": {"enabled": True}, "app": {"database": {"poolMaxSize": pool + 1}}})
 
 
 def test_pool_size_and_management_workers_are_values(render):
@@ -333,7 +384,7 @@ def test_network_policy_admits_the_test_pod_and_monitoring_and_has_an_optional_e
     policy = render(INLINE, {"networkPolicy": {"enabled": True, "egress": {"enabled": True, "to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}}}).one("NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert {p["port"] for p in policy["egress"][0]["ports"]} == {53}
-    assert {p["port"] for p in policy["egress"][1]["ports"]} == {5432, 5672, 5671}
+    assert {p["port"] for p in policy["egress"][1]["ports"]} == EGRESS_PORTS
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
 
 
@@ -424,7 +475,9 @@ def test_alert_rules_are_scoped_to_the_release(render):
     ({"probes": {"startup": {"failureThreshold": 5}}}, ["shorter than app.startup.deadlineSeconds"]),
     ({"replicaCount": "abc"}, ["replicaCount"]),
     ({"databse": {"url": "postgres://x"}}, ["databse"]),
-    ({"app": {"health": {"outbox": {"intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2, "critical": False}}}}, ["outbox"]),
+    # A check the app does not tune (it would exit 2 on the unknown variable).
+    ({"app": {"health": {"redis": {"intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2, "critical": False}}}}, ["redis"]),
+    ({"app": {"health": {"outbox": {"intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2, "critical": False}}}}, ["outbox"]),  # @rabbitmq
     ({"app": {"health": {"postgres": {"intervalSeconds": 1, "timeoutSeconds": 2}}}}, ["must not exceed intervalSeconds"]),
     # Helm 3 and Helm 4 word schema errors differently.
     ({"database": {"url": "mysql://x"}}, ["database.url", "/database/url"]),

@@ -127,12 +127,21 @@ key: {{ .key }}
 {{- end }}
 
 {{/*
-The CA bundles that are set, as YAML: {database: <caBundle>, rabbitmq: <caBundle>}, each only
-when its secretName or configMapName is given. Read it with `fromYaml`.
+The dependencies the service connects to, as a YAML list: each is a values section with `url`,
+`existingSecret`, `existingSecretKey` and `tls.caBundle`. Read it with `fromYamlArray`.
+*/}}
+{{- define "shipshape.dependencies" -}}
+- database
+- rabbitmq {{- /* @rabbitmq */}}
+{{- end }}
+
+{{/*
+The CA bundles that are set, as YAML: {<dependency>: <caBundle>}, each only when its secretName
+or configMapName is given. Read it with `fromYaml`.
 */}}
 {{- define "shipshape.caBundles" -}}
 {{- $set := dict }}
-{{- range $dependency := list "database" "rabbitmq" }}
+{{- range $dependency := include "shipshape.dependencies" . | fromYamlArray }}
 {{- $ca := ((index $.Values $dependency).tls).caBundle | default dict }}
 {{- if or $ca.secretName $ca.configMapName }}
 {{- $_ := set $set $dependency $ca }}
@@ -141,14 +150,17 @@ when its secretName or configMapName is given. Read it with `fromYaml`.
 {{- toYaml $set }}
 {{- end }}
 
-{{/* Directory where the CA bundle of a dependency ("database" or "rabbitmq") is mounted; the file in it is ca.crt. */}}
+{{/* Directory where the CA bundle of a dependency (see shipshape.dependencies) is mounted; the file in it is ca.crt. */}}
 {{- define "shipshape.caDir" -}}
 {{- printf "/etc/shipshape/tls/%s" . }}
 {{- end }}
 
 {{/* True when the chart creates the URL Secret (some URL given inline, not from a Secret). */}}
 {{- define "shipshape.createsUrlSecret" -}}
-{{- if or (and .Values.database.url (not .Values.database.existingSecret)) (and .Values.rabbitmq.url (not .Values.rabbitmq.existingSecret)) }}true{{- end }}
+{{- range $dependency := include "shipshape.dependencies" . | fromYamlArray }}
+{{- $values := index $.Values $dependency }}
+{{- if and $values.url (not $values.existingSecret) }}true{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -199,7 +211,7 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" }}
 {{- end }}
-{{- range $dependency := list "database" "rabbitmq" }}
+{{- range $dependency := include "shipshape.dependencies" . | fromYamlArray }}
 {{- $values := index $.Values $dependency }}
 {{- $ca := ($values.tls).caBundle | default dict }}
 {{- if and $ca.secretName $ca.configMapName }}
@@ -210,16 +222,23 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- if and (eq $dependency "database") (regexMatch "[?&]sslmode=disable(&|#|$)" $values.url) }}
 {{- fail "database.tls.caBundle is set but database.url has sslmode=disable (TLS off): the app refuses a CA file without TLS (exit 2). Use sslmode=verify-full, or unset database.tls.caBundle." }}
 {{- end }}
+{{- /* @rabbitmq-begin */}}
 {{- if and (eq $dependency "rabbitmq") (hasPrefix "amqp://" $values.url) }}
 {{- fail "rabbitmq.tls.caBundle is set but rabbitmq.url is amqp:// (no TLS): the app refuses a CA file without TLS (exit 2). Use an amqps:// URL (port 5671), or unset rabbitmq.tls.caBundle." }}
 {{- end }}
+{{- /* @rabbitmq-end */}}
 {{- end }}
 {{- end }}
 {{- $pods := add (ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled) .Values.strategy.maxSurge | int }}
-{{- /* Per pod: the request pool, the health check's connection, the relay's two, and the
-     migration connection a starting pod holds briefly. */}}
-{{- $perPod := add .Values.app.database.poolMaxSize 4 | int }}
+{{- /* Per pod: the request pool, plus the health check's connection and the migration
+     connection a starting pod holds briefly. */}}
+{{- $extra := 2 }}
+{{- /* @rabbitmq-begin */}}
+{{- /* And the outbox relay's two: it has a pool of its own. */}}
+{{- $extra = add $extra 2 }}
+{{- /* @rabbitmq-end */}}
+{{- $perPod := add .Values.app.database.poolMaxSize $extra | int }}
 {{- if gt (mul $pods $perPod) (int .Values.database.maxConnections) }}
-{{- fail (printf "PostgreSQL connections: %d pods at most (%s + strategy.maxSurge %d) x (app.database.poolMaxSize %d + 4) = %d exceeds database.maxConnections (%d). Lower the pool or the replicas, or raise max_connections on the server and database.maxConnections here." $pods (ternary (printf "autoscaling.maxReplicas %d" (int .Values.autoscaling.maxReplicas)) (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled) (int .Values.strategy.maxSurge) (int .Values.app.database.poolMaxSize) (mul $pods $perPod) (int .Values.database.maxConnections)) }}
+{{- fail (printf "PostgreSQL connections: %d pods at most (%s + strategy.maxSurge %d) x (app.database.poolMaxSize %d + %d) = %d exceeds database.maxConnections (%d). Lower the pool or the replicas, or raise max_connections on the server and database.maxConnections here." $pods (ternary (printf "autoscaling.maxReplicas %d" (int .Values.autoscaling.maxReplicas)) (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled) (int .Values.strategy.maxSurge) (int .Values.app.database.poolMaxSize) (int $extra) (mul $pods $perPod) (int .Values.database.maxConnections)) }}
 {{- end }}
 {{- end }}

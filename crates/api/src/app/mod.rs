@@ -78,8 +78,8 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
     let parts = startup::parts(settings)?;
     let lifecycle = Lifecycle::new(parts.health.clone());
-    // Two stop signals: workers (relay, consumer) stop after the API; the health scheduler
-    // and the watchdog keep running until the very end so probes stay truthful.
+    // Two stop signals: background workers stop after the API; the health scheduler and the
+    // watchdog keep running until the very end so probes stay truthful.
     let stop_workers = CancellationToken::new();
     let stop_health = CancellationToken::new();
     let _watchdog = parts.health.spawn_watchdog(stop_health.clone());
@@ -107,9 +107,11 @@ async fn serve(
         stop_workers.cancel();
         stop_health.cancel();
         let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
+        // @rabbitmq-begin
         deadline
             .step("broker connection", parts.broker.close())
             .await;
+        // @rabbitmq-end
         management.stop(&deadline).await;
         return Ok((Ok(()), deadline));
     };
@@ -120,13 +122,16 @@ async fn serve(
         "service ready"
     );
     let result = serving.until_stopped(&terminate).await;
-    let deadline = shutdown::Shutdown {
+    let shutdown = shutdown::Shutdown {
         settings: &settings.shutdown,
         lifecycle: &lifecycle,
         stop_workers: &stop_workers,
         stop_health: &stop_health,
-    }
-    .run(serving, parts, management)
-    .await;
+    };
+    // @rabbitmq-begin
+    let deadline = shutdown.run(serving, parts, management).await;
+    // @rabbitmq-else
+    // let deadline = shutdown.run(serving, management).await;
+    // @rabbitmq-end
     Ok((result, deadline))
 }

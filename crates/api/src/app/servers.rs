@@ -81,8 +81,13 @@ pub(super) fn api_server(
 /// Open API connections allowed: `APP__SERVER__MAX_CONNECTIONS`, at most what the file limit
 /// (raised to its hard value first) leaves for them.
 fn api_connections(settings: &Settings, workers: usize) -> usize {
+    // @rabbitmq-begin
     // The request pool, the relay's two connections and the check's one.
     let pooled = settings.database.pool_max_size as u64 + 3;
+    // @rabbitmq-else
+    // // The request pool and the check's connection.
+    // let pooled = settings.database.pool_max_size as u64 + 1;
+    // @rabbitmq-end
     let budget = match bootstrap::limits::FileLimit::raise() {
         Ok(limit) => {
             let budget = limit.api_connections(pooled, workers);

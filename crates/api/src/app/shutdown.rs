@@ -1,9 +1,14 @@
 //! The graceful shutdown: not ready at once, keep serving through the drain delay, then stop
+// @rabbitmq-begin
 //! the API, the workers, the broker and the pools under one deadline, probes last.
+// @rabbitmq-else
+// //! the API, the workers and the pool under one deadline, probes last.
+// @rabbitmq-end
 
 use super::Failure;
 use super::servers::stop_server;
-use super::startup::{Parts, Running};
+use super::startup::Parts; // @rabbitmq
+use super::startup::Running;
 use actix_web::dev::ServerHandle;
 use bootstrap::Lifecycle;
 use bootstrap::config::ShutdownSettings;
@@ -88,7 +93,7 @@ impl Shutdown<'_> {
     pub(super) async fn run(
         self,
         serving: Serving,
-        parts: Parts,
+        parts: Parts, // @rabbitmq
         management: Management,
     ) -> ShutdownDeadline {
         let Serving {
@@ -109,18 +114,20 @@ impl Shutdown<'_> {
                 .step("api server", stop_server(api_handle, task))
                 .await;
         }
-        // The consumer settles the delivery in hand, the relay finishes its batch.
+        // The consumer settles the delivery in hand, the relay finishes its batch. // @rabbitmq
         self.stop_workers.cancel();
         deadline
             .step("background workers", async {
                 while workers.join_next().await.is_some() {}
             })
             .await;
+        // @rabbitmq-begin
         deadline
             .step("broker connection", parts.broker.close())
             .await;
-        pool.close();
         parts.relay_pool.close();
+        // @rabbitmq-end
+        pool.close();
         self.lifecycle.stopped();
         self.stop_health.cancel();
         deadline

@@ -3,20 +3,20 @@
 use super::servers::api_server;
 use super::{Failure, VERSION};
 use crate::db;
-use crate::messaging;
-use crate::messaging::consumer::Consumer;
-use crate::messaging::relay::{Backlog, OutboxLagCheck, Relay};
+use crate::messaging; // @rabbitmq
+use crate::messaging::consumer::Consumer; // @rabbitmq
+use crate::messaging::relay::{Backlog, OutboxLagCheck, Relay}; // @rabbitmq
 use crate::routes::AppState;
 use crate::settings::Settings;
 use actix_web::dev::Server;
-use bootstrap::broker::BrokerSupervisor;
+use bootstrap::broker::BrokerSupervisor; // @rabbitmq
 use bootstrap::{Startup, StartupPhase};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
-use health::checks::rabbitmq::RabbitMqCheck;
+use health::checks::rabbitmq::RabbitMqCheck; // @rabbitmq
 use health::{CancellationToken, Health, ProbeQuery, Status};
-use std::sync::Arc;
+use std::sync::Arc; // @rabbitmq
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::Notify; // @rabbitmq
 use tokio::task::JoinSet;
 
 /// Logs and traces installed.
@@ -27,9 +27,13 @@ pub const MANAGEMENT_SERVER: StartupPhase = StartupPhase::new("management server
 const POSTGRES_POOL: StartupPhase = StartupPhase::new("postgres pool").waiting_for("postgres");
 /// Schema migrations applied.
 const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("postgres");
+// @rabbitmq-begin
 /// Broker connection and topology (only when the broker is critical).
 const RABBITMQ: StartupPhase = StartupPhase::new("rabbitmq").waiting_for("rabbitmq");
 /// Relay, consumer, housekeeping, health scheduler.
+// @rabbitmq-else
+// /// Housekeeping, health scheduler.
+// @rabbitmq-end
 const BACKGROUND_WORKERS: StartupPhase = StartupPhase::new("background workers");
 /// The first verdict of every critical check.
 const WARM_UP: StartupPhase = StartupPhase::new("warm-up");
@@ -40,17 +44,23 @@ const API_SERVER: StartupPhase = StartupPhase::new("api server");
 pub(super) struct Parts {
     pub(super) health: Health,
     pub(super) registry: prometheus::Registry,
+    // @rabbitmq-begin
     pub(super) broker: BrokerSupervisor,
     pub(super) backlog: Arc<Backlog>,
     /// The relay's own connections (and its lag check's).
     pub(super) relay_pool: deadpool_postgres::Pool,
     pub(super) outbox_written: Arc<Notify>,
+    // @rabbitmq-end
 }
 
 /// What startup produced.
 pub(super) struct Running {
     pub(super) pool: deadpool_postgres::Pool,
+    // @rabbitmq-begin
     /// The relay and the consumer.
+    // @rabbitmq-else
+    // /// Housekeeping and the service's own background tasks.
+    // @rabbitmq-end
     pub(super) workers: JoinSet<()>,
     /// One task per check; stopped last.
     pub(super) scheduler: JoinSet<()>,
@@ -59,6 +69,7 @@ pub(super) struct Running {
 
 pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     let registry = prometheus::Registry::new();
+    // @rabbitmq-begin
     // The supervisor exists from the start so the rabbitmq check can follow it; it connects in
     // the background and declares the topology on every connection.
     let broker = BrokerSupervisor::spawn(
@@ -67,11 +78,12 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         messaging::topology::declare(&settings.rabbitmq),
     )?;
     let backlog = Backlog::register(&registry)?;
+    // @rabbitmq-end
     registry.register(Box::new(
         bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
     ))?;
     registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
-    let relay_pool = db::relay_pool(&settings.database)?;
+    let relay_pool = db::relay_pool(&settings.database)?; // @rabbitmq
     let health = Health::builder(settings.service.name.clone(), VERSION)
         .registry(registry.clone())
         .liveness_stall_after(settings.health.liveness.stall_after)
@@ -79,6 +91,7 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
             let (config, tls) = bootstrap::tls::postgres(&settings.database)?;
             PostgresCheck::new(config, tls)
         })
+        // @rabbitmq-begin
         .check(
             "rabbitmq",
             // Not critical by default: the outbox absorbs broker outages.
@@ -95,14 +108,17 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
                 settings.outbox.lag_warn_after,
             ),
         )
+        // @rabbitmq-end
         .build()?;
     Ok(Parts {
         health,
         registry,
+        // @rabbitmq-begin
         broker,
         backlog,
         relay_pool,
         outbox_written: Arc::new(Notify::new()),
+        // @rabbitmq-end
     })
 }
 
@@ -114,6 +130,7 @@ pub(super) async fn start(
     stop_health: &CancellationToken,
 ) -> Result<Running, Failure> {
     let pool = database(settings, startup, parts).await?;
+    // @rabbitmq-begin
     // A critical broker holds startup; a non-critical one is connected in the background.
     if settings.health.rabbitmq.critical == Some(true) {
         startup
@@ -124,10 +141,16 @@ pub(super) async fn start(
             })
             .await?;
     }
+    // @rabbitmq-end
 
     let began = Instant::now();
     let scheduler = parts.health.spawn_scheduler(stop_health.clone());
-    let workers = background_workers(settings, parts, &pool, stop_workers)?;
+    let workers = background_workers(
+        settings,
+        parts, // @rabbitmq
+        &pool,
+        stop_workers,
+    )?;
     startup.record(BACKGROUND_WORKERS, began.elapsed());
 
     // Warm-up: wait for the first verdict of every critical check, so the pod turns ready on
@@ -148,7 +171,7 @@ pub(super) async fn start(
     let began = Instant::now();
     let state = AppState {
         db: db::Database::new(pool.clone(), settings.database.query_timeout),
-        outbox_written: parts.outbox_written.clone(),
+        outbox_written: parts.outbox_written.clone(), // @rabbitmq
     };
     let api = api_server(settings, state, &parts.registry)?;
     startup.record(API_SERVER, began.elapsed());
@@ -190,14 +213,19 @@ async fn database(
     Ok(pool)
 }
 
+// @rabbitmq-begin
 /// The outbox relay, the consumer and housekeeping, each stopped by `stop`.
+// @rabbitmq-else
+// /// Housekeeping (and the service's own tasks), each stopped by `stop`.
+// @rabbitmq-end
 fn background_workers(
     settings: &Settings,
-    parts: &Parts,
+    parts: &Parts, // @rabbitmq
     pool: &deadpool_postgres::Pool,
     stop: &CancellationToken,
 ) -> anyhow::Result<JoinSet<()>> {
     let mut workers = JoinSet::new();
+    // @rabbitmq-begin
     let relay = Relay {
         pool: parts.relay_pool.clone(),
         link: parts.broker.link(),
@@ -218,10 +246,11 @@ fn background_workers(
         tag: format!("{}-{}", settings.service.name, std::process::id()),
     };
     workers.spawn(consumer.run(stop.clone()));
+    // @rabbitmq-end
     workers.spawn(crate::housekeeping::run(
         pool.clone(),
         settings.retention.clone(),
-        settings.outbox.retention,
+        settings.outbox.retention, // @rabbitmq
         stop.clone(),
     ));
     Ok(workers)

@@ -2,7 +2,7 @@
 
 pub mod idempotency;
 pub mod items;
-pub mod outbox;
+pub mod outbox; // @rabbitmq
 
 use crate::problem::ApiError;
 use bootstrap::config::DatabaseSettings;
@@ -25,9 +25,9 @@ const MIGRATION_LOCK: i64 = 0x5348_4950_5348_4150; // "SHIPSHAP"
 ///
 /// A connection's socket and its driver task belong to the runtime that opened them. Opened
 /// from a handler, that is an actix worker's runtime, which stops first at shutdown: every
-/// connection it opened dies with it, and in-flight writes (and the consumer, which shares the
-/// pool) fail with "connection closed". Opening them on the main runtime, which lives until the
-/// process ends, keeps them independent of the API workers.
+/// connection it opened dies with it, and in-flight writes (and the background workers, which
+/// share the pool) fail with "connection closed". Opening them on the main runtime, which lives
+/// until the process ends, keeps them independent of the API workers.
 struct MainRuntimeConnect {
     runtime: Handle,
     tls: MakeRustlsConnect,
@@ -71,11 +71,13 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     build_pool(settings, "shipshape", settings.pool_max_size)
 }
 
+// @rabbitmq-begin
 /// The outbox relay's own two connections (one publishing, one for its lag check): a batch's
 /// row locks and a stalled publish never hold a connection a request needs.
 pub fn relay_pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     build_pool(settings, "shipshape-relay", 2)
 }
+// @rabbitmq-end
 
 fn build_pool(
     settings: &DatabaseSettings,
@@ -223,7 +225,7 @@ mod tests {
     }
 
     /// An actix worker is a runtime of its own that stops before the process does. A pool
-    /// connection it opened must outlive it: the consumer and the other workers reuse it.
+    /// connection it opened must outlive it: the background workers and other API workers reuse it.
     #[test]
     fn pool_connections_outlive_the_runtime_that_first_used_them() {
         let main = tokio::runtime::Builder::new_multi_thread()
@@ -240,7 +242,7 @@ mod tests {
             let client = pool.get().await.unwrap();
             client.simple_query("SELECT 1").await.unwrap();
         });
-        // In use elsewhere (the consumer, another worker) when the first worker stops.
+        // In use elsewhere (a background worker, another API worker) when the first worker stops.
         let client = main.block_on(pool.get()).unwrap();
         drop(worker);
         main.block_on(client.simple_query("SELECT 1"))

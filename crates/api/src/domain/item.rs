@@ -1,4 +1,8 @@
+// @rabbitmq-begin
 //! An item, its validation, and its events.
+// @rabbitmq-else
+// //! An item and its validation.
+// @rabbitmq-end
 
 use chrono::{DateTime, Utc};
 use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
@@ -99,6 +103,7 @@ pub struct Item {
     pub created_at: DateTime<Utc>,
 }
 
+// @rabbitmq-begin
 /// What happened to an item, as published on the events exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemEventKind {
@@ -138,6 +143,7 @@ impl ItemEvent {
         }
     }
 }
+// @rabbitmq-end
 
 #[cfg(test)]
 mod tests {

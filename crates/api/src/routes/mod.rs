@@ -5,16 +5,18 @@ pub mod items;
 use crate::db::Database;
 use crate::problem::{self, ApiError};
 use actix_web::web;
-use std::sync::Arc;
-use tokio::sync::Notify;
+use std::sync::Arc; // @rabbitmq
+use tokio::sync::Notify; // @rabbitmq
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// PostgreSQL, every use bounded by the query timeout.
     pub db: Database,
+    // @rabbitmq-begin
     /// Wakes the outbox relay after a write, so events leave within milliseconds.
     pub outbox_written: Arc<Notify>,
+    // @rabbitmq-end
 }
 
 /// Mounts the API and the extractor error handlers that turn every failure into a problem.

@@ -1,5 +1,9 @@
 //! Shared helpers of the integration tests: every test gets its own database on the machine's
+// @rabbitmq-begin
 //! PostgreSQL and its own vhost on the machine's RabbitMQ, dropped afterwards.
+// @rabbitmq-else
+// //! PostgreSQL, dropped afterwards.
+// @rabbitmq-end
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -7,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 pub mod chart;
 
-pub use testkit::{Fault, FaultProxy, Postgres, RabbitMq, Service, Signal};
+pub use testkit::RabbitMq; // @rabbitmq
+pub use testkit::{Fault, FaultProxy, Postgres, Service, Signal};
 
 /// The binary under test, built by cargo for these tests.
 pub fn binary() -> &'static Path {
@@ -18,7 +23,7 @@ pub fn binary() -> &'static Path {
 /// generous slack for a loaded 2-core machine.
 pub const DETECTION: Duration = Duration::from_millis(500 * 2 + 400 + 4000);
 
-/// A database and a vhost of one test on the machine's shared services.
+/// A database (and a vhost) of one test on the machine's shared services.
 pub struct Shared {
     pub name: String,
 }
@@ -28,8 +33,8 @@ impl Shared {
         let name = format!("t_{test}_{}", std::process::id());
         psql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
         psql(&format!("CREATE DATABASE \"{name}\""));
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        rabbitmqctl(&["add_vhost", &name]); // @rabbitmq
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]); // @rabbitmq
         Shared { name }
     }
 
@@ -37,16 +42,30 @@ impl Shared {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
     }
 
+    // @rabbitmq-begin
     pub fn rabbitmq_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
     }
+    // @rabbitmq-end
 
     /// Env for a service on these shared dependencies.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("APP__DATABASE__URL".into(), self.database_url()),
-            ("APP__RABBITMQ__URL".into(), self.rabbitmq_url()),
-        ]
+        self.env_with(&self.database_url(), &[])
+    }
+
+    /// Env for a service on the PostgreSQL at `postgres_url` (a throwaway server, a proxy) and
+    /// the rest of these shared dependencies, with `extra` on top.
+    pub fn env_with(&self, postgres_url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("APP__DATABASE__URL".to_owned(), postgres_url.to_owned()),
+            ("APP__RABBITMQ__URL".to_owned(), self.rabbitmq_url()), // @rabbitmq
+        ];
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        env
     }
 
     /// Transactions run in this test's database so far.
@@ -72,9 +91,11 @@ impl Drop for Shared {
                 &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
             ])
             .output();
+        // @rabbitmq-begin
         let _ = Command::new("rabbitmqctl")
             .args(["delete_vhost", &self.name])
             .output();
+        // @rabbitmq-end
     }
 }
 
@@ -88,6 +109,7 @@ pub fn psql_in(database: &str, sql: &str) -> String {
     testkit::postgres::psql(5432, database, sql)
 }
 
+// @rabbitmq-begin
 fn rabbitmqctl(args: &[&str]) {
     let output = Command::new("rabbitmqctl").args(args).output().unwrap();
     assert!(
@@ -96,6 +118,7 @@ fn rabbitmqctl(args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+// @rabbitmq-end
 
 /// Spawns the service with `env` (owned pairs).
 pub fn spawn(env: &[(String, String)]) -> Service {
@@ -103,6 +126,7 @@ pub fn spawn(env: &[(String, String)]) -> Service {
     Service::spawn(binary(), &pairs)
 }
 
+// @rabbitmq-begin
 /// Env pointing the service at throwaway dependencies.
 pub fn env_for(
     postgres_url: &str,
@@ -119,6 +143,45 @@ pub fn env_for(
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     env
+}
+// @rabbitmq-end
+
+/// `/livez` never failed while `watch` polled, and the process is still running.
+pub fn assert_alive(service: &Service, watch: testkit::LivenessWatch) {
+    let (polls, failures) = watch.finish();
+    assert!(polls > 10, "liveness polled only {polls} times");
+    assert!(
+        failures.is_empty(),
+        "/livez failed {} of {polls} polls: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        service.try_exit().is_none(),
+        "the service exited:\n{}",
+        service.logs()
+    );
+}
+
+/// The `output` of `check`'s connectivity entry in `/readyz?verbose`.
+pub fn check_output(service: &Service, check: &str) -> String {
+    let body = json(&service.probe("/readyz?verbose").2);
+    body["checks"][format!("{check}:connectivity")][0]["output"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// `POST /v1/items` with `body` (and an `Idempotency-Key`).
+pub fn post(
+    service: &Service,
+    body: &serde_json::Value,
+    key: Option<&str>,
+) -> reqwest::blocking::Response {
+    let mut request = service.http().post(service.api_url("/v1/items")).json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().unwrap()
 }
 
 /// Parses a verbose health+json body.

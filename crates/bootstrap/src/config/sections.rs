@@ -32,7 +32,7 @@ pub struct ServerSettings {
     #[serde(deserialize_with = "positive_duration")]
     pub body_timeout: Duration,
     /// Open API connections, all workers together; 0 sizes it from the file limit, leaving
-    /// room for the management port, the pools and the broker (0).
+    /// room for the management port, the pools and other dependencies (0).
     #[serde(deserialize_with = "count::<_, 0, 1_000_000>")]
     pub max_connections: usize,
 }
@@ -232,7 +232,7 @@ pub struct ShutdownSettings {
     /// After SIGTERM: not ready but still serving, while endpoints are removed (5 s).
     #[serde(deserialize_with = "duration")]
     pub drain_delay: Duration,
-    /// Grace for in-flight requests and consumers after the drain delay (20 s).
+    /// Grace for in-flight requests and background work after the drain delay (20 s).
     #[serde(deserialize_with = "positive_duration")]
     pub timeout: Duration,
 }

@@ -83,8 +83,8 @@ impl<'de> Deserialize<'de> for SecretUrl {
 /// ```
 /// use bootstrap::config::redact;
 /// assert_eq!(
-///     redact("connecting to amqp://app:s3cret@mq:5672/%2f failed (password=hunter2 host=db)"),
-///     "connecting to amqp://app:***@mq:5672/%2f failed (password=*** host=db)",
+///     redact("connecting to postgres://app:s3cret@db:5432/app failed (password=hunter2 host=db)"),
+///     "connecting to postgres://app:***@db:5432/app failed (password=*** host=db)",
 /// );
 /// ```
 pub fn redact(text: &str) -> String {
@@ -234,7 +234,7 @@ pub fn ip_address<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::IpAddr, D
     })
 }
 
-/// Exchange, queue and service names: what AMQP and Prometheus labels take unquoted.
+/// Service, exchange and queue names: what Prometheus labels and queue systems take unquoted.
 pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     text(
         d,

@@ -11,8 +11,8 @@
 //!   `http_client_protocol_errors_total` and summarised at INFO ([`report_client_protocol_errors`])
 //!   instead: one client sending garbage must not page anybody or flood the log.
 //! - W3C `traceparent` propagation is always on (spans get OTel contexts even without an
-//!   exporter), so a trace continues through this service, into the AMQP messages it publishes,
-//!   even when this service does not export.
+//!   exporter), so a trace continues through this service, into the calls and messages it
+//!   sends, even when this service does not export.
 
 use opentelemetry::trace::TraceContextExt;
 mod export;
@@ -143,7 +143,7 @@ fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), Tele
 
 /// JSON log lines led by the OpenTelemetry `trace_id` and `span_id` of the span they were
 /// logged in (when it has a valid context), so a log search by trace id finds every line of a
-/// request, its relay publish and its consumer.
+/// request and of the work it causes.
 struct WithTraceIds<F>(F);
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>

@@ -2,5 +2,7 @@
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+// @rabbitmq-begin
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+// @rabbitmq-end

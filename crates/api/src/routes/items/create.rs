@@ -1,6 +1,7 @@
 use crate::db;
 use crate::db::idempotency::{ScopedKey, Stored};
-use crate::domain::item::{Item, ItemEvent, ItemEventKind, NewItem};
+use crate::domain::item::{Item, NewItem};
+use crate::domain::item::{ItemEvent, ItemEventKind}; // @rabbitmq
 use crate::problem::{ApiError, Problem};
 use crate::routes::AppState;
 use actix_web::http::StatusCode;
@@ -10,7 +11,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 /// Longest accepted `Idempotency-Key`.
 const KEY_MAX: usize = 255;
 
+// @rabbitmq-begin
 /// Creates an item and records `item.created` in the outbox, in one transaction.
+// @rabbitmq-else
+// /// Creates an item (and its idempotency record) in one transaction.
+// @rabbitmq-end
 ///
 /// With `Idempotency-Key`, a retry with the same body gets the first response and creates
 /// nothing; the same key with another body is refused (422).
@@ -38,7 +43,7 @@ pub async fn create(
     let key = idempotency_key(&req)?;
     let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
 
-    let headers = crate::messaging::trace::current_headers();
+    let headers = crate::messaging::trace::current_headers(); // @rabbitmq
     let outcome = state
         .db
         .run(|client| {
@@ -57,8 +62,10 @@ pub async fn create(
                     }
                 }
                 let item = db::items::insert(&tx, &new).await?;
+                // @rabbitmq-begin
                 let event = ItemEvent::new(ItemEventKind::Created, item.id);
                 db::outbox::enqueue(&tx, &event, &headers).await?;
+                // @rabbitmq-end
                 if let Some(key) = &key {
                     let body = serde_json::to_value(&item)
                         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -78,7 +85,7 @@ pub async fn create(
     match outcome {
         Outcome::Replayed(stored) => Ok(replay(&stored)),
         Outcome::Created(item) => {
-            state.outbox_written.notify_one();
+            state.outbox_written.notify_one(); // @rabbitmq
             Ok(HttpResponse::Created()
                 .insert_header((LOCATION, super::location(item.id)))
                 .json(item))

@@ -1,11 +1,15 @@
 use crate::db;
-use crate::domain::item::{ItemEvent, ItemEventKind};
+use crate::domain::item::{ItemEvent, ItemEventKind}; // @rabbitmq
 use crate::problem::{ApiError, Problem};
 use crate::routes::AppState;
 use actix_web::{HttpResponse, web};
 use uuid::Uuid;
 
+// @rabbitmq-begin
 /// Deletes an item and records `item.deleted` in the outbox, in one transaction.
+// @rabbitmq-else
+// /// Deletes an item.
+// @rabbitmq-end
 #[utoipa::path(
     delete, path = "/v1/items/{id}", tag = "items",
     params(("id" = Uuid, Path, description = "Item id")),
@@ -21,7 +25,7 @@ pub async fn delete(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let headers = crate::messaging::trace::current_headers();
+    let headers = crate::messaging::trace::current_headers(); // @rabbitmq
     state
         .db
         .run(|client| {
@@ -30,13 +34,15 @@ pub async fn delete(
                 if !db::items::delete(&tx, id).await? {
                     return Err(ApiError::NotFound(id));
                 }
+                // @rabbitmq-begin
                 let event = ItemEvent::new(ItemEventKind::Deleted, id);
                 db::outbox::enqueue(&tx, &event, &headers).await?;
+                // @rabbitmq-end
                 tx.commit().await?;
                 Ok(())
             })
         })
         .await?;
-    state.outbox_written.notify_one();
+    state.outbox_written.notify_one(); // @rabbitmq
     Ok(HttpResponse::NoContent().finish())
 }

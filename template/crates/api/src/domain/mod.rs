@@ -1,3 +1,0 @@
-//! The example domain: items and the events their changes emit.
-
-pub mod item;
