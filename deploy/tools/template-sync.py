@@ -218,11 +218,11 @@ def materialize(destination, broker):
             text = TRANSFORMS[name](text)
         target.write_text(text)
         shutil.copymode(ROOT / name, target)
+    # What is left of a statement without its markers may fit on fewer lines.
+    subprocess.run(["cargo", "fmt", "--all"], cwd=destination, check=True)
     if not broker:
         # Cargo drops the packages nothing uses any more and keeps every other version pinned.
         subprocess.run(["cargo", "update", "--workspace", "--quiet"], cwd=destination, check=True)
-        # What is left of a statement may fit on fewer lines.
-        subprocess.run(["cargo", "fmt", "--all"], cwd=destination, check=True)
         subprocess.run([sys.executable, "deploy/tools/chart-readme.py"], cwd=destination, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -296,8 +296,9 @@ def template_path(name):
 
 def write_template(destination):
     with tempfile.TemporaryDirectory() as scratch:
-        plain = pathlib.Path(scratch)
+        plain, broker = pathlib.Path(scratch) / "plain", pathlib.Path(scratch) / "broker"
         materialize(plain, broker=False)
+        materialize(broker, broker=True)
         ignored = []
         for name in tracked():
             target = destination / template_path(name)
@@ -308,7 +309,7 @@ def write_template(destination):
             except UnicodeDecodeError:
                 shutil.copyfile(ROOT / name, target)
                 continue
-            with_broker = variant(text, True, name)
+            with_broker = (broker / name).read_text()
             if broker_only(name):
                 ignored.append(template_path(name))
                 without = with_broker
