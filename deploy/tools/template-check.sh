@@ -5,8 +5,8 @@
 # without the broker, no trace of the broker); build it with its lock file, run its unit tests,
 # fmt and clippy, lint its chart, and start the binary against PostgreSQL (and RabbitMQ) until
 # /readyz is 200, create and read an item, and stop it with SIGTERM (exit 0).
-# Needs CARGO_GENERATE, HELM4 and PYTHON (with PyYAML). Generated projects build in target/template-check: their
-# dependencies are compiled once for both choices.
+# Needs CARGO_GENERATE, HELM4 and PYTHON (with PyYAML). Generated projects build in target/:
+# their dependencies are already compiled there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -22,7 +22,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-export CARGO_TARGET_DIR=$root/target/template-check
+export CARGO_TARGET_DIR=$root/target
 
 echo "== the template, written from the tree"
 "$PYTHON" deploy/tools/template-sync.py "$work/template"
