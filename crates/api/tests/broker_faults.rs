@@ -205,3 +205,22 @@ fn a_frozen_broker_cannot_hold_shutdown_past_its_deadline() {
         "a step was cut short, and the log must say which:\n{logs}"
     );
 }
+
+#[test]
+fn a_broker_outage_costs_no_cpu() {
+    let (_shared, rabbit, service) = on_throwaway_rabbitmq("rmqidle", false);
+    rabbit.kill9();
+    service.wait_for_status("warn", DETECTION);
+    // A measurement window, not a synchronisation: the relay and the consumer wait for the
+    // broker to come back, and waiting must be sleeping.
+    let before = service.cpu_time();
+    std::thread::sleep(Duration::from_secs(5));
+    let used = service.cpu_time() - before;
+    println!("CPU used in 5 s with the broker down: {used:?}");
+    assert!(
+        used < Duration::from_secs(1),
+        "{used:?} of CPU in 5 s while the broker was down: something spins"
+    );
+    rabbit.start_again();
+    service.wait_for_status("pass", RECOVERY);
+}

@@ -111,52 +111,17 @@ async fn supervise(
     let url = &settings.url;
     let mut backoff = Backoff::new(Duration::from_millis(200), settings.reconnect_max_backoff);
     loop {
-        let attempt = async {
-            let properties =
-                ConnectionProperties::default().with_connection_name(name.clone().into());
-            let connection = Arc::new(
-                Connection::connect_with_config(
-                    url.expose(),
-                    properties,
-                    tls.clone(),
-                    lapin::runtime::default_runtime()?,
-                )
-                .await?,
-            );
-            topology(connection.clone()).await?;
-            Ok::<_, lapin::Error>(connection)
-        };
-        // A black-holed broker accepts the TCP connection and never answers the handshake.
-        let bounded = async {
-            tokio::time::timeout(settings.connect_timeout, attempt)
-                .await
-                .map_err(|_| {
-                    format!(
-                        "no answer within {}",
-                        humantime::format_duration(settings.connect_timeout)
-                    )
-                })?
-                .map_err(|e| crate::config::redact(&e.to_string()))
-        };
         let connection = tokio::select! {
             _ = stop.cancelled() => return,
-            result = bounded => result,
+            result = connect(&settings, &tls, &name, &topology) => result,
         };
         match connection {
             Ok(connection) => {
                 tracing::info!(broker = %url, attempts = backoff.attempts() + 1, "broker connected, topology declared");
                 backoff.reset();
                 publish.send_replace(Some(connection.clone()));
-                // Polling a status flag is cheap and catches every way a connection ends.
-                let mut tick = tokio::time::interval(Duration::from_millis(200));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    if !connection.status().connected() {
-                        break;
-                    }
+                if !until_lost(&connection, &stop).await {
+                    return;
                 }
                 publish.send_replace(None);
                 tracing::warn!(broker = %url, "broker connection lost, reconnecting");
@@ -169,6 +134,93 @@ async fn supervise(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// The connection `link` holds now, or the next one published: `None` when `stop` comes first.
+///
+/// The value is read with `borrow_and_update`, so a wait is a wait: a receiver that never
+/// marks what it read sees the link "changed" at once, forever, and its loop spins a core for
+/// as long as the broker is away.
+///
+/// ```
+/// # async fn example(supervisor: bootstrap::broker::BrokerSupervisor) {
+/// let stop = tokio_util::sync::CancellationToken::new();
+/// let mut link = supervisor.link();
+/// while let Some(connection) = bootstrap::broker::next_connection(&mut link, &stop).await {
+///     // ... use `connection` until it fails, then wait for the next one.
+/// #   drop(connection);
+/// #   break;
+/// }
+/// # }
+/// ```
+pub async fn next_connection(
+    link: &mut BrokerLink,
+    stop: &CancellationToken,
+) -> Option<Arc<Connection>> {
+    loop {
+        if let Some(connection) = link.borrow_and_update().clone() {
+            return Some(connection);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            changed = link.changed() => {
+                if changed.is_err() {
+                    // The supervisor is gone: no connection will come.
+                    stop.cancelled().await;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// One connection attempt, handshake and topology included, bounded by the connect timeout: a
+/// black-holed broker accepts the TCP connection and never answers the handshake. The error is
+/// redacted.
+async fn connect(
+    settings: &BrokerConnection,
+    tls: &OwnedTLSConfig,
+    name: &str,
+    topology: &Topology,
+) -> Result<Arc<Connection>, String> {
+    let attempt = async {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = Arc::new(
+            Connection::connect_with_config(
+                settings.url.expose(),
+                properties,
+                tls.clone(),
+                lapin::runtime::default_runtime()?,
+            )
+            .await?,
+        );
+        topology(connection.clone()).await?;
+        Ok::<_, lapin::Error>(connection)
+    };
+    tokio::time::timeout(settings.connect_timeout, attempt)
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer within {}",
+                humantime::format_duration(settings.connect_timeout)
+            )
+        })?
+        .map_err(|e| crate::config::redact(&e.to_string()))
+}
+
+/// Waits until `connection` is lost (`true`) or `stop` is cancelled (`false`). Polling a status
+/// flag is cheap and catches every way a connection ends.
+async fn until_lost(connection: &Connection, stop: &CancellationToken) -> bool {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tick.tick() => {}
+        }
+        if !connection.status().connected() {
+            return true;
         }
     }
 }

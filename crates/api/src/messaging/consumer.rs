@@ -75,36 +75,13 @@ impl Consumer {
     /// Consumes until `stop`. On stop it cancels the subscription, finishes the delivery in
     /// hand, and lets the broker requeue whatever it had prefetched (nothing is lost).
     pub async fn run(self, stop: CancellationToken) {
+        let mut link = self.link.clone();
         while !stop.is_cancelled() {
-            let connection = self.link.borrow().clone();
-            let Some(connection) = connection else {
-                let mut link = self.link.clone();
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = link.changed() => {}
-                }
-                continue;
+            let Some(connection) = bootstrap::broker::next_connection(&mut link, &stop).await
+            else {
+                break;
             };
-            let subscription = async {
-                let channel = connection.create_channel().await?;
-                channel
-                    .basic_qos(PREFETCH, BasicQosOptions::default())
-                    .await?;
-                // Republished attempts are confirmed before the original is acknowledged.
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
-                let consumer = channel
-                    .basic_consume(
-                        self.queue.as_str().into(),
-                        self.tag.as_str().into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                Ok::<_, lapin::Error>((channel, consumer))
-            };
-            let (channel, mut deliveries) = match subscription.await {
+            let (channel, mut deliveries) = match self.subscribe(&connection).await {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(%error, "consumer: subscribing");
@@ -138,6 +115,30 @@ impl Consumer {
             }
         }
         tracing::info!("consumer stopped");
+    }
+
+    /// A channel with the prefetch bound and publisher confirms, and its deliveries.
+    async fn subscribe(
+        &self,
+        connection: &lapin::Connection,
+    ) -> Result<(Channel, lapin::Consumer), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        // Republished attempts are confirmed before the original is acknowledged.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let deliveries = channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                self.tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, deliveries))
     }
 
     async fn handle(&self, channel: &Channel, delivery: Delivery, stop: &CancellationToken) {

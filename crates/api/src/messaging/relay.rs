@@ -139,16 +139,11 @@ impl Relay {
     /// Runs until `stop`; the batch in progress is finished first (within the publish timeout).
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut link = self.link.clone();
         while !stop.is_cancelled() {
-            let connection = self.link.borrow().clone();
-            let Some(connection) = connection else {
-                let mut link = self.link.clone();
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = link.changed() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                }
-                continue;
+            let Some(connection) = bootstrap::broker::next_connection(&mut link, &stop).await
+            else {
+                break;
             };
             let channel = match open_confirm_channel(&connection).await {
                 Ok(channel) => channel,
@@ -162,19 +157,7 @@ impl Relay {
                 if stop.is_cancelled() {
                     break;
                 }
-                let batch = tokio::time::timeout(
-                    self.settings.publish_timeout,
-                    self.publish_batch(&channel),
-                );
-                // Past the timeout the transaction is dropped (rolled back, locks released) and
-                // the batch goes out again on a fresh channel.
-                let outcome = batch.await.unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!(
-                        "no confirms within {}",
-                        humantime::format_duration(self.settings.publish_timeout)
-                    ))
-                });
-                match outcome {
+                match self.bounded_batch(&channel).await {
                     Ok(0) => {
                         backoff.reset();
                         tokio::select! {
@@ -197,6 +180,19 @@ impl Relay {
             let _ = channel.close(200, "relay done".into()).await;
         }
         tracing::info!("outbox relay stopped");
+    }
+
+    /// [`Relay::publish_batch`] within the publish timeout. Past it the transaction is dropped
+    /// (rolled back, locks released) and the batch goes out again on a fresh channel.
+    async fn bounded_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
+        tokio::time::timeout(self.settings.publish_timeout, self.publish_batch(channel))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "no confirms within {}",
+                    humantime::format_duration(self.settings.publish_timeout)
+                ))
+            })
     }
 
     async fn pause(&self, stop: &CancellationToken, delay: Duration) {
