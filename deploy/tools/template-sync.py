@@ -14,7 +14,8 @@ the one generator choice, `rabbitmq`, turned into Liquid conditions:
       // @rabbitmq-end
   and a trailing `// @rabbitmq` keeps a single line in the broker variant only.
 * `@template-begin` ... `@template-end` (whole-line comments) hold the template's own machinery:
-  in no generated project.
+  in no generated project; lines commented out after an optional `@template-else` are what
+  every generated project has instead.
 * Files without comments (JSON, SQL migrations, Cargo.lock, the generated chart README) are
   rewritten for the variant without a broker by the functions in TRANSFORMS or by the tools that
   generate them.
@@ -66,7 +67,7 @@ BROKER_ONLY = (
 
 CONFIG = """\
 # cargo-generate definition of the shipshape template (written by deploy/tools/template-sync.py).
-#   cargo generate --git <repository> --branch template --name acme-orders
+#   cargo generate --git <repository> --branch template template --name acme-orders
 [template]
 cargo_generate_version = ">=0.23.0"
 
@@ -97,11 +98,18 @@ ignore = [
 COMMENT = r"(?://|#|--|<!--|\{\{-?\s*/\*)"
 BLOCK = re.compile(rf"^\s*{COMMENT}\s*@rabbitmq-(begin|else|end)\b")
 # The template's own machinery (a release job, a make target): in no generated project.
-TEMPLATE_BLOCK = re.compile(rf"^\s*{COMMENT}\s*@template-(begin|end)\b")
+TEMPLATE_BLOCK = re.compile(rf"^\s*{COMMENT}\s*@template-(begin|else|end)\b")
 # The end of an else block written inside one multi-line comment (Markdown, Helm templates).
 CLOSING_END = re.compile(r"^\s*@rabbitmq-end\s*(?:-->|\*/\s*-?\}\})\s*$")
 TRAILING = re.compile(rf"\s*{COMMENT}\s*@rabbitmq\s*(?:-->|\*/\s*-?\}}\}})?\s*$")
 ELSE_LINE = re.compile(r"^(\s*)(?://|#|--) ?")
+
+
+def unmarked(line):
+    """`line` without a trailing `@rabbitmq` marker."""
+    if not TRAILING.search(line):
+        return line
+    return TRAILING.sub("", line.rstrip("\n")) + ("\n" if line.endswith("\n") else "")
 
 
 def broker_only(path):
@@ -111,13 +119,20 @@ def broker_only(path):
 def variant(text, broker, path="?"):
     """The text of a shared file in one variant: markers applied, and removed from both."""
     out, state, multiline = [], None, False
-    machinery = False
+    machinery = None  # "begin": the template's own lines; "else": what generated projects get
     for number, line in enumerate(text.splitlines(keepends=True), 1):
         own = TEMPLATE_BLOCK.match(line)
         if own:
-            machinery = own.group(1) == "begin"
+            kind = own.group(1)
+            expected = {"begin": (None,), "else": ("begin",), "end": ("begin", "else")}[kind]
+            if machinery not in expected:
+                raise SystemExit(f"{path}:{number}: @template-{kind} out of order")
+            machinery = None if kind == "end" else kind
             continue
-        if machinery:
+        if machinery == "begin":
+            continue
+        if machinery == "else":
+            out.append(ELSE_LINE.sub(r"\1", line, count=1))
             continue
         block = BLOCK.match(line)
         if block:
@@ -135,7 +150,7 @@ def variant(text, broker, path="?"):
             continue
         if state == "begin":
             if broker:
-                out.append(line)
+                out.append(unmarked(line))
         elif state == "else":
             if not broker:
                 if multiline:
@@ -147,11 +162,11 @@ def variant(text, broker, path="?"):
                     out.append(stripped)
         elif TRAILING.search(line):
             if broker:
-                out.append(TRAILING.sub("", line.rstrip("\n")) + ("\n" if line.endswith("\n") else ""))
+                out.append(unmarked(line))
         else:
             out.append(line)
-    if state is not None:
-        raise SystemExit(f"{path}: @rabbitmq-{state} is never closed")
+    if state is not None or machinery:
+        raise SystemExit(f"{path}: @{'template-begin' if machinery else 'rabbitmq-' + state} is never closed")
     return "".join(out)
 
 
@@ -216,7 +231,7 @@ def materialize(destination, broker):
         text = variant(text, broker, name)
         if not broker and name in TRANSFORMS:
             text = TRANSFORMS[name](text)
-        target.write_text(text)
+        target.write_text(text, encoding="utf-8")
         shutil.copymode(ROOT / name, target)
     # What is left of a statement without its markers may fit on fewer lines.
     subprocess.run(["cargo", "fmt", "--all"], cwd=destination, check=True)
@@ -309,21 +324,23 @@ def write_template(destination):
             except UnicodeDecodeError:
                 shutil.copyfile(ROOT / name, target)
                 continue
-            with_broker = (broker / name).read_text()
+            with_broker = (broker / name).read_text(encoding="utf-8")
             if broker_only(name):
                 ignored.append(template_path(name))
                 without = with_broker
             else:
-                without = (plain / name).read_text()
-            target.write_text(liquid(with_broker, without))
+                without = (plain / name).read_text(encoding="utf-8")
+            target.write_text(liquid(with_broker, without), encoding="utf-8")
             shutil.copymode(ROOT / name, target)
     shutil.copyfile(ROOT / SERVICE_README, destination / "README.md")
-    config = CONFIG + "".join(f'  "{path}",\n' for path in ignored) + "]\n"
-    (destination / "cargo-generate.toml").write_text(config)
+    # Whole folders too, or cargo-generate leaves them behind empty.
+    folders = [template_path(entry.rstrip("/")) for entry in BROKER_ONLY if entry.endswith("/")]
+    config = CONFIG + "".join(f'  "{path}",\n' for path in folders + ignored) + "]\n"
+    (destination / "cargo-generate.toml").write_text(config, encoding="utf-8")
 
 
 # What a service without the broker must not mention anywhere.
-BROKER_WORDS = re.compile(r"rabbit|lapin|amqp|outbox|broker|relay|consumer|dead.letter", re.IGNORECASE)
+BROKER_WORDS = re.compile(r"rabbit|lapin|amqp|outbox|broker|relay|consumer|dead.letter|processed_events|event_counts|vhost", re.IGNORECASE)
 
 
 def broker_mentions(tree):
@@ -331,7 +348,7 @@ def broker_mentions(tree):
     hits = []
     for path in sorted(p for p in tree.rglob("*") if p.is_file() and "target" not in p.parts):
         try:
-            lines = path.read_text().splitlines()
+            lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError:
             continue
         name = path.relative_to(tree)
@@ -350,6 +367,8 @@ def main():
         sys.exit(f"{len(hits)} mentions of the broker in {tree}" if hits else 0)
     if "--variant" in sys.argv:
         kind, into = sys.argv[sys.argv.index("--variant") + 1:][:2]
+        if kind not in ("broker", "plain"):
+            sys.exit(f"--variant broker|plain DIR, not {kind}")
         into = pathlib.Path(into)
         into.mkdir(parents=True, exist_ok=True)
         materialize(into, broker=kind == "broker")

@@ -1,10 +1,11 @@
 //! The settings of this service: the shared sections from `bootstrap`, and the example's own
 // @rabbitmq-begin
 //! (the broker's exchange and queue, the outbox, retention, which checks exist). Loaded and
-// @rabbitmq-else
-// //! (retention, which checks exist). Loaded and
-// @rabbitmq-end
 //! validated by `bootstrap::config::load` before anything starts; see docs/configuration.md.
+// @rabbitmq-else
+// //! (retention, which checks exist). Loaded and validated by `bootstrap::config::load` before
+// //! anything starts; see docs/configuration.md.
+// @rabbitmq-end
 
 use bootstrap::broker::BrokerConnection; // @rabbitmq
 use bootstrap::config::value::{count, optional_file}; // @rabbitmq

@@ -90,7 +90,7 @@ fn one_write_is_one_trace_across_the_service() {
         .collect();
     assert!(probe_spans.is_empty(), "probes traced: {probe_spans:?}");
 
-    // The log lines of the request (and of the event consumed) carry the trace and their span.
+    // The log lines carry the trace and their span.
     let logs = service.logs();
     // @rabbitmq-begin
     let logged = [

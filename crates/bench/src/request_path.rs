@@ -96,8 +96,11 @@ pub fn measure(
     );
     // @rabbitmq-end
 
+    // Plain TCP like the floor (libpq's default `prefer` would take TLS where the server has it).
+    let plain_tcp = format!("{database_url}?sslmode=disable");
     let mut env = env.to_vec();
     env.extend([
+        ("APP__DATABASE__URL", plain_tcp.as_str()),
         ("APP__SERVER__WORKERS", WORKERS),
         ("APP__DATABASE__POOL_MAX_SIZE", POOL_SIZE),
     ]);

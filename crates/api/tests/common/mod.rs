@@ -23,7 +23,7 @@ pub fn binary() -> &'static Path {
 /// generous slack for a loaded 2-core machine.
 pub const DETECTION: Duration = Duration::from_millis(500 * 2 + 400 + 4000);
 
-/// A database (and a vhost) of one test on the machine's shared services.
+/// What one test owns on the machine's shared services (its database and the like).
 pub struct Shared {
     pub name: String,
 }

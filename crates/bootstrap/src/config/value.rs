@@ -234,7 +234,7 @@ pub fn ip_address<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::IpAddr, D
     })
 }
 
-/// Service, exchange and queue names: what Prometheus labels and queue systems take unquoted.
+/// Names (of the service, of resources on a dependency): what Prometheus labels take unquoted.
 pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     text(
         d,
