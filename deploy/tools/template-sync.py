@@ -215,18 +215,24 @@ def tracked():
     return [f for f in files if f and not f.startswith(SKIP) and (ROOT / f).is_file()]
 
 
+def text_or_copy(name, target):
+    """The text of the tracked file `name`, or None once a binary file is copied to `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return (ROOT / name).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        shutil.copyfile(ROOT / name, target)
+        return None
+
+
 def materialize(destination, broker):
     """One variant as a plain tree (the name stays shipshape): what `cargo generate` would give."""
     for name in tracked():
         if not broker and broker_only(name):
             continue
         target = destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = (ROOT / name).read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            shutil.copyfile(ROOT / name, target)
+        text = text_or_copy(name, target)
+        if text is None:
             continue
         text = variant(text, broker, name)
         if not broker and name in TRANSFORMS:
@@ -317,12 +323,7 @@ def write_template(destination):
         ignored = []
         for name in tracked():
             target = destination / template_path(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data = (ROOT / name).read_bytes()
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                shutil.copyfile(ROOT / name, target)
+            if text_or_copy(name, target) is None:
                 continue
             with_broker = (broker / name).read_text(encoding="utf-8")
             if broker_only(name):
