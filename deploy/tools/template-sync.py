@@ -59,6 +59,7 @@ BROKER_ONLY = (
     "crates/api/tests/consumer.rs",
     "crates/api/tests/outbox.rs",
     "crates/api/tests/broker_faults.rs",
+    "crates/bench/src/pipeline.rs",
     "crates/bootstrap/src/broker.rs",
     "crates/health/src/checks/rabbitmq.rs",
     "crates/testkit/src/amqp.rs",

@@ -97,6 +97,11 @@ pub struct OutboxSettings {
     /// Rows the relay publishes per transaction (100).
     #[serde(deserialize_with = "count::<_, 1, 10_000>")]
     pub batch_size: usize,
+    /// Relay loops publishing at once, each its own channel and transaction (4). Under write
+    /// load one loop's single database session gets too small a share of a busy PostgreSQL
+    /// to keep up; `FOR UPDATE SKIP LOCKED` lets several claim disjoint batches.
+    #[serde(deserialize_with = "count::<_, 1, 16>")]
+    pub publishers: usize,
     /// How long sent rows are kept before they are pruned (24 h).
     #[serde(deserialize_with = "positive_duration")]
     pub retention: Duration,
@@ -113,6 +118,7 @@ impl Default for OutboxSettings {
     fn default() -> Self {
         Self {
             batch_size: 100,
+            publishers: 4,
             retention: Duration::from_secs(24 * 3600),
             lag_warn_after: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(10),
@@ -135,6 +141,10 @@ pub struct RabbitMqSettings {
     /// The consumer's durable queue.
     #[serde(deserialize_with = "name")]
     pub queue: String,
+    /// Consumers of the queue in this replica, each on its own channel with its own prefetch
+    /// and transaction (4): one alone falls behind the relay under write load.
+    #[serde(deserialize_with = "count::<_, 1, 16>")]
+    pub consumers: usize,
     /// Longest pause between two reconnection attempts (10 s).
     #[serde(deserialize_with = "positive_duration")]
     pub reconnect_max_backoff: Duration,
@@ -151,6 +161,7 @@ impl Default for RabbitMqSettings {
             ca_file: None,
             exchange: "shipshape.events".into(),
             queue: "shipshape.items".into(),
+            consumers: 4,
             reconnect_max_backoff: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
         }

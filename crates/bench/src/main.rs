@@ -5,8 +5,10 @@
 //! little; the ratios against the bare actix-web handler measured minutes apart are the result.
 
 mod chart;
+mod pipeline; // @rabbitmq
 mod report;
 mod request_path;
+mod soak;
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,10 @@ pub struct Results {
     pub binary_size: u64,
     /// The API's routes against the floor handler.
     pub request_path: Vec<request_path::Comparison>,
+    /// The relay and the consumer against their floors. // @rabbitmq
+    pub pipeline: pipeline::Pipeline, // @rabbitmq
+    /// Memory over ten minutes of mixed load; tracing exported against not.
+    pub soak: soak::Soak,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,11 +68,20 @@ fn main() -> anyhow::Result<()> {
     }
     let database = format!("bench_{}", std::process::id());
     psql("postgres", &format!("CREATE DATABASE {database}"))?;
+    // @rabbitmq-begin
+    // `bench pipeline`: only the event pipeline, printed, nothing written.
+    if std::env::args().nth(1).as_deref() == Some("pipeline") {
+        let env = service_env(&database);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let outcome = migrate(&service_binary, &env)
+            .and_then(|()| pipeline::measure(&service_binary, &database, &env));
+        drop_database(&database);
+        println!("{}", report::pipeline_rows(&outcome?));
+        return Ok(());
+    }
+    // @rabbitmq-end
     let outcome = measure(&release, &service_binary, &database);
-    let _ = psql(
-        "postgres",
-        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-    );
+    drop_database(&database);
     let results = outcome?;
 
     let table = report::table(&results);
@@ -92,6 +107,32 @@ fn main() -> anyhow::Result<()> {
         results.ours_transactions_per_1000 < 1.0,
         "regression: probes cause database transactions"
     );
+    // @rabbitmq-begin
+    let pipeline = &results.pipeline;
+    anyhow::ensure!(
+        pipeline.relay_vs_raw() >= 0.25 && pipeline.consumer_vs_relay() >= 0.5,
+        "regression: the relay is {:.2}x the minimal publisher, the consumer {:.2}x the relay",
+        pipeline.relay_vs_raw(),
+        pipeline.consumer_vs_relay()
+    );
+    anyhow::ensure!(
+        pipeline.relay_drained_after <= Duration::from_secs(30)
+            && pipeline.consumer_caught_up_after <= Duration::from_secs(30),
+        "regression: after the POST load the outbox took {:?} to drain and the consumer {:?}",
+        pipeline.relay_drained_after,
+        pipeline.consumer_caught_up_after
+    );
+    // @rabbitmq-end
+    anyhow::ensure!(
+        results.soak.rss_growth() < 0.5,
+        "regression: RSS grew {:.0} % over the mixed load",
+        results.soak.rss_growth() * 100.0
+    );
+    anyhow::ensure!(
+        results.soak.tracing_ratio() >= 0.3,
+        "regression: exporting traces leaves {:.2}x of the write throughput",
+        results.soak.tracing_ratio()
+    );
     // Below the goals (0.85x, 1.3x) today: these floors catch a regression from where the
     // request path stands, not the distance to the goal (see docs/benchmarks.md).
     for route in &results.request_path {
@@ -105,6 +146,45 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn drop_database(database: &str) {
+    let _ = psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+    );
+}
+
+/// The service as the request path and the pipeline are measured: the worker count and pool size
+/// of the floor handler, plain TCP like it (libpq's default `prefer` would take TLS where the
+/// server offers it).
+fn service_env(database: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "APP__DATABASE__URL",
+            format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable"),
+        ),
+        ("APP__SERVER__WORKERS", request_path::WORKERS.into()),
+        (
+            "APP__DATABASE__POOL_MAX_SIZE",
+            request_path::POOL_SIZE.into(),
+        ),
+        // @rabbitmq-begin
+        ("APP__RABBITMQ__URL", RABBITMQ_URL.into()),
+        ("APP__RABBITMQ__EXCHANGE", "bench.events".into()),
+        ("APP__RABBITMQ__QUEUE", "bench.items".into()),
+        // @rabbitmq-end
+        ("RUST_LOG", "warn".into()),
+    ]
+}
+
+// @rabbitmq-begin
+/// Starts the service once so its migrations create the schema.
+fn migrate(service_binary: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let service = Service::spawn_untuned(service_binary, env);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    Ok(())
+}
+// @rabbitmq-end
 
 pub fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
@@ -208,7 +288,16 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
     let naive_transactions_per_1000 = naive.1 as f64 * 1000.0 / naive.0.load.requests.max(1) as f64;
 
     eprintln!("bench: the request path against the floor handler");
-    let request_path = request_path::measure(release, service_binary, database, &env)?;
+    let service_env = service_env(database);
+    let service_env: Vec<(&str, &str)> =
+        service_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let request_path = request_path::measure(release, service_binary, database, &service_env)?;
+    // @rabbitmq-begin
+    eprintln!("bench: the event pipeline against its floors");
+    let pipeline = pipeline::measure(service_binary, database, &service_env)?;
+    // @rabbitmq-end
+    let item = request_path::seed(database)?;
+    let soak = soak::measure(service_binary, &service_env, &item)?;
 
     eprintln!("bench: time from exec to ready (10 starts)");
     let mut startups = Vec::new();
@@ -250,6 +339,8 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
         loaded_rss,
         binary_size: std::fs::metadata(service_binary)?.len(),
         request_path,
+        pipeline, // @rabbitmq
+        soak,
     })
 }
 

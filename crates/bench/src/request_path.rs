@@ -9,8 +9,8 @@ use testkit::Service;
 use testkit::load::{LoadReport, wrk, wrk_scripted};
 
 /// API workers and pool size of both servers.
-const WORKERS: &str = "2";
-const POOL_SIZE: &str = "16";
+pub const WORKERS: &str = "2";
+pub const POOL_SIZE: &str = "16";
 
 /// A POST of a fresh item per request.
 const WRITE: &str = r#"
@@ -37,6 +37,20 @@ impl Comparison {
     }
 }
 
+/// Inserts 100 items (the schema is there: an earlier run of the service migrated it) and
+/// returns the id of one.
+pub fn seed(database: &str) -> anyhow::Result<String> {
+    let ids = testkit::postgres::psql(
+        5432,
+        database,
+        "INSERT INTO items (id, name) SELECT gen_random_uuid(), 'seed ' || n \
+         FROM generate_series(1, 100) n RETURNING id",
+    );
+    let id = ids.lines().last().unwrap_or_default().to_owned();
+    anyhow::ensure!(!id.is_empty(), "seeding items failed");
+    Ok(id)
+}
+
 /// The three routes on the floor first, then on shipshape (which runs its background work as
 /// it always does): the table grows under the second, never to its advantage.
 pub fn measure(
@@ -46,15 +60,7 @@ pub fn measure(
     env: &[(&str, &str)],
 ) -> anyhow::Result<Vec<Comparison>> {
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    // The schema is there (the probe runs migrated it); the items both servers read.
-    let id = testkit::postgres::psql(
-        5432,
-        database,
-        "INSERT INTO items (id, name) SELECT gen_random_uuid(), 'seed ' || n \
-         FROM generate_series(1, 100) n RETURNING id",
-    );
-    let id = id.lines().last().unwrap_or_default().to_owned();
-    anyhow::ensure!(!id.is_empty(), "seeding items failed");
+    let id = seed(database)?;
     let routes: [(&'static str, String, Option<&str>); 3] = [
         ("GET /v1/items/{id}", format!("/v1/items/{id}"), None),
         ("GET /v1/items?limit=20", "/v1/items?limit=20".into(), None),
@@ -96,15 +102,7 @@ pub fn measure(
     );
     // @rabbitmq-end
 
-    // Plain TCP like the floor (libpq's default `prefer` would take TLS where the server has it).
-    let plain_tcp = format!("{database_url}?sslmode=disable");
-    let mut env = env.to_vec();
-    env.extend([
-        ("APP__DATABASE__URL", plain_tcp.as_str()),
-        ("APP__SERVER__WORKERS", WORKERS),
-        ("APP__DATABASE__POOL_MAX_SIZE", POOL_SIZE),
-    ]);
-    let service = Service::spawn_untuned(service_binary, &env);
+    let service = Service::spawn_untuned(service_binary, env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let ours = run(&service.api_url(""));
     drop(service);

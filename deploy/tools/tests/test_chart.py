@@ -33,8 +33,8 @@ EXISTING = {
 # migration connection while it starts.
 EXTRA_CONNECTIONS = 2
 # @rabbitmq-begin
-# And the two of the outbox relay's own pool.
-EXTRA_CONNECTIONS += 2
+# And the five of the outbox relay's own pool (four publishing loops, its lag check).
+EXTRA_CONNECTIONS += 5
 # @rabbitmq-end
 # Health checks the app has (APP__HEALTH__<CHECK>__*).
 CHECKS = [

@@ -234,8 +234,8 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
      connection a starting pod holds briefly. */}}
 {{- $extra := 2 }}
 {{- /* @rabbitmq-begin */}}
-{{- /* And the outbox relay's two: it has a pool of its own. */}}
-{{- $extra = add $extra 2 }}
+{{- /* And the outbox relay's pool of its own: one per publishing loop (4) and its lag check's. */}}
+{{- $extra = add $extra 5 }}
 {{- /* @rabbitmq-end */}}
 {{- $perPod := add .Values.app.database.poolMaxSize $extra | int }}
 {{- if gt (mul $pods $perPod) (int .Values.database.maxConnections) }}

@@ -82,8 +82,8 @@ pub(super) fn api_server(
 /// (raised to its hard value first) leaves for them.
 fn api_connections(settings: &Settings, workers: usize) -> usize {
     // @rabbitmq-begin
-    // The request pool, the relay's two connections and the check's one.
-    let pooled = settings.database.pool_max_size as u64 + 3;
+    // The request pool, the relay's (one per publisher and its lag check's), the check's one.
+    let pooled = (settings.database.pool_max_size + settings.outbox.publishers + 2) as u64;
     // @rabbitmq-else
     // // The request pool and the check's connection.
     // let pooled = settings.database.pool_max_size as u64 + 1;

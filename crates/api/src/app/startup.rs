@@ -83,7 +83,7 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
     ))?;
     registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
-    let relay_pool = db::relay_pool(&settings.database)?; // @rabbitmq
+    let relay_pool = db::relay_pool(&settings.database, settings.outbox.publishers)?; // @rabbitmq
     let health = Health::builder(settings.service.name.clone(), VERSION)
         .registry(registry.clone())
         .liveness_stall_after(settings.health.liveness.stall_after)
@@ -234,18 +234,23 @@ fn background_workers(
         written: parts.outbox_written.clone(),
         backlog: parts.backlog.clone(),
     };
-    workers.spawn(relay.run(stop.clone()));
-    let consumer = Consumer {
-        db: db::Database::new(pool.clone(), settings.database.query_timeout),
-        database: parts
-            .health
-            .listen("postgres")
-            .ok_or_else(|| anyhow::anyhow!("the postgres check is not registered"))?,
-        link: parts.broker.link(),
-        queue: settings.rabbitmq.queue.clone(),
-        tag: format!("{}-{}", settings.service.name, std::process::id()),
-    };
-    workers.spawn(consumer.run(stop.clone()));
+    for _ in 0..settings.outbox.publishers {
+        workers.spawn(relay.clone().run(stop.clone()));
+    }
+    let database = parts
+        .health
+        .listen("postgres")
+        .ok_or_else(|| anyhow::anyhow!("the postgres check is not registered"))?;
+    for n in 0..settings.rabbitmq.consumers {
+        let consumer = Consumer {
+            db: db::Database::new(pool.clone(), settings.database.query_timeout),
+            database: database.clone(),
+            link: parts.broker.link(),
+            queue: settings.rabbitmq.queue.clone(),
+            tag: format!("{}-{}-{n}", settings.service.name, std::process::id()),
+        };
+        workers.spawn(consumer.run(stop.clone()));
+    }
     // @rabbitmq-end
     workers.spawn(crate::housekeeping::run(
         pool.clone(),

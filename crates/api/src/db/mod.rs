@@ -72,10 +72,10 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
 }
 
 // @rabbitmq-begin
-/// The outbox relay's own two connections (one publishing, one for its lag check): a batch's
-/// row locks and a stalled publish never hold a connection a request needs.
-pub fn relay_pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape-relay", 2)
+/// The outbox relay's own connections (one per publishing loop, one for its lag check): a
+/// batch's row locks and a stalled publish never hold a connection a request needs.
+pub fn relay_pool(settings: &DatabaseSettings, publishers: usize) -> anyhow::Result<Pool> {
+    build_pool(settings, "shipshape-relay", publishers + 1)
 }
 // @rabbitmq-end
 

@@ -1,8 +1,13 @@
 //! The item-events consumer: manual acks, bounded prefetch, idempotent processing, and a
 //! dead-letter queue for messages that cannot be parsed or keep failing.
 //!
+//! Deliveries that have already arrived are processed together: one transaction records the
+//! batch (each event id once, so a redelivery changes nothing) and one `multiple` ack settles it
+//! after the commit. The prefetch bounds both the batch and what is in flight. A batch that
+//! fails on an event's account is taken apart, so one bad event costs no other an attempt.
+//!
 //! Two kinds of failure are told apart. The database being away (or a conflict a retry
-//! resolves) is not the message's fault: the consumer holds the delivery and retries it with
+//! resolves) is not the message's fault: the consumer holds the deliveries and retries with
 //! backoff until the database answers, so an outage delays events and dead-letters none; while
 //! the `postgres` health check fails it does not even try, it waits for the check to pass. Any
 //! other failure is an attempt, counted in the message itself (the `x-attempts` header of a
@@ -23,12 +28,13 @@ use lapin::options::{
 
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Unacknowledged deliveries the broker may push to one consumer.
-const PREFETCH: u16 = 16;
+/// Unacknowledged deliveries the broker may push to one consumer: also the largest batch.
+const PREFETCH: u16 = 64;
 /// Processing attempts before a message is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 3;
 /// Header of a republished message: the attempts it has used so far.
@@ -81,7 +87,7 @@ impl Consumer {
             else {
                 break;
             };
-            let (channel, mut deliveries) = match self.subscribe(&connection).await {
+            let (channel, deliveries) = match self.subscribe(&connection).await {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(%error, "consumer: subscribing");
@@ -93,18 +99,26 @@ impl Consumer {
                 }
             };
             tracing::info!(queue = %self.queue, "consumer subscribed");
+            // The first delivery and whatever else has already arrived.
+            let mut arrived = deliveries.ready_chunks(usize::from(PREFETCH));
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => None,
-                    next = deliveries.next() => next,
+                    next = arrived.next() => next,
                 };
-                match next {
-                    Some(Ok(delivery)) => self.handle(&channel, delivery, &stop).await,
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "consumer: delivery stream failed");
-                        break;
+                let Some(next) = next else { break };
+                let mut batch = Vec::with_capacity(next.len());
+                let mut failed = None;
+                for delivery in next {
+                    match delivery {
+                        Ok(delivery) => batch.push(delivery),
+                        Err(error) => failed = Some(error),
                     }
-                    None => break,
+                }
+                self.handle(&channel, batch, &stop).await;
+                if let Some(error) = failed {
+                    tracing::warn!(%error, "consumer: delivery stream failed");
+                    break;
                 }
             }
             if stop.is_cancelled() {
@@ -141,35 +155,78 @@ impl Consumer {
         Ok((channel, deliveries))
     }
 
-    async fn handle(&self, channel: &Channel, delivery: Delivery, stop: &CancellationToken) {
-        let span = tracing::info_span!(
-            "consume",
-            otel.kind = "consumer",
-            message_id = tracing::field::Empty,
-            event_type = tracing::field::Empty
-        );
-        super::trace::continue_trace(&span, delivery.properties.headers().as_ref());
-        async {
-            let event: ItemEvent = match serde_json::from_slice(&delivery.data) {
-                Ok(event) => event,
-                Err(error) => {
-                    tracing::warn!(%error, "consumer: unparseable message, dead-lettering");
-                    let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                    return;
+    /// Settles `deliveries`: the parsed events recorded in one transaction and acknowledged
+    /// together; on an event's failure, each on its own.
+    async fn handle(&self, channel: &Channel, deliveries: Vec<Delivery>, stop: &CancellationToken) {
+        let mut received = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            if let Some(event) = Received::parse(delivery).await {
+                received.push(event);
+            }
+        }
+        let Some(last) = received.last() else { return };
+        let last = last.delivery.acker.clone();
+        let events: Vec<ItemEvent> = received.iter().map(|r| r.event.clone()).collect();
+        match self.process_while_available(events, stop).await {
+            Some(Ok(first_times)) => {
+                // Every earlier delivery of this channel is settled: one ack covers the batch.
+                if let Err(error) = last.ack(BasicAckOptions { multiple: true }).await {
+                    tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
                 }
-            };
-            let span = tracing::Span::current();
-            span.record("message_id", tracing::field::display(event.id));
-            span.record("event_type", event.kind.as_str());
-            match self.process_while_available(&event, stop).await {
-                Some(Ok(first_time)) => {
+                for (received, first_time) in received.iter().zip(first_times) {
+                    received.consumed(first_time);
+                }
+            }
+            Some(Err(error)) if received.len() == 1 => {
+                for received in received {
+                    let Received {
+                        delivery,
+                        event,
+                        span,
+                    } = received;
+                    self.attempt_failed(channel, delivery, &event, &error)
+                        .instrument(span)
+                        .await;
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(events = received.len(), %error, "consumer: a batch failed; processing its events one by one");
+                for received in received {
+                    self.handle_one(channel, received, stop).await;
+                }
+            }
+            // Stopping while the database is away: back to the queue, no attempt used.
+            None => {
+                let _ = last
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: true,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// One event of a batch that failed, on its own.
+    async fn handle_one(&self, channel: &Channel, received: Received, stop: &CancellationToken) {
+        let Received {
+            delivery,
+            event,
+            span,
+        } = received;
+        let outcome = self
+            .process_while_available(vec![event.clone()], stop)
+            .await;
+        async {
+            match outcome {
+                Some(Ok(first_times)) => {
                     if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
                         tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
                     }
-                    tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, trace_id = %super::trace::trace_id(&span), "event consumed");
+                    let first_time = first_times.first().copied().unwrap_or(false);
+                    tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, trace_id = %super::trace::trace_id(&tracing::Span::current()), "event consumed");
                 }
                 Some(Err(error)) => self.attempt_failed(channel, delivery, &event, &error).await,
-                // Stopping while the database is away: back to the queue, no attempt used.
                 None => {
                     let _ = delivery
                         .nack(BasicNackOptions { requeue: true, multiple: false })
@@ -177,22 +234,23 @@ impl Consumer {
                 }
             }
         }
-        .instrument(span.clone())
+        .instrument(span)
         .await;
     }
 
-    /// Processes `event`, waiting out database unavailability with backoff. `None` when told
-    /// to stop before the database returned.
+    /// Processes `events` (whether each was new), waiting out database unavailability with
+    /// backoff. `None` when told to stop before the database returned.
     async fn process_while_available(
         &self,
-        event: &ItemEvent,
+        events: Vec<ItemEvent>,
         stop: &CancellationToken,
-    ) -> Option<Result<bool, ProcessError>> {
+    ) -> Option<Result<Vec<bool>, ProcessError>> {
+        let first = events.first().map(|event| event.id).unwrap_or_default();
         let (mut backoff, cap) = UNAVAILABLE_BACKOFF;
         let mut database = self.database.clone();
         let mut waited = false;
         if database.status() == Status::Fail {
-            tracing::warn!(event_id = %event.id, "consumer: the postgres check fails, holding the event until it passes");
+            tracing::warn!(event_id = %first, events = events.len(), "consumer: the postgres check fails, holding the events until it passes");
             waited = true;
             tokio::select! {
                 _ = stop.cancelled() => return None,
@@ -200,10 +258,10 @@ impl Consumer {
             }
         }
         loop {
-            match process(&self.db, event).await {
+            match process(&self.db, &events).await {
                 Err(ProcessError::Unavailable(reason)) => {
                     if !waited {
-                        tracing::warn!(event_id = %event.id, %reason, "consumer: database unavailable, holding the event until it returns");
+                        tracing::warn!(event_id = %first, events = events.len(), %reason, "consumer: database unavailable, holding the events until it returns");
                         waited = true;
                     }
                     // The check may not have noticed yet: retry with backoff; once it fails,
@@ -218,7 +276,7 @@ impl Consumer {
                 }
                 outcome => {
                     if waited {
-                        tracing::info!(event_id = %event.id, "consumer: database back, consuming again");
+                        tracing::info!(event_id = %first, "consumer: database back, consuming again");
                     }
                     return Some(outcome);
                 }
@@ -301,36 +359,99 @@ fn attempts_used(headers: Option<&FieldTable>) -> u32 {
     }
 }
 
-/// Records the event once: a redelivered event finds its id already processed and changes
-/// nothing. Returns whether this was the first time.
+/// Records each event once: a redelivered event finds its id already processed and changes
+/// nothing. Returns, per event, whether this was the first time.
 /// Bounded like a request ([`Database::run`]): a frozen database is "unavailable" (held and
 /// retried), and the connection that hung is taken out of the pool rather than reused.
-async fn process(db: &Database, event: &ItemEvent) -> Result<bool, ProcessError> {
-    let event = event.clone();
+async fn process(db: &Database, events: &[ItemEvent]) -> Result<Vec<bool>, ProcessError> {
+    let events = events.to_vec();
     Ok(db
-        .run(move |client| Box::pin(async move { record(client, &event).await }))
+        .run(move |client| Box::pin(async move { record(client, &events).await }))
         .await?)
 }
 
 async fn record(
     client: &mut deadpool_postgres::Client,
-    event: &ItemEvent,
-) -> Result<bool, ApiError> {
+    events: &[ItemEvent],
+) -> Result<Vec<bool>, ApiError> {
+    let ids: Vec<uuid::Uuid> = events.iter().map(|event| event.id).collect();
     let tx = client.transaction().await?;
-    let inserted = tx
-        .execute(
-            "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&event.id],
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO processed_events (event_id) SELECT unnest($1::uuid[]) \
+             ON CONFLICT DO NOTHING RETURNING event_id",
         )
         .await?;
-    if inserted == 1 {
-        tx.execute(
-            "INSERT INTO event_counts (event_type, count) VALUES ($1, 1) \
-             ON CONFLICT (event_type) DO UPDATE SET count = event_counts.count + 1",
-            &[&event.kind],
-        )
-        .await?;
+    let mut inserted = tx
+        .query(&insert, &[&ids])
+        .await?
+        .iter()
+        .map(|row| row.try_get::<_, uuid::Uuid>(0))
+        .collect::<Result<HashSet<_>, _>>()?;
+    // A batch may hold an event twice (a redelivery): only its first copy is new.
+    let first_times: Vec<bool> = ids.iter().map(|id| inserted.remove(id)).collect();
+    // Sorted, so concurrent consumers lock the counters in one order.
+    let mut counts = BTreeMap::<&str, i64>::new();
+    for (event, _) in events.iter().zip(&first_times).filter(|(_, first)| **first) {
+        *counts.entry(event.kind.as_str()).or_default() += 1;
+    }
+    if !counts.is_empty() {
+        let (kinds, added): (Vec<&str>, Vec<i64>) = counts.into_iter().unzip();
+        let count = tx
+            .prepare_cached(
+                "INSERT INTO event_counts (event_type, count) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[]) \
+                 ON CONFLICT (event_type) DO UPDATE SET count = event_counts.count + EXCLUDED.count",
+            )
+            .await?;
+        tx.execute(&count, &[&kinds, &added]).await?;
     }
     tx.commit().await?;
-    Ok(inserted == 1)
+    Ok(first_times)
+}
+
+/// A parsed delivery and the span that continues its producer's trace.
+struct Received {
+    delivery: Delivery,
+    event: ItemEvent,
+    span: tracing::Span,
+}
+
+impl Received {
+    /// The delivery's event; an unparseable message is dead-lettered at once (no attempt can
+    /// fix it) and yields `None`.
+    async fn parse(delivery: Delivery) -> Option<Received> {
+        let span = tracing::info_span!(
+            "consume",
+            otel.kind = "consumer",
+            message_id = tracing::field::Empty,
+            event_type = tracing::field::Empty
+        );
+        super::trace::continue_trace(&span, delivery.properties.headers().as_ref());
+        match serde_json::from_slice::<ItemEvent>(&delivery.data) {
+            Ok(event) => {
+                span.record("message_id", tracing::field::display(event.id));
+                span.record("event_type", event.kind.as_str());
+                Some(Received {
+                    delivery,
+                    event,
+                    span,
+                })
+            }
+            Err(error) => {
+                span.in_scope(|| {
+                    tracing::warn!(%error, "consumer: unparseable message, dead-lettering");
+                });
+                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                None
+            }
+        }
+    }
+
+    fn consumed(&self, first_time: bool) {
+        let event = &self.event;
+        self.span.in_scope(|| {
+            tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, trace_id = %super::trace::trace_id(&self.span), "event consumed");
+        });
+    }
 }
