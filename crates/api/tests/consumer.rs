@@ -200,38 +200,49 @@ fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
 #[test]
 fn a_backlog_with_redeliveries_is_committed_once_per_event() {
     let shared = Shared::new("backlog");
-    // The first run declares the queue; the backlog builds while no service consumes it.
+    // The first run declares the queue; each backlog builds while no service consumes it.
     let first = spawn(&shared.env());
     first.wait_for_status("pass", Duration::from_secs(30));
     drop(first);
-    let events: Vec<Vec<u8>> = (0..200).map(|_| event("item.created")).collect();
-    // Every fourth event twice, as a relay that crashed between confirm and commit sends it.
-    for body in events.iter().chain(events.iter().step_by(4)) {
-        testkit::amqp::publish(
-            &shared.rabbitmq_url(),
-            "shipshape.events",
-            "item.created",
-            body,
-        );
-    }
-    assert_eq!(queue_depth(&shared, QUEUE), 250);
+    // One consumer: a copy lands in the same batch as its original. Four: the broker hands
+    // adjacent messages to different consumers, so the copies are recorded concurrently.
+    for (round, consumers) in [(1, "1"), (2, "4")] {
+        let events: Vec<Vec<u8>> = (0..200).map(|_| event("item.created")).collect();
+        // Every fourth event twice in a row, as a relay that crashed between confirm and
+        // commit sends it.
+        for (n, body) in events.iter().enumerate() {
+            let copies = if n % 4 == 0 { 2 } else { 1 };
+            for _ in 0..copies {
+                testkit::amqp::publish(
+                    &shared.rabbitmq_url(),
+                    "shipshape.events",
+                    "item.created",
+                    body,
+                );
+            }
+        }
+        assert_eq!(queue_depth(&shared, QUEUE), 250);
 
-    // The consumers take the backlog in batches, several at once.
-    let service = spawn(&shared.env());
-    testkit::wait_until("the backlog consumed", Duration::from_secs(60), || {
-        queue_depth(&shared, QUEUE) == 0
-            && psql_in(&shared.name, "SELECT count(*) FROM processed_events") == "200"
-    });
-    assert_eq!(
-        psql_in(
-            &shared.name,
-            "SELECT count FROM event_counts WHERE event_type = 'item.created'"
-        ),
-        "200",
-        "each event counted once:\n{}",
-        service.logs()
-    );
-    assert_eq!(queue_depth(&shared, DLQ), 0, "{}", service.logs());
+        let service = spawn(&shared.env_with(
+            &shared.database_url(),
+            &[("APP__RABBITMQ__CONSUMERS", consumers)],
+        ));
+        let total = (200 * round).to_string();
+        testkit::wait_until("the backlog consumed", Duration::from_secs(60), || {
+            queue_depth(&shared, QUEUE) == 0
+                && psql_in(&shared.name, "SELECT count(*) FROM processed_events") == total
+        });
+        assert_eq!(
+            psql_in(
+                &shared.name,
+                "SELECT count FROM event_counts WHERE event_type = 'item.created'"
+            ),
+            total,
+            "each event counted once with {consumers} consumer(s):\n{}",
+            service.logs()
+        );
+        assert_eq!(queue_depth(&shared, DLQ), 0, "{}", service.logs());
+    }
 }
 
 fn publish_raw(shared: &Shared, routing_key: &str, body: &[u8]) {

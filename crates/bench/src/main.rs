@@ -297,7 +297,7 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
     let pipeline = pipeline::measure(service_binary, database, &service_env)?;
     // @rabbitmq-end
     let item = request_path::seed(database)?;
-    let soak = soak::measure(service_binary, &service_env, &item)?;
+    let soak = soak::measure(service_binary, database, &service_env, &item)?;
 
     eprintln!("bench: time from exec to ready (10 starts)");
     let mut startups = Vec::new();

@@ -46,8 +46,10 @@ pub struct Pipeline {
     pub raw_each: f64,
     /// The relay draining [`EVENTS`] pre-filled outbox rows (events/s).
     pub relay_drain: f64,
-    /// The consumer committing those events, over the same drain (events/s).
+    /// The consumers committing those events, over the same drain (events/s).
     pub consumer_drain: f64,
+    /// The consumers committing [`EVENTS`] events queued while no service ran, the relay idle.
+    pub consumer_alone: f64,
     /// POST /v1/items at [`LOAD_CONNECTIONS`] for [`LOAD`].
     pub load: LoadReport,
     /// Events the relay published per second during that load.
@@ -71,8 +73,9 @@ impl Pipeline {
         self.relay_drain / self.raw_batched.max(1e-9)
     }
 
+    /// The consumers' capacity (a queued backlog, the relay idle) against the relay's.
     pub fn consumer_vs_relay(&self) -> f64 {
-        self.consumer_drain / self.relay_drain.max(1e-9)
+        self.consumer_alone / self.relay_drain.max(1e-9)
     }
 
     pub const fn steady_rate() -> u32 {
@@ -114,14 +117,15 @@ impl Tables {
     }
 
     async fn read(&self) -> anyhow::Result<Progress> {
-        let row = self
-            .client
-            .query_one(
+        let row = bounded(
+            "reading the pipeline's progress",
+            self.client.query_one(
                 "SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL), \
                         (SELECT count(*) FROM outbox), (SELECT count(*) FROM processed_events)",
                 &[],
-            )
-            .await?;
+            ),
+        )
+        .await?;
         Ok(Progress {
             at: Instant::now(),
             pending: row.try_get(0)?,
@@ -153,6 +157,21 @@ impl Tables {
     }
 }
 
+/// Anything the driver waits for, bounded: a stuck broker or database fails the run instead of
+/// hanging it.
+async fn bounded<T, E>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .with_context(|| format!("{what}: no answer within 30 s"))?
+        .with_context(|| what.to_owned())
+}
+
 /// Measures the pipeline. No service may be running on the bench database when called.
 pub fn measure(
     service_binary: &Path,
@@ -170,11 +189,7 @@ async fn run(
 ) -> anyhow::Result<Pipeline> {
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
     let tables = Tables::connect(&database_url).await?;
-    let queue = env
-        .iter()
-        .find(|(key, _)| *key == "APP__RABBITMQ__QUEUE")
-        .map(|(_, value)| *value)
-        .context("the bench env names the consumer's queue")?;
+    let queue = setting(env, "APP__RABBITMQ__QUEUE")?;
 
     eprintln!("bench: a minimal lapin publisher with confirms");
     let raw_batched = raw_publish(EVENTS, CONFIRM_BATCH).await?;
@@ -207,22 +222,44 @@ async fn run(
         })
         .await?;
     let (relay_drain, consumer_drain) = drain_rates(&drain, start);
+    drop(service);
+
+    eprintln!("bench: the consumers alone on {EVENTS} queued events (the relay idle)");
+    let exchange = setting(env, "APP__RABBITMQ__EXCHANGE")?;
+    publish(EVENTS, CONFIRM_BATCH, exchange).await?;
+    let start = tables.read().await?;
+    let service = Service::spawn_untuned(service_binary, env);
+    let mut alone = vec![start];
+    tables
+        .sample_until(Duration::from_secs(180), &mut alone, |p| {
+            p.processed - start.processed >= EVENTS as i64
+        })
+        .await?;
+    let consumer_alone = rate(&alone, &|p| p.processed > start.processed, &|p| {
+        p.processed - start.processed >= EVENTS as i64
+    });
     service.wait_for("/readyz", 200, Duration::from_secs(30));
 
     eprintln!("bench: POST load with the relay and the consumer keeping up");
     let url = service.api_url("/v1/items");
     let before = tables.read().await?;
     let load = tokio::task::spawn_blocking(move || {
-        wrk_scripted(&url, LOAD_CONNECTIONS, LOAD, Some(WRITE))
+        let report = wrk_scripted(&url, LOAD_CONNECTIONS, LOAD, Some(WRITE));
+        (report, Instant::now())
     });
     let mut during = vec![before];
     while !load.is_finished() {
         tokio::time::sleep(SAMPLE).await;
         during.push(tables.read().await?);
     }
-    let load = load.await?;
-    let load_end = *during.last().context("no sample during the load")?;
-    let mut after = vec![load_end];
+    let (load, ended) = load.await?;
+    // The last reading before wrk stopped: rates are not spread over time without load.
+    let load_end = *during
+        .iter()
+        .rev()
+        .find(|p| p.at <= ended)
+        .context("no sample during the load")?;
+    let mut after: Vec<Progress> = during.iter().copied().filter(|p| p.at > ended).collect();
     tables
         .sample_until(Duration::from_secs(300), &mut after, |p| {
             p.pending == 0 && p.processed - before.processed >= p.written - before.written
@@ -236,7 +273,7 @@ async fn run(
         after
             .iter()
             .find(|p| done(p))
-            .map_or(Duration::MAX, |p| p.at.duration_since(load_end.at))
+            .map_or(Duration::MAX, |p| p.at.saturating_duration_since(ended))
     };
     let relay_drained_after = first(&|p| p.pending == 0);
     let consumer_caught_up_after =
@@ -251,6 +288,7 @@ async fn run(
         raw_each,
         relay_drain,
         consumer_drain,
+        consumer_alone,
         load,
         relay_under_load,
         consumer_under_load,
@@ -263,23 +301,36 @@ async fn run(
     })
 }
 
-/// Rates over the drain of the pre-filled outbox: each from its first progress to its end.
+/// Events per second between the first reading where `moved` holds and the first where `done`
+/// holds.
+fn rate(
+    samples: &[Progress],
+    moved: &dyn Fn(&Progress) -> bool,
+    done: &dyn Fn(&Progress) -> bool,
+) -> f64 {
+    let first = samples.iter().find(|p| moved(p)).map(|p| p.at);
+    let last = samples.iter().find(|p| done(p)).map(|p| p.at);
+    match (first, last) {
+        // The first movement was seen up to one sample after it began.
+        (Some(first), Some(last)) => EVENTS as f64 / (last - first + SAMPLE).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// Rates of the relay and of the consumers over the drain of the pre-filled outbox.
 fn drain_rates(samples: &[Progress], start: Progress) -> (f64, f64) {
-    let span = |moved: &dyn Fn(&Progress) -> bool, done: &dyn Fn(&Progress) -> bool| {
-        let first = samples.iter().find(|p| moved(p)).map(|p| p.at);
-        let last = samples.iter().find(|p| done(p)).map(|p| p.at);
-        match (first, last) {
-            // The first movement was seen up to one sample after it began.
-            (Some(first), Some(last)) => (last - first + SAMPLE).as_secs_f64(),
-            _ => f64::INFINITY,
-        }
-    };
-    let events = EVENTS as f64;
-    let relay = span(&|p| p.pending < start.pending, &|p| p.pending == 0);
-    let consumer = span(&|p| p.processed > start.processed, &|p| {
+    let relay = rate(samples, &|p| p.pending < start.pending, &|p| p.pending == 0);
+    let consumer = rate(samples, &|p| p.processed > start.processed, &|p| {
         p.processed - start.processed >= EVENTS as i64
     });
-    (events / relay, events / consumer)
+    (relay, consumer)
+}
+
+fn setting<'a>(env: &[(&str, &'a str)], key: &str) -> anyhow::Result<&'a str> {
+    env.iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, value)| *value)
+        .with_context(|| format!("the bench env sets {key}"))
 }
 
 /// POSTs at a steady rate, then reads when the consumer committed each event.
@@ -287,7 +338,10 @@ async fn latency(
     service: &Service,
     tables: &Tables,
 ) -> anyhow::Result<(Duration, Duration, usize)> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let url = service.api_url("/v1/items");
     let interval = Duration::from_secs(1) / STEADY_RATE;
     let mut ticks = tokio::time::interval(interval);
@@ -321,21 +375,22 @@ async fn latency(
             ids.len()
         );
         tokio::time::sleep(SAMPLE).await;
-        committed = tables
-            .client
-            .query(
+        committed = bounded(
+            "reading when the events were recorded",
+            tables.client.query(
                 "SELECT o.payload->>'item_id', EXTRACT(EPOCH FROM p.processed_at)::float8 \
                  FROM outbox o JOIN processed_events p USING (event_id) \
                  WHERE o.payload->>'item_id' = ANY($1)",
                 &[&ids],
-            )
-            .await?;
+            ),
+        )
+        .await?;
     }
     let mut latencies: Vec<Duration> = committed
         .iter()
         .filter_map(|row| {
-            let id: String = row.get(0);
-            let at: f64 = row.get(1);
+            let id: String = row.try_get(0).ok()?;
+            let at: f64 = row.try_get(1).ok()?;
             answered
                 .get(&id)
                 .map(|answered| Duration::from_secs_f64((at - answered).max(0.0)))
@@ -349,13 +404,54 @@ async fn latency(
 /// A minimal confirmed publisher: the relay's payloads and properties, persistent, on a durable
 /// topic exchange and queue of its own, confirms awaited per `confirm_every` messages.
 async fn raw_publish(events: usize, confirm_every: usize) -> anyhow::Result<f64> {
-    let connection = Connection::connect(RABBITMQ_URL, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     let name = format!("bench.raw.{}", std::process::id());
+    let connection = bounded(
+        "connecting to RabbitMQ",
+        Connection::connect(RABBITMQ_URL, ConnectionProperties::default()),
+    )
+    .await?;
+    let channel = bounded("opening a channel", connection.create_channel()).await?;
     declare(&channel, &name).await?;
+    let rate = publish_on(&channel, events, confirm_every, &name).await?;
+    bounded(
+        "deleting the raw queue",
+        channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await?;
+    bounded(
+        "deleting the raw exchange",
+        channel.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default()),
+    )
+    .await?;
+    bounded("closing", connection.close(200, "bench done".into())).await?;
+    Ok(rate)
+}
+
+/// Publishes `events` events to `exchange` (it exists) as [`raw_publish`] does.
+async fn publish(events: usize, confirm_every: usize, exchange: &str) -> anyhow::Result<f64> {
+    let connection = bounded(
+        "connecting to RabbitMQ",
+        Connection::connect(RABBITMQ_URL, ConnectionProperties::default()),
+    )
+    .await?;
+    let channel = bounded("opening a channel", connection.create_channel()).await?;
+    let rate = publish_on(&channel, events, confirm_every, exchange).await?;
+    bounded("closing", connection.close(200, "bench done".into())).await?;
+    Ok(rate)
+}
+
+/// Events per second published on `channel` with confirms, awaited per `confirm_every`.
+async fn publish_on(
+    channel: &Channel,
+    events: usize,
+    confirm_every: usize,
+    exchange: &str,
+) -> anyhow::Result<f64> {
+    bounded(
+        "enabling confirms",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
     let began = Instant::now();
     let mut confirms = Vec::with_capacity(confirm_every);
     for _ in 0..events {
@@ -371,30 +467,24 @@ async fn raw_publish(events: usize, confirm_every: usize) -> anyhow::Result<f64>
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_type("item.created".into());
-        let confirm = channel
-            .basic_publish(
-                name.as_str().into(),
+        let confirm = bounded(
+            "publishing",
+            channel.basic_publish(
+                exchange.into(),
                 "item.created".into(),
                 BasicPublishOptions::default(),
                 &body,
                 properties,
-            )
-            .await?;
+            ),
+        )
+        .await?;
         confirms.push(confirm);
         if confirms.len() == confirm_every {
             await_confirms(&mut confirms).await?;
         }
     }
     await_confirms(&mut confirms).await?;
-    let rate = events as f64 / began.elapsed().as_secs_f64();
-    channel
-        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-        .await?;
-    channel
-        .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-        .await?;
-    connection.close(200, "bench done".into()).await?;
-    Ok(rate)
+    Ok(events as f64 / began.elapsed().as_secs_f64())
 }
 
 async fn declare(channel: &Channel, name: &str) -> anyhow::Result<()> {
@@ -432,7 +522,10 @@ async fn declare(channel: &Channel, name: &str) -> anyhow::Result<()> {
 async fn await_confirms(confirms: &mut Vec<lapin::PublisherConfirm>) -> anyhow::Result<()> {
     for confirm in confirms.drain(..) {
         anyhow::ensure!(
-            matches!(confirm.await?, Confirmation::Ack(_)),
+            matches!(
+                bounded("awaiting a confirm", confirm).await?,
+                Confirmation::Ack(_)
+            ),
             "the broker did not confirm a message"
         );
     }
@@ -440,12 +533,18 @@ async fn await_confirms(confirms: &mut Vec<lapin::PublisherConfirm>) -> anyhow::
 }
 
 async fn purge(queue: &str) -> anyhow::Result<()> {
-    let connection = Connection::connect(RABBITMQ_URL, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    // The queue exists once the service ran against this broker; purge what it left.
-    let _ = channel
-        .queue_purge(queue.into(), QueuePurgeOptions::default())
-        .await;
-    let _ = connection.close(200, "purged".into()).await;
+    let connection = bounded(
+        "connecting to RabbitMQ",
+        Connection::connect(RABBITMQ_URL, ConnectionProperties::default()),
+    )
+    .await?;
+    let channel = bounded("opening a channel", connection.create_channel()).await?;
+    // The queue exists: the service declared it when it ran for the earlier sections.
+    bounded(
+        "purging the consumer's queue",
+        channel.queue_purge(queue.into(), QueuePurgeOptions::default()),
+    )
+    .await?;
+    bounded("closing", connection.close(200, "purged".into())).await?;
     Ok(())
 }

@@ -106,9 +106,33 @@ pub fn measure(
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let ours = run(&service.api_url(""));
     drop(service);
-    Ok(routes
+    let comparisons: Vec<Comparison> = routes
         .into_iter()
-        .zip(ours.into_iter().zip(floor))
+        .zip(ours.into_iter().zip(floor.iter().cloned()))
         .map(|((route, _, _), (ours, floor))| Comparison { route, ours, floor })
-        .collect())
+        .collect();
+    // @rabbitmq-begin
+    // The same writes with the broker away: the relay and the consumers idle, so what is left
+    // is the request path alone (the floor publishes nothing either).
+    testkit::postgres::psql(
+        5432,
+        database,
+        "UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL",
+    );
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", testkit::free_port());
+    let mut env = env.to_vec();
+    env.push(("APP__RABBITMQ__URL", nowhere.as_str()));
+    let service = Service::spawn_untuned(service_binary, &env);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let ours = wrk_scripted(&service.api_url("/v1/items"), CONNECTIONS, RUN, Some(WRITE));
+    drop(service);
+    let idle_pipeline = floor.last().map(|floor| Comparison {
+        route: "POST /v1/items, broker away (relay and consumers idle)",
+        ours,
+        floor: floor.clone(),
+    });
+    // @rabbitmq-else
+    // let idle_pipeline: Option<Comparison> = None;
+    // @rabbitmq-end
+    Ok(comparisons.into_iter().chain(idle_pipeline).collect())
 }

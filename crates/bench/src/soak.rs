@@ -91,7 +91,12 @@ fn minutes() -> u64 {
 }
 
 /// Runs the soak on `database` (items seeded: `item` is one of them), then the tracing pair.
-pub fn measure(service_binary: &Path, env: &[(&str, &str)], item: &str) -> anyhow::Result<Soak> {
+pub fn measure(
+    service_binary: &Path,
+    database: &str,
+    env: &[(&str, &str)],
+    item: &str,
+) -> anyhow::Result<Soak> {
     let minutes = minutes();
     eprintln!("bench: {minutes} minutes of mixed load, RSS every minute");
     let service = Service::spawn_untuned(service_binary, env);
@@ -123,6 +128,7 @@ pub fn measure(service_binary: &Path, env: &[(&str, &str)], item: &str) -> anyho
             .map_err(|_| anyhow::anyhow!("the management load panicked"))?;
         Ok::<_, anyhow::Error>((api, management, rss))
     })?;
+    settle(database);
     drop(service);
 
     eprintln!("bench: POST load with traces exported over OTLP and without");
@@ -132,12 +138,12 @@ pub fn measure(service_binary: &Path, env: &[(&str, &str)], item: &str) -> anyho
         .filter(|(key, _)| *key != "RUST_LOG")
         .chain([("RUST_LOG", "info")])
         .collect();
-    let untraced = write_load(service_binary, &info)?;
+    let untraced = write_load(service_binary, database, &info)?;
     let receiver = OtlpReceiver::start();
     let endpoint = receiver.endpoint();
     let mut exporting = info.clone();
     exporting.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()));
-    let traced = write_load(service_binary, &exporting)?;
+    let traced = write_load(service_binary, database, &exporting)?;
     let spans_received = receiver.spans().len();
     anyhow::ensure!(
         spans_received > 0,
@@ -153,7 +159,11 @@ pub fn measure(service_binary: &Path, env: &[(&str, &str)], item: &str) -> anyho
     })
 }
 
-fn write_load(service_binary: &Path, env: &[(&str, &str)]) -> anyhow::Result<LoadReport> {
+fn write_load(
+    service_binary: &Path,
+    database: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<LoadReport> {
     let service = Service::spawn_untuned(service_binary, env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let load = wrk_scripted(
@@ -162,8 +172,26 @@ fn write_load(service_binary: &Path, env: &[(&str, &str)]) -> anyhow::Result<Loa
         TRACED,
         Some(WRITE),
     );
+    settle(database);
     // Stopped gracefully, so the exporter flushes what it holds before the spans are counted.
     service.signal(testkit::Signal::SIGTERM);
     service.wait_exit(Duration::from_secs(30));
     Ok(load)
+}
+
+/// Waits until the service's background work has caught up with what the load wrote, so the
+/// next run does not start with a backlog of it.
+fn settle(database: &str) {
+    // @rabbitmq-begin
+    testkit::wait_until("the outbox drained", Duration::from_secs(120), || {
+        testkit::postgres::psql(
+            5432,
+            database,
+            "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
+        ) == "0"
+    });
+    // @rabbitmq-else
+    // // Nothing outlives a request: there is no background work to wait for.
+    // let _ = database;
+    // @rabbitmq-end
 }

@@ -114,7 +114,7 @@ impl Shutdown<'_> {
                 .step("api server", stop_server(api_handle, task))
                 .await;
         }
-        // The consumer settles the delivery in hand, the relay finishes its batch. // @rabbitmq
+        // The consumers settle the batch in hand, the relay finishes its batch. // @rabbitmq
         self.stop_workers.cancel();
         deadline
             .step("background workers", async {

@@ -78,8 +78,9 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Consumes until `stop`. On stop it cancels the subscription, finishes the delivery in
-    /// hand, and lets the broker requeue whatever it had prefetched (nothing is lost).
+    /// Consumes until `stop`. On stop it cancels the subscription, settles the batch in hand
+    /// (committed and acked, or requeued), and lets the broker requeue whatever it had
+    /// prefetched (nothing is lost).
     pub async fn run(self, stop: CancellationToken) {
         let mut link = self.link.clone();
         while !stop.is_cancelled() {
@@ -103,6 +104,8 @@ impl Consumer {
             let mut arrived = deliveries.ready_chunks(usize::from(PREFETCH));
             loop {
                 let next = tokio::select! {
+                    // Once stopping, no new batch is taken even if one is ready.
+                    biased;
                     _ = stop.cancelled() => None,
                     next = arrived.next() => next,
                 };
@@ -170,9 +173,7 @@ impl Consumer {
         match self.process_while_available(events, stop).await {
             Some(Ok(first_times)) => {
                 // Every earlier delivery of this channel is settled: one ack covers the batch.
-                if let Err(error) = last.ack(BasicAckOptions { multiple: true }).await {
-                    tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
-                }
+                acknowledged(last.ack(BasicAckOptions { multiple: true }).await);
                 for (received, first_time) in received.iter().zip(first_times) {
                     received.consumed(first_time);
                 }
@@ -192,6 +193,17 @@ impl Consumer {
             Some(Err(error)) => {
                 tracing::warn!(events = received.len(), %error, "consumer: a batch failed; processing its events one by one");
                 for received in received {
+                    if stop.is_cancelled() {
+                        // Back to the queue, no attempt used: the shutdown budget is not theirs.
+                        let _ = received
+                            .delivery
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await;
+                        continue;
+                    }
                     self.handle_one(channel, received, stop).await;
                 }
             }
@@ -220,9 +232,7 @@ impl Consumer {
         async {
             match outcome {
                 Some(Ok(first_times)) => {
-                    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                        tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
-                    }
+                    acknowledged(delivery.ack(BasicAckOptions::default()).await);
                     let first_time = first_times.first().copied().unwrap_or(false);
                     tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, trace_id = %super::trace::trace_id(&tracing::Span::current()), "event consumed");
                 }
@@ -346,6 +356,19 @@ impl Consumer {
     }
 }
 
+/// Logs an ack that did not reach the broker: it redelivers, and the redelivery changes nothing.
+fn acknowledged(outcome: Result<bool, lapin::Error>) {
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "consumer: ack not sent, the channel closed; the broker will redeliver (harmless)"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
+        }
+    }
+}
+
 /// Attempts a message has used, from its `x-attempts` header (0 for a first delivery).
 fn attempts_used(headers: Option<&FieldTable>) -> u32 {
     let value = headers.and_then(|h| h.inner().get(ATTEMPTS_HEADER));
@@ -375,6 +398,11 @@ async fn record(
     events: &[ItemEvent],
 ) -> Result<Vec<bool>, ApiError> {
     let ids: Vec<uuid::Uuid> = events.iter().map(|event| event.id).collect();
+    // Inserted in id order: two consumers holding the same redelivered ids lock them in one
+    // order and cannot deadlock.
+    let mut ordered = ids.clone();
+    ordered.sort_unstable();
+    ordered.dedup();
     let tx = client.transaction().await?;
     let insert = tx
         .prepare_cached(
@@ -383,7 +411,7 @@ async fn record(
         )
         .await?;
     let mut inserted = tx
-        .query(&insert, &[&ids])
+        .query(&insert, &[&ordered])
         .await?
         .iter()
         .map(|row| row.try_get::<_, uuid::Uuid>(0))
