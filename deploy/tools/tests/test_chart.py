@@ -294,7 +294,8 @@ def test_the_release_digest_pins_the_app_version_and_an_explicit_tag_wins(render
 # Autoscaling, connections, disruptions ---------------------------------------------------------
 
 def test_hpa_has_a_scale_down_window_and_the_deployment_keeps_a_replica_count(render):
-    out = render(INLINE, {"autoscaling": {"enabled": True, "maxReplicas": 4}})
+    # 5 pods at most x (16 + extra) connections: more than the default budget of 100.
+    out = render(INLINE, {"autoscaling": {"enabled": True, "maxReplicas": 4}, "database": {"maxConnections": 150}})
     hpa = out.one("HorizontalPodAutoscaler")
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 4)
@@ -431,6 +432,7 @@ def test_extension_points(render):
 def test_common_labels_and_annotations_reach_every_object(render):
     out = render(INLINE, {"commonLabels": {"team": "orders"}, "commonAnnotations": {"owner": "orders@example.com"},
                           "ingress": {"enabled": True}, "autoscaling": {"enabled": True, "maxReplicas": 4},
+                          "database": {"maxConnections": 150},
                           "networkPolicy": {"enabled": True}, "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
     assert len(out.docs) >= 12
     for doc in out.docs:
