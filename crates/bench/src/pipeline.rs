@@ -31,12 +31,6 @@ const STEADY: Duration = Duration::from_secs(10);
 /// Progress is sampled this often.
 const SAMPLE: Duration = Duration::from_millis(100);
 
-const WRITE: &str = r#"
-wrk.method = "POST"
-wrk.body = '{"name":"pipeline"}'
-wrk.headers["Content-Type"] = "application/json"
-"#;
-
 /// What the pipeline measurements found.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -244,7 +238,12 @@ async fn run(
     let url = service.api_url("/v1/items");
     let before = tables.read().await?;
     let load = tokio::task::spawn_blocking(move || {
-        let report = wrk_scripted(&url, LOAD_CONNECTIONS, LOAD, Some(WRITE));
+        let report = wrk_scripted(
+            &url,
+            LOAD_CONNECTIONS,
+            LOAD,
+            Some(crate::request_path::WRITE),
+        );
         (report, Instant::now())
     });
     let mut during = vec![before];

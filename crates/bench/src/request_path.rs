@@ -12,8 +12,8 @@ use testkit::load::{LoadReport, wrk, wrk_scripted};
 pub const WORKERS: &str = "2";
 pub const POOL_SIZE: &str = "16";
 
-/// A POST of a fresh item per request.
-const WRITE: &str = r#"
+/// A POST of a fresh item per request (every write load of `make bench`).
+pub const WRITE: &str = r#"
 wrk.method = "POST"
 wrk.body = '{"name":"bench"}'
 wrk.headers["Content-Type"] = "application/json"

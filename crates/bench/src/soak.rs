@@ -44,12 +44,6 @@ end
 delay = function() return 10 end
 "#;
 
-const WRITE: &str = r#"
-wrk.method = "POST"
-wrk.body = '{"name":"traced"}'
-wrk.headers["Content-Type"] = "application/json"
-"#;
-
 /// What the soak and the tracing comparison found.
 #[derive(Debug, Clone)]
 pub struct Soak {
@@ -170,7 +164,7 @@ fn write_load(
         &service.api_url("/v1/items"),
         TRACED_CONNECTIONS,
         TRACED,
-        Some(WRITE),
+        Some(crate::request_path::WRITE),
     );
     settle(database);
     // Stopped gracefully, so the exporter flushes what it holds before the spans are counted.
