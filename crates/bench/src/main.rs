@@ -68,11 +68,24 @@ fn main() -> anyhow::Result<()> {
     }
     let database = format!("bench_{}", std::process::id());
     psql("postgres", &format!("CREATE DATABASE {database}"))?;
+    // `bench request-path` and `bench pipeline`: one section, printed, nothing written.
+    let env = service_env(&database);
+    let env = borrowed(&env);
+    let section = std::env::args().nth(1);
+    if section.as_deref() == Some("request-path") {
+        let outcome = migrate(&service_binary, &env)
+            .and_then(|()| request_path::measure(&release, &service_binary, &database, &env));
+        drop_database(&database);
+        let routes = outcome?;
+        println!(
+            "{}\n{}",
+            report::request_path_rows(&routes),
+            report::request_path_figures(&routes)
+        );
+        return Ok(());
+    }
     // @rabbitmq-begin
-    // `bench pipeline`: only the event pipeline, printed, nothing written.
-    if std::env::args().nth(1).as_deref() == Some("pipeline") {
-        let env = service_env(&database);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    if section.as_deref() == Some("pipeline") {
         let outcome = migrate(&service_binary, &env)
             .and_then(|()| pipeline::measure(&service_binary, &database, &env));
         drop_database(&database);
@@ -177,14 +190,17 @@ fn service_env(database: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-// @rabbitmq-begin
+/// `env` as the `(name, value)` pairs a spawned process takes.
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// Starts the service once so its migrations create the schema.
 fn migrate(service_binary: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
     let service = Service::spawn_untuned(service_binary, env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     Ok(())
 }
-// @rabbitmq-end
 
 pub fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
@@ -289,8 +305,7 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
 
     eprintln!("bench: the request path against the floor handler");
     let service_env = service_env(database);
-    let service_env: Vec<(&str, &str)> =
-        service_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let service_env = borrowed(&service_env);
     let request_path = request_path::measure(release, service_binary, database, &service_env)?;
     // @rabbitmq-begin
     eprintln!("bench: the event pipeline against its floors");

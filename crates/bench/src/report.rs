@@ -1,6 +1,7 @@
 //! The results as a table and as docs/benchmarks.md.
 
 use crate::pipeline::Pipeline; // @rabbitmq
+use crate::request_path::Comparison;
 use crate::soak::Soak;
 use crate::{Results, ratio};
 use std::time::Duration;
@@ -57,18 +58,7 @@ pub fn table(r: &Results) -> String {
         "| PostgreSQL back -> /readyz 200 | {} | <= 3 s + restart |\n",
         ms(r.recovery)
     ));
-    for route in &r.request_path {
-        out.push_str(&format!(
-            "| `{}` throughput vs floor handler | **{:.2}x** | >= 0.85x |\n",
-            route.route,
-            route.throughput()
-        ));
-        out.push_str(&format!(
-            "| `{}` p99 vs floor handler | **{:.2}x** | <= 1.3x |\n",
-            route.route,
-            route.p99()
-        ));
-    }
+    out.push_str(&request_path_rows(&r.request_path));
     out.push_str(&pipeline_rows(&r.pipeline)); // @rabbitmq
     out.push_str(&soak_rows(&r.soak));
     out.push_str(&format!("| idle RSS | {} | <= 30 MiB |\n", mib(r.idle_rss)));
@@ -112,7 +102,38 @@ pub fn table(r: &Results) -> String {
         s.non_2xx,
         s.socket_errors
     ));
-    for route in &r.request_path {
+    out.push_str(&request_path_figures(&r.request_path));
+    let starts: Vec<String> = r
+        .startups
+        .iter()
+        .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+        .collect();
+    out.push_str(&format!("\nStartups (ms, sorted): {}\n", starts.join(", ")));
+    out
+}
+
+/// Each route's ratios against the floor handler.
+pub fn request_path_rows(routes: &[Comparison]) -> String {
+    let mut out = String::new();
+    for route in routes {
+        out.push_str(&format!(
+            "| `{}` throughput vs floor handler | **{:.2}x** | >= 0.85x |\n",
+            route.route,
+            route.throughput()
+        ));
+        out.push_str(&format!(
+            "| `{}` p99 vs floor handler | **{:.2}x** | <= 1.3x |\n",
+            route.route,
+            route.p99()
+        ));
+    }
+    out
+}
+
+/// Each route's absolute figures, on the service and on the floor handler.
+pub fn request_path_figures(routes: &[Comparison]) -> String {
+    let mut out = String::new();
+    for route in routes {
         for (server, l) in [("service", &route.ours), ("floor handler", &route.floor)] {
             out.push_str(&format!(
                 "| `{}` on {server} | {:.0} | {} | {} | {} | {} |\n",
@@ -125,12 +146,6 @@ pub fn table(r: &Results) -> String {
             ));
         }
     }
-    let starts: Vec<String> = r
-        .startups
-        .iter()
-        .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
-        .collect();
-    out.push_str(&format!("\nStartups (ms, sorted): {}\n", starts.join(", ")));
     out
 }
 

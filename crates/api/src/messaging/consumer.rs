@@ -29,6 +29,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -169,7 +170,8 @@ impl Consumer {
         }
         let Some(last) = received.last() else { return };
         let last = last.delivery.acker.clone();
-        let events: Vec<ItemEvent> = received.iter().map(|r| r.event.clone()).collect();
+        // Shared with every retry of the transaction, not copied per attempt.
+        let events: Arc<[ItemEvent]> = received.iter().map(|r| r.event.clone()).collect();
         match self.process_while_available(events, stop).await {
             Some(Ok(first_times)) => {
                 // Every earlier delivery of this channel is settled: one ack covers the batch.
@@ -179,12 +181,12 @@ impl Consumer {
                 }
             }
             Some(Err(error)) if received.len() == 1 => {
-                for received in received {
-                    let Received {
-                        delivery,
-                        event,
-                        span,
-                    } = received;
+                if let Some(Received {
+                    delivery,
+                    event,
+                    span,
+                }) = received.pop()
+                {
                     self.attempt_failed(channel, delivery, &event, &error)
                         .instrument(span)
                         .await;
@@ -227,7 +229,7 @@ impl Consumer {
             span,
         } = received;
         let outcome = self
-            .process_while_available(vec![event.clone()], stop)
+            .process_while_available(Arc::new([event.clone()]), stop)
             .await;
         async {
             match outcome {
@@ -252,7 +254,7 @@ impl Consumer {
     /// backoff. `None` when told to stop before the database returned.
     async fn process_while_available(
         &self,
-        events: Vec<ItemEvent>,
+        events: Arc<[ItemEvent]>,
         stop: &CancellationToken,
     ) -> Option<Result<Vec<bool>, ProcessError>> {
         let first = events.first().map(|event| event.id).unwrap_or_default();
@@ -386,8 +388,8 @@ fn attempts_used(headers: Option<&FieldTable>) -> u32 {
 /// nothing. Returns, per event, whether this was the first time.
 /// Bounded like a request ([`Database::run`]): a frozen database is "unavailable" (held and
 /// retried), and the connection that hung is taken out of the pool rather than reused.
-async fn process(db: &Database, events: &[ItemEvent]) -> Result<Vec<bool>, ProcessError> {
-    let events = events.to_vec();
+async fn process(db: &Database, events: &Arc<[ItemEvent]>) -> Result<Vec<bool>, ProcessError> {
+    let events = Arc::clone(events);
     Ok(db
         .run(move |client| Box::pin(async move { record(client, &events).await }))
         .await?)
