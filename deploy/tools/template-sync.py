@@ -182,6 +182,8 @@ def plain_sql(text):
 def plain_schema(text):
     schema = json.loads(text)
     schema["properties"].pop("rabbitmq")
+    for broker_only in ("outbox", "rabbitmq"):  # app.outbox.publishers, app.rabbitmq.consumers
+        schema["properties"]["app"]["properties"].pop(broker_only)
 
     def prune(node):  # the check names a values file may tune
         if isinstance(node, dict):

@@ -194,6 +194,17 @@ pub struct HealthSettings {
 }
 
 impl Settings {
+    /// Connections of the background pool: one for each task that holds one.
+    pub fn background_connections(&self) -> usize {
+        // @rabbitmq-begin
+        // Housekeeping, each publishing loop of the relay, its lag check, each consumer.
+        1 + self.outbox.publishers + 1 + self.rabbitmq.consumers
+        // @rabbitmq-else
+        // // Housekeeping.
+        // 1
+        // @rabbitmq-end
+    }
+
     /// Loads every layer and validates every value.
     pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
         let mut settings: Settings = bootstrap::config::load(sources)?;

@@ -29,12 +29,13 @@ EXISTING = {
     "database": {"existingSecret": "orders-db", "existingSecretKey": "url"},
     "rabbitmq": {"existingSecret": "orders-mq"},  # @rabbitmq
 }
-# PostgreSQL connections a pod opens besides its request pool: the health check's and the
-# migration connection while it starts.
-EXTRA_CONNECTIONS = 2
+# PostgreSQL connections a pod opens besides its request pool: the health check's,
+# housekeeping's and the migration connection while it starts.
+EXTRA_CONNECTIONS = 3
 # @rabbitmq-begin
-# And the five of the outbox relay's own pool (four publishing loops, its lag check).
-EXTRA_CONNECTIONS += 5
+# And the background pool's for the relay (four publishing loops, its lag check) and the four
+# consumers.
+EXTRA_CONNECTIONS += 4 + 1 + 4
 # @rabbitmq-end
 # Health checks the app has (APP__HEALTH__<CHECK>__*).
 CHECKS = [
@@ -147,6 +148,7 @@ def test_the_config_map_sets_only_settings_the_app_has(render):
                 "APP__MANAGEMENT__WORKERS", "APP__SERVER__BODY_TIMEOUT", "APP__SERVER__MAX_CONNECTIONS",
                 "APP__DATABASE__POOL_MAX_SIZE", "APP__DATABASE__QUERY_TIMEOUT", "APP__STARTUP__DEADLINE",
                 "APP__SHUTDOWN__DRAIN_DELAY", "APP__SHUTDOWN__TIMEOUT"}
+    settings |= {"APP__OUTBOX__PUBLISHERS", "APP__RABBITMQ__CONSUMERS"}  # @rabbitmq
     settings |= {f"APP__HEALTH__{check.upper()}__{knob}" for check in CHECKS
                  for knob in ("INTERVAL", "TIMEOUT", "FAILURE_THRESHOLD", "CRITICAL")}
     assert set(render(INLINE).one("ConfigMap")["data"]) == settings
@@ -294,7 +296,7 @@ def test_the_release_digest_pins_the_app_version_and_an_explicit_tag_wins(render
 # Autoscaling, connections, disruptions ---------------------------------------------------------
 
 def test_hpa_has_a_scale_down_window_and_the_deployment_keeps_a_replica_count(render):
-    # 5 pods at most x (16 + extra) connections: more than the default budget of 100.
+    # 5 pods at most x (12 + extra) connections: more than the default budget of 100.
     out = render(INLINE, {"autoscaling": {"enabled": True, "maxReplicas": 4}, "database": {"maxConnections": 150}})
     hpa = out.one("HorizontalPodAutoscaler")
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
@@ -309,18 +311,30 @@ def test_inverted_autoscaling_bounds_are_refused(refused):
 
 
 def test_more_connections_than_the_server_allows_are_refused(refused, render):
-    # 10 replicas + 1 surge, each a pool of 16 plus its other connections: more than 100.
+    # 10 replicas + 1 surge, each a pool of 12 plus its other connections: more than 100.
     message = refused(INLINE, {"autoscaling": {"enabled": True}})
-    total = 11 * (16 + EXTRA_CONNECTIONS)
-    assert "11 pods" in message and f"poolMaxSize 16 + {EXTRA_CONNECTIONS}) = {total} exceeds database.maxConnections (100)" in message, message
-    pool = 100 // 11 - EXTRA_CONNECTIONS  # the largest pool that fits
-    render(INLINE, {"autoscaling": {"enabled": True}, "app": {"database": {"poolMaxSize": pool}}})
-    refused(INLINE, {"autoscaling": {"enabled": True}, "app": {"database": {"poolMaxSize": pool + 1}}})
+    total = 11 * (12 + EXTRA_CONNECTIONS)
+    assert "11 pods" in message and f"poolMaxSize 12 + {EXTRA_CONNECTIONS}) = {total} exceeds database.maxConnections (100)" in message, message
+    budget = {"maxConnections": 400}
+    pool = 400 // 11 - EXTRA_CONNECTIONS  # the largest pool that fits
+    render(INLINE, {"autoscaling": {"enabled": True}, "database": budget, "app": {"database": {"poolMaxSize": pool}}})
+    refused(INLINE, {"autoscaling": {"enabled": True}, "database": budget, "app": {"database": {"poolMaxSize": pool + 1}}})
+    # @rabbitmq-begin
+    # Each consumer or relay loop more is one connection more per pod.
+    refused(INLINE, {"autoscaling": {"enabled": True}, "database": budget,
+                     "app": {"database": {"poolMaxSize": pool}, "rabbitmq": {"consumers": 5}}})
+    refused(INLINE, {"autoscaling": {"enabled": True}, "database": budget,
+                     "app": {"database": {"poolMaxSize": pool}, "outbox": {"publishers": 5}}})
+    # @rabbitmq-end
 
 
 def test_pool_size_and_management_workers_are_values(render):
     data = render(INLINE, {"app": {"database": {"poolMaxSize": 8}, "managementWorkers": 2}}).one("ConfigMap")["data"]
     assert (data["APP__DATABASE__POOL_MAX_SIZE"], data["APP__MANAGEMENT__WORKERS"]) == ("8", "2")
+    # @rabbitmq-begin
+    data = render(INLINE, {"app": {"outbox": {"publishers": 2}, "rabbitmq": {"consumers": 3}}}).one("ConfigMap")["data"]
+    assert (data["APP__OUTBOX__PUBLISHERS"], data["APP__RABBITMQ__CONSUMERS"]) == ("2", "3")
+    # @rabbitmq-end
 
 
 def test_body_timeout_and_connection_cap_are_values(render):

@@ -230,12 +230,13 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- end }}
 {{- end }}
 {{- $pods := add (ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled) .Values.strategy.maxSurge | int }}
-{{- /* Per pod: the request pool, plus the health check's connection and the migration
-     connection a starting pod holds briefly. */}}
-{{- $extra := 2 }}
+{{- /* Per pod: the request pool, plus the health check's connection, housekeeping's, and the
+     migration connection a starting pod holds briefly. */}}
+{{- $extra := 3 }}
 {{- /* @rabbitmq-begin */}}
-{{- /* And the outbox relay's pool of its own: one per publishing loop (4) and its lag check's. */}}
-{{- $extra = add $extra 5 }}
+{{- /* And the background pool's for the relay (one per publishing loop, one for its lag check)
+     and for each consumer. */}}
+{{- $extra = add $extra .Values.app.outbox.publishers 1 .Values.app.rabbitmq.consumers }}
 {{- /* @rabbitmq-end */}}
 {{- $perPod := add .Values.app.database.poolMaxSize $extra | int }}
 {{- if gt (mul $pods $perPod) (int .Values.database.maxConnections) }}

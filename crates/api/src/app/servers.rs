@@ -1,5 +1,6 @@
 //! The two HTTP servers: the API, and the management port that the kubelet and Prometheus use.
 
+use crate::db::RequestPools;
 use crate::routes::AppState;
 use crate::settings::Settings;
 use crate::{openapi, problem, routes};
@@ -30,26 +31,34 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
     .run())
 }
 
+/// API workers: `APP__SERVER__WORKERS`, or one per CPU the process may use.
+pub(super) fn api_workers(settings: &Settings) -> usize {
+    match settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
+/// The API server, one worker per request pool; `state` builds each worker's state, in the
+/// worker (so its pool is the worker's own).
 pub(super) fn api_server(
     settings: &Settings,
-    state: AppState,
+    pools: &RequestPools,
+    state: impl Fn(&RequestPools) -> AppState + Clone + Send + 'static,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Server> {
     let metrics = HttpMetrics::register(registry)?;
     let document = web::Data::new(openapi::document());
-    let state = web::Data::new(state);
     let body_limit = settings.server.body_limit;
     let body_timeout = settings.server.body_timeout;
-    let workers = match settings.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    };
-    let connections = api_connections(settings, workers);
+    let workers = pools.workers();
+    let connections = api_connections(settings, pools);
+    let pools = pools.clone();
     let server = HttpServer::new(move || {
         let metrics = metrics.clone();
         App::new()
             .app_data(document.clone())
-            .app_data(state.clone())
+            .app_data(web::Data::new(state(&pools)))
             .app_data(web::PayloadConfig::new(body_limit))
             .wrap(middleware::from_fn(move |req, next| {
                 bootstrap::web::body_deadline(body_timeout, req, next)
@@ -80,14 +89,10 @@ pub(super) fn api_server(
 
 /// Open API connections allowed: `APP__SERVER__MAX_CONNECTIONS`, at most what the file limit
 /// (raised to its hard value first) leaves for them.
-fn api_connections(settings: &Settings, workers: usize) -> usize {
-    // @rabbitmq-begin
-    // The request pool, the relay's (one per publisher and its lag check's), the check's one.
-    let pooled = (settings.database.pool_max_size + settings.outbox.publishers + 2) as u64;
-    // @rabbitmq-else
-    // // The request pool and the check's connection.
-    // let pooled = settings.database.pool_max_size as u64 + 1;
-    // @rabbitmq-end
+fn api_connections(settings: &Settings, pools: &RequestPools) -> usize {
+    let workers = pools.workers();
+    // The request pools, the background pool, the check's connection.
+    let pooled = (pools.connections() + settings.background_connections() + 1) as u64;
     let budget = match bootstrap::limits::FileLimit::raise() {
         Ok(limit) => {
             let budget = limit.api_connections(pooled, workers);

@@ -32,7 +32,8 @@ impl Management {
 
 /// The service while it serves: what startup produced, with the API running.
 pub(super) struct Serving {
-    pool: deadpool_postgres::Pool,
+    request_pools: crate::db::RequestPools,
+    background_pool: deadpool_postgres::Pool,
     workers: JoinSet<()>,
     scheduler: JoinSet<()>,
     api_handle: ServerHandle,
@@ -43,13 +44,15 @@ pub(super) struct Serving {
 impl Serving {
     pub(super) fn start(running: Running) -> Serving {
         let Running {
-            pool,
+            request_pools,
+            background_pool,
             workers,
             scheduler,
             api,
         } = running;
         Serving {
-            pool,
+            request_pools,
+            background_pool,
             workers,
             scheduler,
             api_handle: api.handle(),
@@ -97,7 +100,8 @@ impl Shutdown<'_> {
         management: Management,
     ) -> ShutdownDeadline {
         let Serving {
-            pool,
+            request_pools,
+            background_pool,
             mut workers,
             scheduler,
             api_handle,
@@ -125,9 +129,9 @@ impl Shutdown<'_> {
         deadline
             .step("broker connection", parts.broker.close())
             .await;
-        parts.relay_pool.close();
         // @rabbitmq-end
-        pool.close();
+        background_pool.close();
+        request_pools.close();
         self.lifecycle.stopped();
         self.stop_health.cancel();
         deadline

@@ -1,6 +1,6 @@
 //! Startup: the phases of this service, in order, under one deadline.
 
-use super::servers::api_server;
+use super::servers::{api_server, api_workers};
 use super::{Failure, VERSION};
 use crate::db;
 use crate::messaging; // @rabbitmq
@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 pub const TELEMETRY: StartupPhase = StartupPhase::new("telemetry");
 /// `/livez` and `/startupz` answering.
 pub const MANAGEMENT_SERVER: StartupPhase = StartupPhase::new("management server");
-/// First PostgreSQL connection of the request pool.
+/// First PostgreSQL connection (the background pool's; API workers open theirs on first use).
 const POSTGRES_POOL: StartupPhase = StartupPhase::new("postgres pool").waiting_for("postgres");
 /// Schema migrations applied.
 const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("postgres");
@@ -47,15 +47,17 @@ pub(super) struct Parts {
     // @rabbitmq-begin
     pub(super) broker: BrokerSupervisor,
     pub(super) backlog: Arc<Backlog>,
-    /// The relay's own connections (and its lag check's).
-    pub(super) relay_pool: deadpool_postgres::Pool,
     pub(super) outbox_written: Arc<Notify>,
     // @rabbitmq-end
+    /// One connection per background task (and the outbox lag check's). // @rabbitmq
+    pub(super) background_pool: deadpool_postgres::Pool,
 }
 
 /// What startup produced.
 pub(super) struct Running {
-    pub(super) pool: deadpool_postgres::Pool,
+    /// One per API worker.
+    pub(super) request_pools: db::RequestPools,
+    pub(super) background_pool: deadpool_postgres::Pool,
     // @rabbitmq-begin
     /// The relay and the consumer.
     // @rabbitmq-else
@@ -83,7 +85,8 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
     ))?;
     registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
-    let relay_pool = db::relay_pool(&settings.database, settings.outbox.publishers)?; // @rabbitmq
+    let background_pool =
+        db::background_pool(&settings.database, settings.background_connections())?;
     let health = Health::builder(settings.service.name.clone(), VERSION)
         .registry(registry.clone())
         .liveness_stall_after(settings.health.liveness.stall_after)
@@ -103,7 +106,7 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
             "outbox",
             settings.health.postgres.policy(false)?.critical(false),
             OutboxLagCheck::new(
-                relay_pool.clone(),
+                background_pool.clone(),
                 backlog.clone(),
                 settings.outbox.lag_warn_after,
             ),
@@ -116,9 +119,9 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         // @rabbitmq-begin
         broker,
         backlog,
-        relay_pool,
         outbox_written: Arc::new(Notify::new()),
         // @rabbitmq-end
+        background_pool,
     })
 }
 
@@ -129,7 +132,7 @@ pub(super) async fn start(
     stop_workers: &CancellationToken,
     stop_health: &CancellationToken,
 ) -> Result<Running, Failure> {
-    let pool = database(settings, startup, parts).await?;
+    let request_pools = database(settings, startup, parts).await?;
     // @rabbitmq-begin
     // A critical broker holds startup; a non-critical one is connected in the background.
     if settings.health.rabbitmq.critical == Some(true) {
@@ -145,12 +148,7 @@ pub(super) async fn start(
 
     let began = Instant::now();
     let scheduler = parts.health.spawn_scheduler(stop_health.clone());
-    let workers = background_workers(
-        settings,
-        parts, // @rabbitmq
-        &pool,
-        stop_workers,
-    )?;
+    let workers = background_workers(settings, parts, stop_workers)?;
     startup.record(BACKGROUND_WORKERS, began.elapsed());
 
     // Warm-up: wait for the first verdict of every critical check, so the pod turns ready on
@@ -169,38 +167,40 @@ pub(super) async fn start(
         .await?;
 
     let began = Instant::now();
-    let state = AppState {
-        db: db::Database::new(pool.clone(), settings.database.query_timeout),
-        outbox_written: parts.outbox_written.clone(), // @rabbitmq
+    let outbox_written = parts.outbox_written.clone(); // @rabbitmq
+    let state = move |pools: &db::RequestPools| AppState {
+        db: pools.for_worker(),
+        outbox_written: outbox_written.clone(), // @rabbitmq
     };
-    let api = api_server(settings, state, &parts.registry)?;
+    let api = api_server(settings, &request_pools, state, &parts.registry)?;
     startup.record(API_SERVER, began.elapsed());
     Ok(Running {
-        pool,
+        request_pools,
+        background_pool: parts.background_pool.clone(),
         workers,
         scheduler,
         api,
     })
 }
 
-/// The request pool, once its first connection works, and the schema migrated.
+/// The request pools, once a first connection works, and the schema migrated.
 async fn database(
     settings: &Settings,
     startup: &Startup,
     parts: &Parts,
-) -> Result<deadpool_postgres::Pool, Failure> {
-    let pool = db::pool(&settings.database)?;
+) -> Result<db::RequestPools, Failure> {
     startup
         .run(POSTGRES_POOL, || async {
-            let client = pool.get().await?;
+            let client = parts.background_pool.get().await?;
             client.simple_query("SELECT 1").await?;
             Ok::<_, anyhow::Error>(())
         })
         .await?;
+    let pools = db::RequestPools::new(&settings.database, api_workers(settings))?;
     parts
         .registry
         .register(Box::new(
-            PoolGauges::new(pool.clone()).map_err(anyhow::Error::from)?,
+            PoolGauges::new(pools.pools()).map_err(anyhow::Error::from)?,
         ))
         .map_err(anyhow::Error::from)?;
     startup
@@ -210,7 +210,7 @@ async fn database(
             Ok::<_, anyhow::Error>(())
         })
         .await?;
-    Ok(pool)
+    Ok(pools)
 }
 
 // @rabbitmq-begin
@@ -220,14 +220,14 @@ async fn database(
 // @rabbitmq-end
 fn background_workers(
     settings: &Settings,
-    parts: &Parts, // @rabbitmq
-    pool: &deadpool_postgres::Pool,
+    parts: &Parts,
     stop: &CancellationToken,
 ) -> anyhow::Result<JoinSet<()>> {
+    let pool = &parts.background_pool;
     let mut workers = JoinSet::new();
     // @rabbitmq-begin
     let relay = Relay {
-        pool: parts.relay_pool.clone(),
+        pool: pool.clone(),
         link: parts.broker.link(),
         exchange: settings.rabbitmq.exchange.clone(),
         settings: settings.outbox.clone(),

@@ -1,4 +1,5 @@
-//! PostgreSQL: the request pool, migrations, and the queries of the example.
+//! PostgreSQL: the request pools and the background pool, migrations, and the queries of the
+//! example.
 
 pub mod idempotency;
 pub mod items;
@@ -10,8 +11,9 @@ use deadpool_postgres::{
     Client, Connect, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
 };
 use futures_util::future::BoxFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::runtime::Handle;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod embedded {
@@ -21,19 +23,15 @@ mod embedded {
 /// Arbitrary constant naming the migration lock among the advisory locks of the database.
 const MIGRATION_LOCK: i64 = 0x5348_4950_5348_4150; // "SHIPSHAP"
 
-/// Opens pool connections on the main runtime, wherever the pool is used.
+/// Opens a pool connection on the runtime that asks for it, with its driver task there too.
 ///
-/// A connection's socket and its driver task belong to the runtime that opened them. Opened
-/// from a handler, that is an actix worker's runtime, which stops first at shutdown: every
-/// connection it opened dies with it, and in-flight writes (and the background workers, which
-/// share the pool) fail with "connection closed". Opening them on the main runtime, which lives
-/// until the process ends, keeps them independent of the API workers.
-struct MainRuntimeConnect {
-    runtime: Handle,
+/// deadpool-postgres' own connector does the same but logs a closed connection as a warning;
+/// a connection ending is routine here (a recycled broken one, a runtime stopping).
+struct Connector {
     tls: MakeRustlsConnect,
 }
 
-impl Connect for MainRuntimeConnect {
+impl Connect for Connector {
     fn connect(
         &self,
         config: &tokio_postgres::Config,
@@ -42,42 +40,102 @@ impl Connect for MainRuntimeConnect {
         Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
     > {
         let config = config.clone();
-        let runtime = self.runtime.clone();
         let tls = self.tls.clone();
         Box::pin(async move {
-            let opened = runtime.spawn(async move {
-                let (client, connection) = config.connect(tls).await?;
-                let driver = tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(error = %describe(&error), "pool connection closed");
-                    }
-                });
-                Ok((client, driver))
+            let (client, connection) = config.connect(tls).await?;
+            let driver = tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %describe(&error), "pool connection closed");
+                }
             });
-            match opened.await {
-                Ok(result) => result,
-                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-                // The main runtime is shutting down: never resolve, and let the pool's create
-                // timeout turn this into an error the caller maps to 503.
-                Err(_) => std::future::pending().await,
-            }
+            Ok((client, driver))
         })
     }
 }
 
-/// Builds the request pool (no connection is opened yet). Call it on the main runtime: its
-/// connections are opened there (see [`MainRuntimeConnect`]).
-pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape", settings.pool_max_size)
+/// The request pool, split into one pool per API worker.
+///
+/// An actix worker is a single-threaded runtime, and a connection's socket and driver task
+/// belong to the runtime that opened it. Shared, a pool hands a worker connections driven by
+/// another thread (or by the main runtime): every query then wakes a second thread, which on
+/// two busy cores costs a fifth of the request path's throughput. A worker's own pool keeps a
+/// request on one thread; it dies with its worker, after the worker's in-flight requests, and
+/// nothing else uses it (background tasks have [`background_pool`]).
+#[derive(Debug, Clone)]
+pub struct RequestPools {
+    pools: Arc<[Pool]>,
+    handed_out: Arc<AtomicUsize>,
+    limit: Duration,
+}
+
+impl RequestPools {
+    /// `settings.pool_max_size` connections shared out among `workers` pools (at least one
+    /// each); no connection is opened yet. Each [`Database::run`] is bounded by the query
+    /// timeout.
+    pub fn new(settings: &DatabaseSettings, workers: usize) -> anyhow::Result<Self> {
+        let workers = workers.max(1);
+        let (base, extra) = (
+            settings.pool_max_size / workers,
+            settings.pool_max_size % workers,
+        );
+        let pools = (0..workers)
+            .map(|n| {
+                build_pool(
+                    settings,
+                    "shipshape",
+                    (base + usize::from(n < extra)).max(1),
+                )
+            })
+            .collect::<anyhow::Result<Arc<[Pool]>>>()?;
+        Ok(Self {
+            pools,
+            handed_out: Arc::new(AtomicUsize::new(0)),
+            limit: settings.query_timeout,
+        })
+    }
+
+    /// The next worker's pool: call it once in each worker, from the app factory. A worker
+    /// that actix restarts gets a pool whose connections died with its predecessor; they are
+    /// found closed on checkout and replaced.
+    pub fn for_worker(&self) -> Database {
+        let n = self.handed_out.fetch_add(1, Ordering::Relaxed) % self.pools.len();
+        Database::new(self.pools[n].clone(), self.limit)
+    }
+
+    /// API workers served: one pool each.
+    pub fn workers(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// Connections all the pools together may open.
+    pub fn connections(&self) -> usize {
+        self.pools.iter().map(|pool| pool.status().max_size).sum()
+    }
+
+    /// Each worker's pool, for the gauges.
+    pub fn pools(&self) -> impl Iterator<Item = Pool> + '_ {
+        self.pools.iter().cloned()
+    }
+
+    /// Closes every pool: idle connections end, none is opened again.
+    pub fn close(&self) {
+        self.pools.iter().for_each(Pool::close);
+    }
 }
 
 // @rabbitmq-begin
-/// The outbox relay's own connections (one per publishing loop, one for its lag check): a
-/// batch's row locks and a stalled publish never hold a connection a request needs.
-pub fn relay_pool(settings: &DatabaseSettings, publishers: usize) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape-relay", publishers + 1)
-}
+/// The background tasks' pool, one connection per task that holds one (housekeeping; the
+/// relay's publishing loops, its lag check and the consumers): a relay batch's row locks or a
+/// consumer's transaction never wait for a request's connection, nor hold one. Build and use
+/// it on the main runtime, which outlives the API workers.
+// @rabbitmq-else
+// /// The background tasks' pool, one connection per task that holds one (housekeeping): their
+// /// work never waits for a request's connection, nor holds one. Build and use it on the main
+// /// runtime, which outlives the API workers.
 // @rabbitmq-end
+pub fn background_pool(settings: &DatabaseSettings, tasks: usize) -> anyhow::Result<Pool> {
+    build_pool(settings, "shipshape-background", tasks.max(1))
+}
 
 fn build_pool(
     settings: &DatabaseSettings,
@@ -86,14 +144,9 @@ fn build_pool(
 ) -> anyhow::Result<Pool> {
     let (mut config, tls) = bootstrap::tls::postgres(settings)?;
     config.application_name(application);
-    let connect = MainRuntimeConnect {
-        runtime: Handle::try_current()
-            .map_err(|e| anyhow::anyhow!("building the pool outside a runtime: {e}"))?,
-        tls,
-    };
     let manager = Manager::from_connect(
         config,
-        connect,
+        Connector { tls },
         ManagerConfig {
             // Fast: a connection that broke is noticed on use; a round trip per checkout
             // would add a query to every request.
@@ -224,29 +277,72 @@ mod tests {
         }
     }
 
-    /// An actix worker is a runtime of its own that stops before the process does. A pool
-    /// connection it opened must outlive it: the background workers and other API workers reuse it.
+    /// The configured connections are shared out among the workers (the first ones take the
+    /// remainder), each worker at least one; workers are handed their pools in turn.
     #[test]
-    fn pool_connections_outlive_the_runtime_that_first_used_them() {
-        let main = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+    fn the_request_pool_is_shared_out_among_the_workers() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let pool = main.block_on(async { pool(&settings()) }).unwrap();
-        let worker = tokio::runtime::Builder::new_current_thread()
+        let _entered = runtime.enter();
+        let settings = DatabaseSettings {
+            pool_max_size: 5,
+            ..settings()
+        };
+        let pools = RequestPools::new(&settings, 2).unwrap();
+        assert_eq!((pools.workers(), pools.connections()), (2, 5));
+        let handed: Vec<usize> = (0..3)
+            .map(|_| pools.for_worker().pool.status().max_size)
+            .collect();
+        assert_eq!(handed, [3, 2, 3]);
+        let settings = DatabaseSettings {
+            pool_max_size: 1,
+            ..settings
+        };
+        assert_eq!(RequestPools::new(&settings, 3).unwrap().connections(), 3);
+    }
+
+    /// An actix worker is a runtime of its own, stopped at shutdown before the process ends
+    /// and restarted by actix after a panic. Another worker's requests must not be using a
+    /// connection that died with it.
+    #[test]
+    fn a_worker_stopping_leaves_the_other_workers_connections_alone() {
+        let main = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        worker.block_on(async {
-            let client = pool.get().await.unwrap();
-            client.simple_query("SELECT 1").await.unwrap();
-        });
-        // In use elsewhere (a background worker, another API worker) when the first worker stops.
-        let client = main.block_on(pool.get()).unwrap();
-        drop(worker);
-        main.block_on(client.simple_query("SELECT 1"))
-            .expect("the connection died with the worker's runtime");
+        let settings = DatabaseSettings {
+            pool_max_size: 4,
+            ..settings()
+        };
+        let pools = main
+            .block_on(async { RequestPools::new(&settings, 2) })
+            .unwrap();
+        let worker = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (first, second) = (worker(), worker());
+        let (first_db, second_db) = (pools.for_worker(), pools.for_worker());
+        let query = |db: &Database| {
+            let pool = db.pool.clone();
+            async move {
+                // Both connections of the pool, so a shared pool would hold the other's.
+                let (a, b) = (pool.get().await?, pool.get().await?);
+                a.simple_query("SELECT 1").await?;
+                b.simple_query("SELECT 1").await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        };
+        first.block_on(query(&first_db)).unwrap();
+        second.block_on(query(&second_db)).unwrap();
+        drop(first);
+        second
+            .block_on(query(&second_db))
+            .expect("a connection died with another worker's runtime");
     }
 
     /// A real error with SQLSTATE `code`, raised by the machine's PostgreSQL.

@@ -8,8 +8,8 @@
 //! idempotent (ours records event ids) and must not rely on order (use `occurred_at` or a
 //! version where order matters).
 //!
-//! The relay works on a pool of its own ([`crate::db::relay_pool`]): its row locks and a stalled
-//! publish never hold a connection a request needs. Publishing a batch and receiving its
+//! The relay works on the background pool ([`crate::db::background_pool`]), a connection for each
+//! of its loops: its row locks and a stalled publish never hold a connection a request needs. Publishing a batch and receiving its
 //! confirms is bounded (`APP__OUTBOX__PUBLISH_TIMEOUT`). The backlog (count and oldest age) is
 //! measured from the table by the lag check, so a stuck relay shows as lag.
 

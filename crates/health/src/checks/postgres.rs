@@ -142,23 +142,27 @@ where
 }
 
 /// Gauges of the request pool (`db_pool_connections{state=...}`), read from the pool at
-/// scrape time, so they cost nothing between scrapes.
+/// scrape time, so they cost nothing between scrapes. A request pool split into one pool per
+/// API worker is reported as one: each state is the sum over its parts.
 ///
 /// ```no_run
-/// let pool: deadpool_postgres::Pool = todo!();
+/// let pools: Vec<deadpool_postgres::Pool> = todo!();
 /// let registry = prometheus::Registry::new();
-/// registry.register(Box::new(health::checks::postgres::PoolGauges::new(pool)?))?;
+/// registry.register(Box::new(health::checks::postgres::PoolGauges::new(pools)?))?;
 /// # Ok::<(), prometheus::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct PoolGauges {
-    pool: deadpool_postgres::Pool,
+    pools: Vec<deadpool_postgres::Pool>,
     gauges: IntGaugeVec,
 }
 
 impl PoolGauges {
-    /// Gauges for `pool`; register the result in the registry `/metrics` renders.
-    pub fn new(pool: deadpool_postgres::Pool) -> prometheus::Result<Self> {
+    /// Gauges for the pools that together make the request pool; register the result in the
+    /// registry `/metrics` renders.
+    pub fn new(
+        pools: impl IntoIterator<Item = deadpool_postgres::Pool>,
+    ) -> prometheus::Result<Self> {
         let gauges = IntGaugeVec::new(
             Opts::new(
                 "db_pool_connections",
@@ -166,7 +170,10 @@ impl PoolGauges {
             ),
             &["state"],
         )?;
-        Ok(Self { pool, gauges })
+        Ok(Self {
+            pools: pools.into_iter().collect(),
+            gauges,
+        })
     }
 }
 
@@ -176,18 +183,59 @@ impl Collector for PoolGauges {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let status = self.pool.status();
+        let [mut max, mut size, mut available, mut waiting] = [0usize; 4];
+        for status in self.pools.iter().map(deadpool_postgres::Pool::status) {
+            max += status.max_size;
+            size += status.size;
+            available += status.available;
+            waiting += status.waiting;
+        }
         let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        let in_use = status.size.saturating_sub(status.available);
         for (state, value) in [
-            ("max", status.max_size),
-            ("size", status.size),
-            ("available", status.available),
-            ("in_use", in_use),
-            ("waiting", status.waiting),
+            ("max", max),
+            ("size", size),
+            ("available", available),
+            ("in_use", size.saturating_sub(available)),
+            ("waiting", waiting),
         ] {
             self.gauges.with_label_values(&[state]).set(as_gauge(value));
         }
         self.gauges.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of `max_size` connections to a server no test reaches: none is opened.
+    fn pool(max_size: usize) -> deadpool_postgres::Pool {
+        let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres".parse().unwrap();
+        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(max_size)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pool_split_per_worker_is_reported_as_one() {
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(PoolGauges::new([pool(3), pool(2)]).unwrap()))
+            .unwrap();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        for line in [
+            "db_pool_connections{state=\"max\"} 5",
+            "db_pool_connections{state=\"size\"} 0",
+            "db_pool_connections{state=\"waiting\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }
