@@ -48,6 +48,7 @@ SKIP = (
     "deploy/template/",
     "deploy/tools/template-sync.py",
     "deploy/tools/template-check.sh",
+    "deploy/tools/cpu-per-request.sh",
 )
 # The generated project's README: Liquid written by hand (it describes the new service).
 SERVICE_README = "deploy/template/README.md"

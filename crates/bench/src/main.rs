@@ -146,11 +146,21 @@ fn main() -> anyhow::Result<()> {
         "regression: exporting traces leaves {:.2}x of the write throughput",
         results.soak.tracing_ratio()
     );
-    // Below the goals (0.85x, 1.3x) today: these floors catch a regression from where the
-    // request path stands, not the distance to the goal (see docs/benchmarks.md).
+    // Under the goals (0.85x, 1.3x) by a margin for a noisy machine: a regression, not noise.
     for route in &results.request_path {
+        // @rabbitmq-begin
+        // The write route also pays for the event pipeline on the same two cores (0.5x today,
+        // docs/benchmarks.md says why); with the broker away it is held to the others' floor.
+        let minimum = if route.route == "POST /v1/items" {
+            0.3
+        } else {
+            0.6
+        };
+        // @rabbitmq-else
+        // let minimum = 0.6;
+        // @rabbitmq-end
         anyhow::ensure!(
-            route.throughput() >= 0.3 && route.p99() <= 8.0,
+            route.throughput() >= minimum && route.p99() <= 6.0,
             "regression: {} is {:.2}x the floor's throughput, p99 {:.2}x",
             route.route,
             route.throughput(),
