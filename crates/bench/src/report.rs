@@ -357,7 +357,11 @@ Fixed since (2026-12-04), in two steps:
    microseconds per `GET` against the floor's 61 (the floor got the faster router too), and take
    1.05x its requests/s. (How much of the loopback's kernel work is charged to which process
    varies from run to run, so only figures of the same run are compared.)
+";
 
+/// What the event pipeline costs a write, beside the request path.
+// @rabbitmq-begin
+const PROFILE_PIPELINE: &str = "
 Where a `POST` goes with the relay and the consumers running (the same script, the same runs;
 microseconds of CPU per request): the floor spends 282 in PostgreSQL, 140 in its workers and 24
 in wrk, about 450 in all, and took 3 883 requests/s. The service spends 392 in the PostgreSQL
@@ -373,7 +377,13 @@ the workers) and took 3 356 requests/s (0.86x); that is the `broker away` row. T
 `POST` with the pipeline running cannot be met where the broker and the database share the
 service's two cores; where they have their own (any real deployment), the request path is the
 `broker away` row.
+";
+// @rabbitmq-else
+// const PROFILE_PIPELINE: &str = "";
+// @rabbitmq-end
 
+/// p99 at saturation, read by hand.
+const PROFILE_TAIL: &str = "
 p99 at saturation is the goal the table most often misses, and the least repeatable figure in
 it. Both servers run the two cores flat out, wrk included; the service, serving as many or more
 requests per second, left 0.2-0.7 of 20 CPU-seconds idle in the script's runs against the
@@ -434,6 +444,8 @@ pub fn document(table: &str) -> String {
         today(),
         machine(),
     ) + PROFILE
+        + PROFILE_PIPELINE
+        + PROFILE_TAIL
         + &format!(
             "\nThroughput runs: {} connections, {} s each.\n",
             crate::CONNECTIONS,
