@@ -151,7 +151,7 @@ fn main() -> anyhow::Result<()> {
         // @rabbitmq-begin
         // The write route also pays for the event pipeline on the same two cores (0.5x today,
         // docs/benchmarks.md says why); with the broker away it is held to the others' floor.
-        let minimum = if route.route == "POST /v1/items" {
+        let minimum = if route.route == request_path::WRITE_ROUTE {
             0.3
         } else {
             0.6

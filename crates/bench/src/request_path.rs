@@ -17,6 +17,9 @@ pub const POOL_SIZE: &str = "16";
 /// median of the rounds' ratios and every round's is printed.
 pub const ROUNDS: usize = 3;
 
+/// The write route's name in the report and the guard.
+pub const WRITE_ROUTE: &str = "POST /v1/items";
+
 /// A POST of a fresh item per request (every write load of `make bench`).
 pub const WRITE: &str = r#"
 wrk.method = "POST"
@@ -102,7 +105,7 @@ pub fn measure(
     let routes: [(&'static str, String, Option<&str>); 3] = [
         ("GET /v1/items/{id}", format!("/v1/items/{id}"), None),
         ("GET /v1/items?limit=20", "/v1/items?limit=20".into(), None),
-        ("POST /v1/items", "/v1/items".into(), Some(WRITE)),
+        (WRITE_ROUTE, "/v1/items".into(), Some(WRITE)),
     ];
     let run = |base: &str| -> Vec<LoadReport> {
         // Warm the pool and the statement caches first.
