@@ -385,9 +385,9 @@ service's two cores; where they have their own (any real deployment), the reques
 /// p99 at saturation, read by hand.
 const PROFILE_TAIL: &str = "
 Why both servers run one API worker (since 2026-12-04). With two, the service's p99 at
-saturation was 1.5-4x the floor's in every round (three runs of `target/release/bench
-request-path` on one day: `GET` by id 1.48-2.52x, list 1.72-4.15x), while its throughput was
-1.04-1.15x. A per-thread CPU sample every second (`/proc/<pid>/task/*/stat`) during those runs
+saturation was above the floor's in every round of three runs of `target/release/bench
+request-path` on one day (medians: `GET` by id 1.48-2.52x, list 2.24-4.15x), while its
+throughput was 1.04-1.15x. A per-thread CPU sample every second (`/proc/<pid>/task/*/stat`) during those runs
 found nothing but the actix workers, PostgreSQL and wrk busy: the service's background tasks
 and health checks took under 2 % of a core, so the tail is not background work. Sharing one pool
 between the two workers (each connection driven by the worker that opened it, as the floor
@@ -396,9 +396,10 @@ the second worker's thread); one thread driving every connection gave 1.14-1.28x
 throughput. One service worker against the floor's two gave 0.91x (`GET` by id) and 1.09x
 (list) p99 at 1.01x and 0.91x throughput. So on two cores that also run PostgreSQL (16
 backends) and wrk, the second worker thread is what widens the tail: both workers queue behind
-PostgreSQL for a core, and a request waits for its worker's next turn. The floor handler does
-as well or better with one worker, so both now run one; the two-worker figures stay here as
-the reason. In production PostgreSQL has cores of its own and the chart's default (one worker
+PostgreSQL for a core, and a request waits for its worker's next turn. The floor handler is as
+fast or faster with one worker (`GET` by id 23-26k requests/s at a p99 of 4.2-4.8 ms, against
+21-24k and 4.9-8.9 ms with two), so both now run one; the two-worker figures stay here as the
+reason. In production PostgreSQL has cores of its own and the chart's default (one worker
 per CPU the container may use) stands.
 ";
 
