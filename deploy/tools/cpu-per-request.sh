@@ -6,9 +6,11 @@
 #   deploy/tools/cpu-per-request.sh <floor|service|broker-away> <get|post>
 #
 # Needs the release binaries (`make bench` builds them; RELEASE=dir to use others), wrk, and
-# PostgreSQL and RabbitMQ on their standard local ports. Uses ports 18081 and 19091.
+# PostgreSQL and RabbitMQ on their standard local ports. Uses ports 18081 and 19091. API
+# workers: WORKERS (default 1, as `make bench` runs both servers).
 set -euo pipefail
 server=${1:?floor, service or broker-away} route=${2:?get or post}
+workers=${WORKERS:-1}
 cd "$(dirname "$0")/../.."
 release=${RELEASE:-target/release}
 database=cpu_per_request_$$
@@ -25,7 +27,7 @@ trap cleanup EXIT
 service_env=(
   "APP__DATABASE__URL=postgres://postgres@127.0.0.1:5432/$database?sslmode=disable"
   APP__SERVER__HOST=127.0.0.1 APP__SERVER__PORT=18081 APP__MANAGEMENT__PORT=19091
-  APP__SERVER__WORKERS=2 APP__DATABASE__POOL_MAX_SIZE=16 RUST_LOG=warn
+  APP__SERVER__WORKERS=$workers APP__DATABASE__POOL_MAX_SIZE=16 RUST_LOG=warn
   APP__RABBITMQ__EXCHANGE=cpu.events APP__RABBITMQ__QUEUE=cpu.items
 )
 broker=amqp://guest:guest@127.0.0.1:5672/%2f
@@ -38,7 +40,7 @@ wait_for http://127.0.0.1:19091/readyz
 kill "$pid"; wait "$pid" || true; pid=
 id=$(sql -d "$database" -c "INSERT INTO items (id, name) SELECT gen_random_uuid(), 'seed ' || n FROM generate_series(1, 100) n RETURNING id" | tail -1)
 case $server in
-  floor) DATABASE_URL=postgres://postgres@127.0.0.1:5432/$database WORKERS=2 POOL_SIZE=16 PORT=18081 "$release/bench-floor" >/dev/null 2>&1 & pid=$! ;;
+  floor) DATABASE_URL=postgres://postgres@127.0.0.1:5432/$database WORKERS=$workers POOL_SIZE=16 PORT=18081 "$release/bench-floor" >/dev/null 2>&1 & pid=$! ;;
   service) env "${service_env[@]}" APP__RABBITMQ__URL=$broker "$release/shipshape" >/dev/null 2>&1 & pid=$! ;;
   # A port nothing listens on: the relay and the consumers stay idle.
   broker-away) env "${service_env[@]}" APP__RABBITMQ__URL=amqp://guest:guest@127.0.0.1:1/%2f "$release/shipshape" >/dev/null 2>&1 & pid=$! ;;
