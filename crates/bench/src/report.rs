@@ -425,7 +425,7 @@ pub fn document(table: &str) -> String {
          - **request path**: `GET /v1/items/{{id}}`, `GET /v1/items?limit=20` and `POST /v1/items` on the\n\
            service against `crates/bench/src/bin/floor.rs`: the same SQL (a write is one transaction\n\
            with the same inserts) on actix-web and deadpool-postgres with no middleware, both with {WORKERS} API\n\
-           worker (why one: the tail section below), a pool of {POOL_SIZE} and plain TCP, on the same database in three rounds (the floor first in\n\
+           worker(s) (how many and why: the tail section below), a pool of {POOL_SIZE} and plain TCP, on the same database in three rounds (the floor first in\n\
            each, then the service). A ratio is the median of the rounds' ratios, each round's in\n\
            brackets; the absolute figures are the round with the median throughput ratio. The service also validates input, keeps the request for `Idempotency-Key`,\n\
            bounds each query, and runs its background work as always{BACKGROUND}. Goals: at least\n\

@@ -11,7 +11,7 @@ use testkit::load::{LoadReport, wrk, wrk_scripted};
 /// API workers and pool size of both servers. One worker: the two cores also run PostgreSQL
 /// and wrk, and with a second worker each server's busy worker threads queue behind PostgreSQL
 /// for a core, which widens the tail at saturation far more than any middleware does (service
-/// p99 1.5-4x the floor's at 2 workers, 0.9-1.3x at 1; the floor itself is as fast with one).
+/// p99 1.5-4x the floor's at 2 workers, 1.0-1.45x at 1; the floor itself is as fast with one).
 pub const WORKERS: &str = "1";
 pub const POOL_SIZE: &str = "16";
 
