@@ -1,12 +1,15 @@
-//! Request telemetry for the API server: a span per request (tracing-actix-web, with a request
-//! id echoed as `X-Request-Id`), one access-log line, and Prometheus request metrics.
+//! Request telemetry for the API server: a span per request (tracing-actix-web with
+//! [`RequestSpan`], a request id echoed as `X-Request-Id`), one access-log line, and Prometheus
+//! request metrics.
 //!
 //! The management server mounts none of this: kubelet probes must not drown the logs.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
-use actix_web::http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use actix_web::http::header::{
+    CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING, USER_AGENT,
+};
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
@@ -18,7 +21,124 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tracing_actix_web::RequestId;
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The root span of an API request, for `TracingLogger::<RequestSpan>::new()`: the fields of
+/// tracing-actix-web's default span (OpenTelemetry's HTTP conventions, the request id), with a
+/// W3C `traceparent` continued, but each computed only when the span is enabled.
+///
+/// The default builder computes its fields for every request, even when `RUST_LOG` filters the
+/// span out: the route matched a second time, the connection info (the client address formatted
+/// into a string), the `traceparent` parsed twice and the trace id formatted. On this template's
+/// `GET /v1/items/{id}` that was about 2 microseconds of the worker's CPU a request (see
+/// docs/benchmarks.md). Here the route is matched once, for the span and for [`observe`]'s
+/// metrics (mount `observe` inside the logger).
+///
+/// ```
+/// # #[actix_web::main] async fn main() {
+/// use actix_web::{App, HttpResponse, test, web};
+/// use bootstrap::web::RequestSpan;
+/// use tracing_actix_web::TracingLogger;
+///
+/// let app = test::init_service(
+///     App::new()
+///         .wrap(TracingLogger::<RequestSpan>::new())
+///         .route("/items/{id}", web::get().to(|| async { HttpResponse::Ok().finish() })),
+/// )
+/// .await;
+/// let request = test::TestRequest::get().uri("/items/7").to_request();
+/// assert_eq!(test::call_service(&app, request).await.status(), 200);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct RequestSpan;
+
+/// The route pattern that the root span matched, left for [`observe`] so a request is routed
+/// once for its telemetry.
+struct MatchedRoute(String);
+
+/// A route label for what no route matched (the 404s).
+const UNMATCHED: &str = "unmatched";
+
+impl RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| UNMATCHED.to_owned());
+        let method = method_label(request.method());
+        // The field values are evaluated only if the span is enabled.
+        let span = tracing::info_span!(
+            "HTTP request",
+            http.method = method,
+            http.route = %route,
+            http.flavor = http_flavor(request.version()),
+            http.scheme = %request.connection_info().scheme(),
+            http.host = %request.connection_info().host(),
+            http.client_ip = %request.connection_info().realip_remote_addr().unwrap_or(""),
+            http.user_agent = %request
+                .headers()
+                .get(USER_AGENT)
+                .and_then(|agent| agent.to_str().ok())
+                .unwrap_or(""),
+            http.target = request.uri().path_and_query().map_or("", |target| target.as_str()),
+            http.status_code = Empty,
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            request_id = %request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            exception.message = Empty,
+            exception.details = Empty,
+        );
+        if !span.is_disabled() {
+            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.extract(&RequestHeaders(request.headers()))
+            });
+            // Fails only when no OpenTelemetry layer is installed: then there is no context.
+            let _ = span.set_parent(parent);
+        }
+        request.extensions_mut().insert(MatchedRoute(route));
+        span
+    }
+
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        if !span.is_disabled() {
+            DefaultRootSpanBuilder::on_request_end(span, outcome);
+        }
+    }
+}
+
+/// The HTTP version as OpenTelemetry's `http.flavor` spells it.
+fn http_flavor(version: actix_web::http::Version) -> &'static str {
+    use actix_web::http::Version;
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_11 => "1.1",
+        Version::HTTP_2 => "2.0",
+        Version::HTTP_3 => "3.0",
+        _ => "other",
+    }
+}
+
+/// Request headers as a W3C trace-context carrier.
+struct RequestHeaders<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for RequestHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
 
 /// HTTP request metrics: `http_requests_total` and `http_request_duration_seconds`, labelled by
 /// method, matched route pattern (never the raw path: ids would explode the cardinality) and
@@ -72,8 +192,9 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
     }
 }
 
-/// Middleware (for `actix_web::middleware::from_fn`) recording metrics and the access log.
-/// Mount it inside `TracingLogger` so it sees the request id.
+/// Middleware (for `actix_web::middleware::from_fn`) recording metrics and the access log, and
+/// echoing the request id. Mount it inside `TracingLogger::<RequestSpan>`, which gives it the
+/// request id and the matched route.
 pub async fn observe(
     metrics: HttpMetrics,
     req: ServiceRequest,
@@ -81,9 +202,11 @@ pub async fn observe(
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, Error> {
     let started = Instant::now();
     let method = method_label(req.method());
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let matched = req.extensions_mut().remove::<MatchedRoute>();
+    let route = match matched {
+        Some(MatchedRoute(route)) => route,
+        None => req.match_pattern().unwrap_or_else(|| UNMATCHED.to_owned()),
+    };
     let request_id = req.extensions().get::<RequestId>().copied();
     let outcome = next.call(req).await;
     // An error (a panic caught inside) is answered by actix further out: count it all the same.
@@ -103,7 +226,11 @@ pub async fn observe(
     tracing::info!(method = %method, route = %route, status = status.as_u16(), duration_ms = took.as_secs_f64() * 1000.0, "request");
     let mut response = outcome?;
     if let Some(id) = request_id
-        && let Ok(value) = HeaderValue::from_str(&id.to_string())
+        && let Ok(value) = HeaderValue::from_str(
+            uuid::Uuid::from(id)
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()),
+        )
     {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
@@ -246,6 +373,135 @@ mod tests {
     use super::*;
     use actix_web::middleware::from_fn;
     use actix_web::{App, test, web};
+    use std::sync::{Arc, Mutex};
+    use tracing_actix_web::TracingLogger;
+    use tracing_subscriber::filter::LevelFilter;
+
+    /// Log lines written by a test's subscriber.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// JSON logs at `level` into `captured`, for the current thread.
+    fn subscriber(level: LevelFilter, captured: &Captured) -> impl tracing::Subscriber {
+        let captured = captured.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_max_level(level)
+            .with_writer(move || captured.clone())
+            .finish()
+    }
+
+    /// `GET uri` through the API's telemetry (logger, `observe`): its `X-Request-Id` and the
+    /// `http_requests_total` series it counted (`route status` each).
+    async fn traced_get(uri: &str) -> (String, Vec<String>) {
+        let registry = Registry::new();
+        let metrics = HttpMetrics::register(&registry).unwrap();
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(move |req, next| {
+                    observe(metrics.clone(), req, next)
+                }))
+                .wrap(TracingLogger::<RequestSpan>::new())
+                .route(
+                    "/items/{id}",
+                    web::get().to(|| async {
+                        tracing::info!("handled");
+                        HttpResponse::Ok().finish()
+                    }),
+                ),
+        )
+        .await;
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri(uri).to_request()).await;
+        let request_id = response
+            .headers()
+            .get(&REQUEST_ID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let series = registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "http_requests_total")
+            .flat_map(|family| family.get_metric())
+            .map(|metric| {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .unwrap()
+                        .value()
+                        .to_owned()
+                };
+                format!("{} {}", label("route"), label("status"))
+            })
+            .collect();
+        (request_id, series)
+    }
+
+    #[actix_web::test]
+    async fn an_enabled_request_span_carries_the_route_the_target_and_the_request_id() {
+        let captured = Captured::default();
+        let _guard = tracing::subscriber::set_default(subscriber(LevelFilter::INFO, &captured));
+        let (request_id, series) = traced_get("/items/7?fields=name").await;
+        assert_eq!(series, ["/items/{id} 200"]);
+        let logs = captured.text();
+        let handled = logs
+            .lines()
+            .find(|line| line.contains("\"handled\""))
+            .unwrap();
+        for field in [
+            r#""http.route":"/items/{id}""#.to_owned(),
+            r#""otel.name":"GET /items/{id}""#.to_owned(),
+            r#""http.target":"/items/7?fields=name""#.to_owned(),
+            r#""http.method":"GET""#.to_owned(),
+            format!(r#""request_id":"{request_id}""#),
+        ] {
+            assert!(handled.contains(&field), "{field} missing: {handled}");
+        }
+        // The access log line, with the same route, in the same span.
+        let access = logs
+            .lines()
+            .find(|line| line.contains("\"request\""))
+            .unwrap();
+        assert!(
+            access.contains(&format!(r#""request_id":"{request_id}""#)),
+            "{access}"
+        );
+        assert!(access.contains(r#""status":200"#), "{access}");
+    }
+
+    #[actix_web::test]
+    async fn with_the_span_filtered_out_the_metrics_still_get_the_route_and_the_response_its_id() {
+        let captured = Captured::default();
+        let _guard = tracing::subscriber::set_default(subscriber(LevelFilter::WARN, &captured));
+        let (request_id, series) = traced_get("/items/7").await;
+        assert_eq!(series, ["/items/{id} 200"]);
+        assert!(uuid::Uuid::parse_str(&request_id).is_ok(), "{request_id}");
+        let (_, series) = traced_get("/nothing/here").await;
+        assert_eq!(series, ["unmatched 404"]);
+        assert_eq!(captured.text(), "", "nothing is logged below WARN");
+    }
 
     async fn a_column_that_changed_type() -> HttpResponse {
         panic!("a column that changed type")

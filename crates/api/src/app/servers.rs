@@ -68,7 +68,7 @@ pub(super) fn api_server(
             .wrap(middleware::from_fn(move |req, next| {
                 bootstrap::web::observe(metrics.clone(), req, next)
             }))
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<bootstrap::web::RequestSpan>::new())
             .route("/openapi.json", web::get().to(openapi::serve))
             .configure(|cfg| routes::configure(cfg, body_limit))
             .default_service(web::to(problem::not_found))
