@@ -32,10 +32,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 ///
 /// The default builder computes its fields for every request, even when `RUST_LOG` filters the
 /// span out: the route matched a second time, the connection info (the client address formatted
-/// into a string), the `traceparent` parsed twice and the trace id formatted. On this template's
-/// `GET /v1/items/{id}` that was about 2 microseconds of the worker's CPU a request (see
-/// docs/benchmarks.md). Here the route is matched once, for the span and for [`observe`]'s
-/// metrics (mount `observe` inside the logger).
+/// into a string), the `traceparent` parsed twice and the trace id formatted: about 0.6
+/// microseconds of a worker's CPU per `GET /v1/items/{id}` in a profile (docs/benchmarks.md).
+/// Here the route is matched once, for the span and for [`observe`]'s metrics (mount `observe`
+/// inside the logger).
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {
@@ -223,7 +223,7 @@ pub async fn observe(
         .duration
         .with_label_values(&[method, &route])
         .observe(took.as_secs_f64());
-    tracing::info!(method = %method, route = %route, status = status.as_u16(), duration_ms = took.as_secs_f64() * 1000.0, "request");
+    tracing::info!(method = %method, route = %route, status = status.as_u16(), duration_ms = took.as_secs_f64() * 1000.0, request_id = request_id.map(tracing::field::display), "request");
     let mut response = outcome?;
     if let Some(id) = request_id
         && let Ok(value) = HeaderValue::from_str(

@@ -76,14 +76,22 @@ impl Telemetry {
                     tracing_subscriber::fmt::format()
                         .json()
                         .flatten_event(true)
-                        .with_current_span(true)
+                        .with_current_span(false)
                         .with_span_list(false),
                 ))
+                // Spans reach this layer only to be formatted into fields no line prints (a
+                // line's context is its trace and span id): events only.
+                .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                    metadata.is_event()
+                }))
                 .boxed()
         };
         let (provider, exporting) = tracer_provider(service_name)?;
-        let traces =
-            tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()));
+        let traces = tracing_opentelemetry::layer()
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_tracer(provider.tracer(service_name.to_owned()));
         tracing_subscriber::registry()
             .with(ClientProtocolErrors)
             .with(filter)
@@ -158,12 +166,15 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let ids = ctx.lookup_current().and_then(|_| {
-            let context = tracing::Span::current().context();
-            let span = context.span();
-            let ids = span.span_context();
-            ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
-        });
+        let current = tracing::Span::current();
+        let ids = (!current.is_none())
+            .then(|| {
+                let context = current.context();
+                let span = context.span();
+                let ids = span.span_context();
+                ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
+            })
+            .flatten();
         let Some((trace_id, span_id)) = ids else {
             return self.0.format_event(ctx, writer, event);
         };
