@@ -7,10 +7,11 @@
 #
 # Needs the release binaries (`make bench` builds them; RELEASE=dir to use others), wrk, and
 # PostgreSQL and RabbitMQ on their standard local ports. Uses ports 18081 and 19091. API
-# workers: WORKERS (default 1, as `make bench` runs both servers).
+# workers: WORKERS (default 1, as `make bench` runs both servers); the service's log filter:
+# RUST_LOG (default warn, as `make bench` runs it).
 set -euo pipefail
 server=${1:?floor, service or broker-away} route=${2:?get or post}
-workers=${WORKERS:-1}
+workers=${WORKERS:-1} log=${RUST_LOG:-warn}
 cd "$(dirname "$0")/../.."
 release=${RELEASE:-target/release}
 database=cpu_per_request_$$
@@ -27,7 +28,7 @@ trap cleanup EXIT
 service_env=(
   "APP__DATABASE__URL=postgres://postgres@127.0.0.1:5432/$database?sslmode=disable"
   APP__SERVER__HOST=127.0.0.1 APP__SERVER__PORT=18081 APP__MANAGEMENT__PORT=19091
-  APP__SERVER__WORKERS=$workers APP__DATABASE__POOL_MAX_SIZE=16 RUST_LOG=warn
+  APP__SERVER__WORKERS=$workers APP__DATABASE__POOL_MAX_SIZE=16 RUST_LOG=$log
   APP__RABBITMQ__EXCHANGE=cpu.events APP__RABBITMQ__QUEUE=cpu.items
 )
 broker=amqp://guest:guest@127.0.0.1:5672/%2f

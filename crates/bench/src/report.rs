@@ -337,7 +337,7 @@ TCP) with `perf record -F 999 -g -p <pid> -- sleep 10` during `wrk -t2 -c64 -d14
   (cross-thread wake-ups); no single address of the (stripped) binary reaches 1 %, and malloc
   and free together take 7 %.
 
-Fixed since (2026-12-04), in two steps:
+Fixed since (2026-12-04), in four steps:
 
 1. Each API worker has a request pool of its own (`db::RequestPools`), opened and driven on its
    thread; the background tasks use a pool of their own on the main runtime. Old and new
@@ -357,6 +357,37 @@ Fixed since (2026-12-04), in two steps:
    microseconds per `GET` against the floor's 61 (the floor got the faster router too), and take
    1.05x its requests/s. (How much of the loopback's kernel work is charged to which process
    varies from run to run, so only figures of the same run are compared.)
+3. At one API worker each, `perf record -F 999 -g` (symbols build, `wrk -t2 -c64` on `GET
+   /v1/items/{id}`) gave the service's worker 29.6 microseconds of CPU per request, 10.6 of
+   them in user space (the binary and libc), against the floor's 26.0 and 7.0; the kernel's
+   share (the sockets) was the same, 19 each. tracing-actix-web's default root span computed
+   its fields for every request even with `RUST_LOG` filtering the span out: the connection
+   info (the client address formatted into a string: 1.0 % of the samples), the trace id
+   formatted (0.3 %), `traceparent` parsed twice, the route matched a second time.
+   `bootstrap::web::RequestSpan` computes them only for an enabled span and matches the route
+   once, for the span and the metrics: those functions left the profile, malloc and free went
+   from 6.0 % to 4.3 % of the samples and the router's regex from 1.4 % to 1.0 %, and user
+   space from 10.6 to 10.0 microseconds per request. In requests/s that is within the spread of
+   `deploy/tools/cpu-per-request.sh` (old and new binaries alternated three times: 26.6-26.9
+   and 25.6-27.5 microseconds on the worker). Switching the whole stack off in a scratch build
+   (root span, metrics and access log, panic guard, body deadline, per-query timeout) saved
+   1.7 microseconds per request (25.8 against 24.1, three runs each, the floor's worker 23.0):
+   that is all the template's middleware costs a read at `RUST_LOG=warn`, about 7 % of the
+   worker's CPU; the remaining 1.1 is in the handler and the rest of the binary (not profiled
+   further).
+4. The bench runs the service at `RUST_LOG=warn`, which filters out the access log and the
+   request span. At the default `info`, the same script (`RUST_LOG=info
+   deploy/tools/cpu-per-request.sh service get`, medians of three runs) gave the worker 53.8
+   microseconds per read against 27.3 at `warn`: logging and tracing a request cost twice what
+   serving it did. The profile put it in tracing-subscriber and serde_json: the JSON log layer
+   formatted each span's 13 fields into a JSON string when the span opened and parsed and
+   rewrote it on each `record` (the status, at the end), although no line printed them (a line's
+   context is its `trace_id` and `span_id`); tracing-opentelemetry read the clock on every
+   enter and exit for busy/idle times and attached thread and source-location attributes. The
+   log layer now takes events only, the access line carries `request_id` itself, and spans go
+   without those attributes: 37.7 microseconds at `info` (20 900 requests/s against 26 000 at
+   `warn` and the floor's 29 700 in the same runs), so a logged and traced read costs 10
+   microseconds more than a silent one, down from 26.
 ";
 
 /// What the event pipeline costs a write, beside the request path.

@@ -5,7 +5,9 @@
 //!   exporter exists at all, so there is nothing to retry, log or send. The export queue is
 //!   bounded (`OTEL_BSP_MAX_QUEUE_SIZE`): a collector that is down or slow never holds a request,
 //!   and what does not fit is counted in [`SPANS_DROPPED`].
-//! - Log lines logged inside a traced span lead with its `trace_id` and `span_id`.
+//! - Log lines logged inside a traced span lead with its `trace_id` and `span_id`; they do not
+//!   repeat the span's fields (the trace has them), so the log layer never sees spans: formatting
+//!   every span's fields into JSON no line printed was most of what a logged request cost.
 //! - Client protocol errors (a malformed request line or header, a URI too long), which actix-http
 //!   logs at ERROR although the fault is the client's and it already answered 400, are counted in
 //!   `http_client_protocol_errors_total` and summarised at INFO ([`report_client_protocol_errors`])
