@@ -373,33 +373,12 @@ mod tests {
     use super::*;
     use actix_web::middleware::from_fn;
     use actix_web::{App, test, web};
-    use std::sync::{Arc, Mutex};
+    use testkit::logs::CapturedLogs;
     use tracing_actix_web::TracingLogger;
     use tracing_subscriber::filter::LevelFilter;
 
-    /// Log lines written by a test's subscriber.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
-
     /// JSON logs at `level` into `captured`, for the current thread.
-    fn subscriber(level: LevelFilter, captured: &Captured) -> impl tracing::Subscriber {
+    fn subscriber(level: LevelFilter, captured: &CapturedLogs) -> impl tracing::Subscriber {
         let captured = captured.clone();
         tracing_subscriber::fmt()
             .json()
@@ -461,7 +440,7 @@ mod tests {
 
     #[actix_web::test]
     async fn an_enabled_request_span_carries_the_route_the_target_and_the_request_id() {
-        let captured = Captured::default();
+        let captured = CapturedLogs::default();
         let _guard = tracing::subscriber::set_default(subscriber(LevelFilter::INFO, &captured));
         let (request_id, series) = traced_get("/items/7?fields=name").await;
         assert_eq!(series, ["/items/{id} 200"]);
@@ -493,7 +472,7 @@ mod tests {
 
     #[actix_web::test]
     async fn with_the_span_filtered_out_the_metrics_still_get_the_route_and_the_response_its_id() {
-        let captured = Captured::default();
+        let captured = CapturedLogs::default();
         let _guard = tracing::subscriber::set_default(subscriber(LevelFilter::WARN, &captured));
         let (request_id, series) = traced_get("/items/7").await;
         assert_eq!(series, ["/items/{id} 200"]);

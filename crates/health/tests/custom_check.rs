@@ -6,9 +6,8 @@
 
 use actix_web::{App, test, web};
 use health::{Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation, Status};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::logs::CapturedLogs;
 use tokio::net::{TcpListener, TcpStream};
 
 /// The whole check a new TCP dependency needs: connect within the policy's timeout.
@@ -27,26 +26,6 @@ impl Check for TcpCheck {
     }
 }
 
-/// Log lines written by the subscriber, for asserting on.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 async fn wait_for(health: &Health, selector: &str, wanted: Status) {
     let mut listener = health.listen(selector).unwrap();
     tokio::time::timeout(
@@ -59,7 +38,7 @@ async fn wait_for(health: &Health, selector: &str, wanted: Status) {
 
 #[actix_web::test]
 async fn a_custom_check_shows_in_readiness_metrics_and_logs() {
-    let logs = Captured::default();
+    let logs = CapturedLogs::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())

@@ -10,6 +10,7 @@ pub mod amqp; // @rabbitmq
 pub mod balancer;
 pub mod kubelet;
 pub mod load;
+pub mod logs;
 pub mod net;
 pub mod otlp;
 pub mod postgres;
