@@ -27,8 +27,12 @@ use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The root span of an API request, for `TracingLogger::<RequestSpan>::new()`: the fields of
-/// tracing-actix-web's default span (OpenTelemetry's HTTP conventions, the request id), with a
-/// W3C `traceparent` continued, but each computed only when the span is enabled.
+/// tracing-actix-web's default span (OpenTelemetry's HTTP conventions, the request id) under
+/// its target, with a W3C `traceparent` continued, but each computed only when the span is
+/// enabled. It differs from the default in three values: a path no route matched is
+/// `unmatched` (the metrics' label) rather than `default`, a made-up method is `other` (so a
+/// client cannot grow the span names without bound), and there is no `trace_id` field (every
+/// JSON log line leads with it).
 ///
 /// The default builder computes its fields for every request, even when `RUST_LOG` filters the
 /// span out: the route matched a second time, the connection info (the client address formatted
@@ -69,8 +73,11 @@ impl RootSpanBuilder for RequestSpan {
             .match_pattern()
             .unwrap_or_else(|| UNMATCHED.to_owned());
         let method = method_label(request.method());
-        // The field values are evaluated only if the span is enabled.
+        let request_id = request.extensions().get::<RequestId>().copied();
+        // The field values are evaluated only if the span is enabled. The target is
+        // tracing-actix-web's, so `RUST_LOG` directives written for it keep working.
         let span = tracing::info_span!(
+            target: "tracing_actix_web::root_span_builder",
             "HTTP request",
             http.method = method,
             http.route = %route,
@@ -88,11 +95,7 @@ impl RootSpanBuilder for RequestSpan {
             otel.name = %format_args!("{method} {route}"),
             otel.kind = "server",
             otel.status_code = Empty,
-            request_id = %request
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
+            request_id = request_id.map(tracing::field::display),
             exception.message = Empty,
             exception.details = Empty,
         );
@@ -208,6 +211,17 @@ pub async fn observe(
         None => req.match_pattern().unwrap_or_else(|| UNMATCHED.to_owned()),
     };
     let request_id = req.extensions().get::<RequestId>().copied();
+    // The access line's path and client, copied only when the line is logged. The query is left
+    // out: it may carry what does not belong in a log.
+    let requested = tracing::enabled!(tracing::Level::INFO).then(|| {
+        (
+            req.path().to_owned(),
+            req.connection_info()
+                .realip_remote_addr()
+                .unwrap_or("")
+                .to_owned(),
+        )
+    });
     let outcome = next.call(req).await;
     // An error (a panic caught inside) is answered by actix further out: count it all the same.
     let status = match &outcome {
@@ -223,7 +237,17 @@ pub async fn observe(
         .duration
         .with_label_values(&[method, &route])
         .observe(took.as_secs_f64());
-    tracing::info!(method = %method, route = %route, status = status.as_u16(), duration_ms = took.as_secs_f64() * 1000.0, request_id = request_id.map(tracing::field::display), "request");
+    let (path, client_ip) = requested.unzip();
+    tracing::info!(
+        method,
+        route = route.as_str(),
+        path = path.as_deref(),
+        client_ip = client_ip.as_deref(),
+        status = status.as_u16(),
+        duration_ms = took.as_secs_f64() * 1000.0,
+        request_id = request_id.map(tracing::field::display),
+        "request"
+    );
     let mut response = outcome?;
     if let Some(id) = request_id
         && let Ok(value) = HeaderValue::from_str(
@@ -388,6 +412,12 @@ mod tests {
             .finish()
     }
 
+    /// The address requests in these tests come from.
+    const CLIENT: std::net::SocketAddr = std::net::SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)),
+        4567,
+    );
+
     /// `GET uri` through the API's telemetry (logger, `observe`): its `X-Request-Id` and the
     /// `http_requests_total` series it counted (`route status` each).
     async fn traced_get(uri: &str) -> (String, Vec<String>) {
@@ -408,8 +438,14 @@ mod tests {
                 ),
         )
         .await;
-        let response =
-            test::call_service(&app, test::TestRequest::get().uri(uri).to_request()).await;
+        let response = test::call_service(
+            &app,
+            test::TestRequest::get()
+                .uri(uri)
+                .peer_addr(CLIENT)
+                .to_request(),
+        )
+        .await;
         let request_id = response
             .headers()
             .get(&REQUEST_ID)
@@ -467,7 +503,15 @@ mod tests {
             access.contains(&format!(r#""request_id":"{request_id}""#)),
             "{access}"
         );
-        assert!(access.contains(r#""status":200"#), "{access}");
+        for field in [
+            r#""status":200"#,
+            r#""route":"/items/{id}""#,
+            // The path without its query.
+            r#""path":"/items/7","#,
+            r#""client_ip":"10.1.2.3""#,
+        ] {
+            assert!(access.contains(field), "{field} missing: {access}");
+        }
     }
 
     #[actix_web::test]

@@ -69,36 +69,9 @@ impl Telemetry {
             }
             _ => EnvFilter::new("info"),
         };
-        let logs = if std::io::stdout().is_terminal() {
-            tracing_subscriber::fmt::layer().pretty().boxed()
-        } else {
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                .event_format(WithTraceIds(
-                    tracing_subscriber::fmt::format()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
-                        .with_span_list(false),
-                ))
-                // Spans reach this layer only to be formatted into fields no line prints (a
-                // line's context is its trace and span id): events only.
-                .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                    metadata.is_event()
-                }))
-                .boxed()
-        };
         let (provider, exporting) = tracer_provider(service_name)?;
-        let traces = tracing_opentelemetry::layer()
-            .with_tracked_inactivity(false)
-            .with_threads(false)
-            .with_location(false)
-            .with_tracer(provider.tracer(service_name.to_owned()));
-        tracing_subscriber::registry()
-            .with(ClientProtocolErrors)
-            .with(filter)
-            .with(logs)
-            .with(traces)
+        let tracer = provider.tracer(service_name.to_owned());
+        subscriber(filter, std::io::stdout().is_terminal(), tracer)
             .try_init()
             .map_err(|e| TelemetryError::Install(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(provider.clone());
@@ -120,6 +93,82 @@ impl Telemetry {
         {
             tracing::warn!(%error, "flushing traces at shutdown");
         }
+    }
+}
+
+/// The subscriber: `filter` over everything, log lines (pretty on a terminal, else JSON), spans
+/// to `tracer`.
+fn subscriber(
+    filter: EnvFilter,
+    pretty: bool,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> impl Subscriber + Send + Sync + 'static {
+    let logs = if pretty {
+        tracing_subscriber::fmt::layer().pretty().boxed()
+    } else {
+        EventsOnly(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(WithTraceIds(
+                    tracing_subscriber::fmt::format()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(false),
+                )),
+        )
+        .boxed()
+    };
+    let traces = tracing_opentelemetry::layer()
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_tracer(tracer);
+    tracing_subscriber::registry()
+        .with(ClientProtocolErrors)
+        .with(filter)
+        .with(logs)
+        .with(traces)
+}
+
+/// A layer that sees events and nothing of spans. The JSON log layer would format every span's
+/// fields into a JSON string when the span opens and parse and rewrite it on each `record`,
+/// for lines that never print them (a line's context is its trace and span id): at
+/// `RUST_LOG=info` that was most of what logging a request cost. A per-layer filter would do
+/// the same but take the stack's level hint away, and with it the call-site check that makes a
+/// disabled `debug!` free.
+struct EventsOnly<L>(L);
+
+impl<S: Subscriber, L: Layer<S>> Layer<S> for EventsOnly<L> {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber);
+    }
+
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.0.register_callsite(metadata)
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.enabled(metadata, ctx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.event_enabled(event, ctx)
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        self.0.on_event(event, ctx);
     }
 }
 
@@ -247,6 +296,30 @@ pub async fn report_client_protocol_errors(every: Duration) {
                 "malformed requests refused by the HTTP layer (400)"
             );
             reported = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::filter::LevelFilter;
+
+    /// The level hint lets every `debug!` and `trace!` below `RUST_LOG` be skipped at its call
+    /// site; a stack that loses it runs the whole filter chain for each of them, in every
+    /// dependency, on every request.
+    #[test]
+    fn the_subscriber_keeps_the_filter_s_level_so_disabled_call_sites_cost_nothing() {
+        let tracer = SdkTracerProvider::builder().build().tracer("test");
+        for (directives, level) in [("info", LevelFilter::INFO), ("warn", LevelFilter::WARN)] {
+            for pretty in [false, true] {
+                let subscriber = subscriber(EnvFilter::new(directives), pretty, tracer.clone());
+                assert_eq!(
+                    subscriber.max_level_hint(),
+                    Some(level),
+                    "{directives}, pretty: {pretty}"
+                );
+            }
         }
     }
 }
