@@ -31,6 +31,7 @@ use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -103,27 +104,39 @@ fn subscriber(
     pretty: bool,
     tracer: opentelemetry_sdk::trace::SdkTracer,
 ) -> impl Subscriber + Send + Sync + 'static {
+    let most_verbose = filter.max_level_hint();
     let logs = if pretty {
         tracing_subscriber::fmt::layer().pretty().boxed()
     } else {
-        EventsOnly(
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                .event_format(WithTraceIds(
-                    tracing_subscriber::fmt::format()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
-                        .with_span_list(false),
-                )),
-        )
-        .boxed()
+        tracing_subscriber::fmt::layer()
+            .event_format(WithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            ))
+            .with_filter(Shown {
+                spans: false,
+                events: LevelFilter::TRACE,
+                most_verbose,
+            })
+            .boxed()
     };
+    // Nothing here reads `opentelemetry::Context::current()` (spans are parented through the
+    // tracing span tree, and what is sent carries `Span::context()`), so entering a span need
+    // not attach its context: that was a thread-local push and pop on every poll.
     let traces = tracing_opentelemetry::layer()
+        .with_context_activation(false)
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
-        .with_tracer(tracer);
+        .with_tracer(tracer)
+        .with_filter(Shown {
+            spans: true,
+            events: LevelFilter::WARN,
+            most_verbose,
+        });
     tracing_subscriber::registry()
         .with(ClientProtocolErrors)
         .with(filter)
@@ -131,44 +144,55 @@ fn subscriber(
         .with(traces)
 }
 
-/// A layer that sees events and nothing of spans. The JSON log layer would format every span's
-/// fields into a JSON string when the span opens and parse and rewrite it on each `record`,
-/// for lines that never print them (a line's context is its trace and span id): at
-/// `RUST_LOG=info` that was most of what logging a request cost. A per-layer filter would do
-/// the same but take the stack's level hint away, and with it the call-site check that makes a
-/// disabled `debug!` free.
-struct EventsOnly<L>(L);
+/// Which of the spans and events that `RUST_LOG` lets through a layer is shown.
+///
+/// - The JSON log layer sees no spans. It would format every span's fields into a JSON string
+///   when the span opens and rewrite it on each `record`, for lines that never print them (a
+///   line's context is its trace and span id): at `RUST_LOG=info` that was most of what logging
+///   a request cost.
+/// - The trace layer sees the spans and only the events from WARN up. Every line is in the log
+///   with its trace id already; copying each INFO line (the access line of every request) into
+///   a span event cost as much again as logging it.
+#[derive(Debug, Clone, Copy)]
+struct Shown {
+    spans: bool,
+    events: LevelFilter,
+    /// `RUST_LOG`'s most verbose level, the hint this filter gives. A stack with a per-layer
+    /// filter takes its level hint from those filters, and without one it has none: every
+    /// disabled `debug!` in every dependency would run the filter chain instead of being
+    /// skipped at its call site. `RUST_LOG` gates every layer, so the hint holds.
+    most_verbose: Option<LevelFilter>,
+}
 
-impl<S: Subscriber, L: Layer<S>> Layer<S> for EventsOnly<L> {
-    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
-        self.0.on_register_dispatch(subscriber);
+impl Shown {
+    fn shows(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        if metadata.is_span() {
+            self.spans
+        } else {
+            *metadata.level() <= self.events
+        }
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for Shown {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: &Context<'_, S>) -> bool {
+        self.shows(metadata)
     }
 
-    fn on_layer(&mut self, subscriber: &mut S) {
-        self.0.on_layer(subscriber);
-    }
-
-    fn register_callsite(
+    fn callsite_enabled(
         &self,
         metadata: &'static tracing::Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        self.0.register_callsite(metadata)
+        // The answer depends on the call site alone, so it is cached there.
+        if self.shows(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
     }
 
-    fn enabled(&self, metadata: &tracing::Metadata<'_>, ctx: Context<'_, S>) -> bool {
-        self.0.enabled(metadata, ctx)
-    }
-
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        self.0.max_level_hint()
-    }
-
-    fn event_enabled(&self, event: &Event<'_>, ctx: Context<'_, S>) -> bool {
-        self.0.event_enabled(event, ctx)
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        self.0.on_event(event, ctx);
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.most_verbose
     }
 }
 
@@ -214,7 +238,7 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
+        writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
         let current = tracing::Span::current();
@@ -226,17 +250,37 @@ where
                 ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
             })
             .flatten();
-        let Some((trace_id, span_id)) = ids else {
+        let Some(ids) = ids else {
             return self.0.format_event(ctx, writer, event);
         };
-        let mut line = String::new();
-        self.0.format_event(ctx, Writer::new(&mut line), event)?;
-        match line.strip_prefix('{') {
+        let mut line = IdsFirst {
+            line: writer,
+            ids: Some(ids),
+        };
+        self.0.format_event(ctx, Writer::new(&mut line), event)
+    }
+}
+
+/// Writes a JSON line through, with `trace_id` and `span_id` as the first members of its
+/// object, so the line is not formatted into a buffer first and copied.
+struct IdsFirst<'w> {
+    line: Writer<'w>,
+    /// The ids, until the object's opening brace has been written.
+    ids: Option<(opentelemetry::TraceId, opentelemetry::SpanId)>,
+}
+
+impl std::fmt::Write for IdsFirst<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let Some((trace_id, span_id)) = self.ids.take() else {
+            return self.line.write_str(text);
+        };
+        match text.strip_prefix('{') {
             Some(rest) => write!(
-                writer,
+                self.line,
                 "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
             ),
-            None => writer.write_str(&line),
+            // Not a JSON object: written as it is.
+            None => self.line.write_str(text),
         }
     }
 }
@@ -303,7 +347,55 @@ pub async fn report_client_protocol_errors(every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracing_subscriber::filter::LevelFilter;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+    use std::sync::{Arc, Mutex};
+
+    /// The spans a test's tracer finished.
+    #[derive(Debug, Clone, Default)]
+    struct Finished(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Finished {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    /// INFO lines are the log's (with the span's ids); a span keeps the warnings and errors
+    /// logged in it as its events, and its parent without an attached OpenTelemetry context.
+    #[test]
+    fn a_span_keeps_its_warnings_as_events_and_leaves_info_lines_to_the_log() {
+        let finished = Finished::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(finished.clone())
+            .build();
+        let subscriber = subscriber(EnvFilter::new("info"), false, provider.tracer("test"));
+        tracing::subscriber::with_default(subscriber, || {
+            let request = tracing::info_span!("request");
+            let _request = request.enter();
+            tracing::info!("handled");
+            let query = tracing::info_span!("query");
+            let _query = query.enter();
+            tracing::warn!("slow");
+            tracing::error!("failed");
+        });
+        let spans = finished.0.lock().unwrap();
+        let [query, request] = spans.as_slice() else {
+            panic!("wanted the query span, then the request span: {spans:?}");
+        };
+        assert_eq!((&*query.name, &*request.name), ("query", "request"));
+        assert_eq!(query.parent_span_id, request.span_context.span_id());
+        assert_eq!(
+            query.span_context.trace_id(),
+            request.span_context.trace_id()
+        );
+        let events = |span: &SpanData| -> Vec<String> {
+            span.events.iter().map(|e| e.name.to_string()).collect()
+        };
+        assert_eq!(events(query), ["slow", "failed"]);
+        assert!(events(request).is_empty(), "{:?}", events(request));
+    }
 
     /// The level hint lets every `debug!` and `trace!` below `RUST_LOG` be skipped at its call
     /// site; a stack that loses it runs the whole filter chain for each of them, in every
