@@ -68,13 +68,13 @@ fn ratios(r: &Results) -> Vec<Ratio> {
         out.push(Ratio::new(
             format!("{name} req/s vs floor"),
             route.throughput(),
-            Some(0.85),
+            route.goals.map(|goals| goals.throughput),
             true,
         ));
         out.push(Ratio::new(
             format!("{name} p99 vs floor"),
             route.p99(),
-            Some(1.3),
+            route.goals.map(|goals| goals.p99),
             false,
         ));
     }

@@ -124,14 +124,23 @@ pub fn request_path_rows(routes: &[Comparison]) -> String {
     };
     let mut out = String::new();
     for route in routes {
+        let (throughput_goal, p99_goal) = route.goals.map_or_else(
+            || ("none: the floor logs nothing".to_owned(), String::new()),
+            |goals| {
+                (
+                    format!(">= {}x", goals.throughput),
+                    format!("<= {}x", goals.p99),
+                )
+            },
+        );
         out.push_str(&format!(
-            "| `{}` throughput vs floor handler | **{:.2}x** ({}) | >= 0.85x |\n",
+            "| `{}` throughput vs floor handler | **{:.2}x** ({}) | {throughput_goal} |\n",
             route.route,
             route.throughput(),
             each(Round::throughput, route)
         ));
         out.push_str(&format!(
-            "| `{}` p99 vs floor handler | **{:.2}x** ({}) | <= 1.3x |\n",
+            "| `{}` p99 vs floor handler | **{:.2}x** ({}) | {p99_goal} |\n",
             route.route,
             route.p99(),
             each(Round::p99, route)
@@ -390,6 +399,24 @@ Fixed since (2026-12-04), in four steps:
    microseconds more than a silent one, down from 26.5. The access line has since gained the
    request's path and client address, copied only when it is logged: 39.4 against 28.3
    microseconds (medians of three runs each), so about 11.
+5. What those 11 microseconds are, by `RUST_LOG` directives on the same binary (two runs each):
+   22.2-22.3 at `warn`; 29.7-30.0 with the request span alone (`warn,tracing_actix_web=info`);
+   26.5-26.7 with the access line alone (`warn,bootstrap::web=info`); 36.6-37.4 with both. The
+   line inside the span cost more than alone: it was also copied into the span as a span event.
+   The trace layer now takes spans and only WARN-and-up events (every line is in the log with
+   the span's ids already), spans no longer attach their OpenTelemetry context on every poll
+   (nothing reads `Context::current()`), and a line's ids are written ahead of it rather than
+   the line formatted into a buffer and copied: 33.1-35.3 against 35.4-37.6 for the previous
+   binary, alternated three times. A profile of the new binary (`perf record --call-graph
+   dwarf`, `RUST_LOG=info`) puts 9 % of the worker's samples, about 3 microseconds, in the
+   access line (its JSON 7 %: the field visitors 3.7, the timestamp 1.1) and 15 %, about 5, in
+   the root span: creating it with its 13 HTTP attributes 3.7 %, the connection info and
+   `traceparent` 2.3, entering and leaving it on each poll 4.7 (tracing-opentelemetry reads the
+   clock on every exit), closing and ending it 4.6. That is the price of a line and a span per
+   request, which the floor does not pay: `make bench` shows the read at `info` beside the
+   others, with no goal and a regression guard at 0.4x (0.67x, 0.69x and 0.63x in three runs of
+   `target/release/bench request-path`). A cluster whose ingress already logs every request can
+   drop the access line with `RUST_LOG=info,bootstrap::web=warn`.
 ";
 
 /// What the event pipeline costs a write, beside the request path.

@@ -23,6 +23,25 @@ pub const ROUNDS: usize = 3;
 /// The write route's name in the report and the guard.
 pub const WRITE_ROUTE: &str = "POST /v1/items";
 
+/// The read at the level the chart deploys (`app.logLevel: info`), where each request writes an
+/// access line and builds its root span; everything else here runs at `warn`, like the floor,
+/// which logs nothing.
+pub const LOGGED_ROUTE: &str = "GET /v1/items/{id} at RUST_LOG=info";
+
+/// What a route is held to against the floor: at least `throughput` times its requests per
+/// second and at most `p99` times its p99.
+#[derive(Debug, Clone, Copy)]
+pub struct Goals {
+    pub throughput: f64,
+    pub p99: f64,
+}
+
+/// The issue's goals for the middleware (tracing, metrics, request id, problem mapping).
+pub const GOALS: Goals = Goals {
+    throughput: 0.85,
+    p99: 1.3,
+};
+
 /// A POST of a fresh item per request (every write load of `make bench`).
 pub const WRITE: &str = r#"
 wrk.method = "POST"
@@ -34,6 +53,9 @@ wrk.headers["Content-Type"] = "application/json"
 #[derive(Debug, Clone)]
 pub struct Comparison {
     pub route: &'static str,
+    /// None for the logged read: its ratio is what logging and tracing a request cost, and the
+    /// floor has neither to compare with.
+    pub goals: Option<Goals>,
     /// One per round, in order.
     pub rounds: Vec<Round>,
 }
@@ -96,7 +118,8 @@ pub fn seed(database: &str) -> anyhow::Result<String> {
 }
 
 /// The three routes on the floor first, then on shipshape (which runs its background work as
-/// it always does), [`ROUNDS`] times: the table grows under the second, never to its advantage.
+/// it always does), then the read on shipshape at `RUST_LOG=info`, [`ROUNDS`] times: the table
+/// grows under the later ones, never to their advantage.
 pub fn measure(
     release: &Path,
     service_binary: &Path,
@@ -128,6 +151,7 @@ pub fn measure(
     let mut floor_rounds = Vec::with_capacity(ROUNDS);
     let mut our_rounds = Vec::with_capacity(ROUNDS);
     let mut away_rounds = Vec::with_capacity(ROUNDS); // @rabbitmq
+    let mut logged_rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let port = testkit::free_port();
         let floor_server = Reference::start(
@@ -149,6 +173,13 @@ pub fn measure(
         let service = Service::spawn_untuned(service_binary, env);
         service.wait_for("/readyz", 200, Duration::from_secs(30));
         our_rounds.push(run(&service.api_url("")));
+        drop(service);
+
+        let mut logged_env = env.to_vec();
+        logged_env.push(("RUST_LOG", "info"));
+        let service = Service::spawn_untuned(service_binary, &logged_env);
+        service.wait_for("/readyz", 200, Duration::from_secs(30));
+        logged_rounds.push(wrk(&service.api_url(&routes[0].1), CONNECTIONS, RUN));
         drop(service);
         // @rabbitmq-begin
         // The same writes with the broker away: the relay and the consumers idle, so what is
@@ -173,6 +204,7 @@ pub fn measure(
         .enumerate()
         .map(|(index, (route, _, _))| Comparison {
             route,
+            goals: Some(GOALS),
             rounds: our_rounds
                 .iter()
                 .zip(&floor_rounds)
@@ -182,10 +214,23 @@ pub fn measure(
                 })
                 .collect(),
         });
+    let logged = Comparison {
+        route: LOGGED_ROUTE,
+        goals: None,
+        rounds: logged_rounds
+            .into_iter()
+            .zip(&floor_rounds)
+            .map(|(ours, floor)| Round {
+                ours,
+                floor: floor[0].clone(),
+            })
+            .collect(),
+    };
     // @rabbitmq-begin
     let write = routes.len() - 1;
     let idle_pipeline = Comparison {
         route: "POST /v1/items, broker away (relay and consumers idle)",
+        goals: Some(GOALS),
         rounds: away_rounds
             .into_iter()
             .zip(&floor_rounds)
@@ -195,9 +240,9 @@ pub fn measure(
             })
             .collect(),
     };
-    Ok(comparisons.chain([idle_pipeline]).collect())
+    Ok(comparisons.chain([idle_pipeline, logged]).collect())
     // @rabbitmq-else
-    // Ok(comparisons.collect())
+    // Ok(comparisons.chain([logged]).collect())
     // @rabbitmq-end
 }
 
