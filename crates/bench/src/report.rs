@@ -1,7 +1,7 @@
 //! The results as a table and as docs/benchmarks.md.
 
 use crate::pipeline::Pipeline; // @rabbitmq
-use crate::request_path::{Comparison, POOL_SIZE, Round, WORKERS};
+use crate::request_path::{Comparison, POOL_SIZE, ROUNDS, Round, WORKERS};
 use crate::soak::Soak;
 use crate::{Results, ratio};
 use std::time::Duration;
@@ -485,8 +485,9 @@ pub fn document(table: &str) -> String {
          - **request path**: `GET /v1/items/{{id}}`, `GET /v1/items?limit=20` and `POST /v1/items` on the\n\
            service against `crates/bench/src/bin/floor.rs`: the same SQL (a write is one transaction\n\
            with the same inserts) on actix-web and deadpool-postgres with no middleware, both with {WORKERS} API\n\
-           worker(s) (how many and why: the tail section below), a pool of {POOL_SIZE} and plain TCP, on the same database in three rounds (the floor first in\n\
-           each, then the service). A ratio is the median of the rounds' ratios, each round's in\n\
+           worker(s) (how many and why: the tail section below), a pool of {POOL_SIZE} and plain TCP, on the same database in {ROUNDS} rounds (the floor first in\n\
+           each, then the service at `RUST_LOG=warn`, as silent as the floor, then the service reading an item at the\n\
+           chart's `info`, with its access line and request span). A ratio is the median of the rounds' ratios, each round's in\n\
            brackets; the absolute figures are the round with the median throughput ratio. The service also validates input, keeps the request for `Idempotency-Key`,\n\
            bounds each query, and runs its background work as always{BACKGROUND}. Goals: at least\n\
            0.85x the floor's throughput, p99 at most 1.3x.\n\
