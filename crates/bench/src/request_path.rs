@@ -134,13 +134,16 @@ pub fn measure(
         ("GET /v1/items?limit=20", "/v1/items?limit=20".into(), None),
         (WRITE_ROUTE, "/v1/items".into(), Some(WRITE)),
     ];
-    let run = |base: &str| -> Vec<LoadReport> {
-        // Warm the pool and the statement caches first.
+    // Warm the pool and the statement caches before measuring a server.
+    let warm = |base: &str| {
         let _ = wrk(
             &format!("{base}/v1/items?limit=20"),
             CONNECTIONS,
             Duration::from_secs(1),
         );
+    };
+    let run = |base: &str| -> Vec<LoadReport> {
+        warm(base);
         routes
             .iter()
             .map(|(_, path, script)| {
@@ -180,6 +183,7 @@ pub fn measure(
         logged_env.push(("RUST_LOG", "info"));
         let service = Service::spawn_untuned(service_binary, &logged_env);
         service.wait_for("/readyz", 200, Duration::from_secs(30));
+        warm(&service.api_url(""));
         logged_rounds.push(wrk(&service.api_url(&routes[0].1), CONNECTIONS, RUN));
         drop(service);
         // @rabbitmq-begin
