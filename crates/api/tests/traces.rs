@@ -113,6 +113,13 @@ fn one_write_is_one_trace_across_the_service() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert_eq!(object["trace_id"], TRACE_ID, "{line}");
         assert_eq!(object["message"], message, "{line}");
+        // Once: serde_json keeps the last of two equal keys, a stricter log pipeline refuses
+        // the line.
+        assert_eq!(
+            line.matches("\"trace_id\":").count(),
+            1,
+            "trace_id twice: {line}"
+        );
     }
 }
 

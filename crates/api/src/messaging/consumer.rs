@@ -236,7 +236,8 @@ impl Consumer {
                 Some(Ok(first_times)) => {
                     acknowledged(delivery.ack(BasicAckOptions::default()).await);
                     let first_time = first_times.first().copied().unwrap_or(false);
-                    tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, trace_id = %super::trace::trace_id(&tracing::Span::current()), "event consumed");
+                    // The line leads with the span's trace and span ids (bootstrap::telemetry).
+                    tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, "event consumed");
                 }
                 Some(Err(error)) => self.attempt_failed(channel, delivery, &event, &error).await,
                 None => {
@@ -481,7 +482,7 @@ impl Received {
     fn consumed(&self, first_time: bool) {
         let event = &self.event;
         self.span.in_scope(|| {
-            tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, trace_id = %super::trace::trace_id(&self.span), "event consumed");
+            tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, "event consumed");
         });
     }
 }

@@ -99,9 +99,3 @@ impl Extractor for AmqpHeaders<'_> {
         self.0.inner().keys().map(|k| k.as_str()).collect()
     }
 }
-
-/// The trace id of `span`, for log lines.
-pub fn trace_id(span: &tracing::Span) -> String {
-    use opentelemetry::trace::TraceContextExt;
-    span.context().span().span_context().trace_id().to_string()
-}
