@@ -406,16 +406,20 @@ Fixed since (2026-12-04), in four steps:
    The trace layer now takes spans and only WARN-and-up events (every line is in the log with
    the span's ids already), spans no longer attach their OpenTelemetry context on every poll
    (nothing reads `Context::current()`), and a line's ids are written ahead of it rather than
-   the line formatted into a buffer and copied: 33.1-35.3 against 35.4-37.6 for the previous
-   binary, alternated three times. A profile of the new binary (`perf record --call-graph
+   the line formatted into a buffer and copied. That first measured 33.1-35.3 against 35.4-37.6
+   for the previous binary (alternated three times), but the final form, whose filters answer
+   `sometimes` for each call site so that a warning after an `enabled!` check still reaches the
+   span (tokio-rs/tracing#2519), measured 30.3-34.1 (median 33.2, six runs) against 31.8-35.4
+   (median 32.4) for the previous binary: within the script's noise, so no gain is claimed for
+   it. A profile of the new binary (`perf record --call-graph
    dwarf`, `RUST_LOG=info`) puts 9 % of the worker's samples, about 3 microseconds, in the
    access line (its JSON 7 %: the field visitors 3.7, the timestamp 1.1) and 15 %, about 5, in
    the root span: creating it with its 13 HTTP attributes 3.7 %, the connection info and
    `traceparent` 2.3, entering and leaving it on each poll 4.7 (tracing-opentelemetry reads the
    clock on every exit), closing and ending it 4.6. That is the price of a line and a span per
    request, which the floor does not pay: `make bench` shows the read at `info` beside the
-   others, with no goal and a regression guard at 0.4x (0.67x, 0.69x and 0.63x in three runs of
-   `target/release/bench request-path`). A cluster whose ingress already logs every request can
+   others, with no goal and a regression guard at 0.4x (0.75x, 0.75x and 0.74x in three runs of
+   `target/release/bench request-path` on 2026-12-04, five rounds each). A cluster whose ingress already logs every request can
    drop the access line with `RUST_LOG=info,bootstrap::web=warn`.
 ";
 
@@ -487,7 +491,8 @@ pub fn document(table: &str) -> String {
            with the same inserts) on actix-web and deadpool-postgres with no middleware, both with {WORKERS} API\n\
            worker(s) (how many and why: the tail section below), a pool of {POOL_SIZE} and plain TCP, on the same database in {ROUNDS} rounds (the floor first in\n\
            each, then the service at `RUST_LOG=warn`, as silent as the floor, then the service reading an item at the\n\
-           chart's `info`, with its access line and request span). A ratio is the median of the rounds' ratios, each round's in\n\
+           chart's `info`, with its access line and request span). Before each server starts, the database is\n\
+           vacuumed and checkpointed, so no server is measured under the previous one's writes. A ratio is the median of the rounds' ratios, each round's in\n\
            brackets; the absolute figures are the round with the median throughput ratio. The service also validates input, keeps the request for `Idempotency-Key`,\n\
            bounds each query, and runs its background work as always{BACKGROUND}. Goals: at least\n\
            0.85x the floor's throughput, p99 at most 1.3x.\n\
