@@ -401,18 +401,18 @@ Fixed since (2026-12-04), in four steps:
    microseconds (medians of three runs each), so about 11.
 5. What those 11 microseconds are, by `RUST_LOG` directives on the same binary (two runs each):
    22.2-22.3 at `warn`; 29.7-30.0 with the request span alone (`warn,tracing_actix_web=info`);
-   26.5-26.7 with the access line alone (`warn,bootstrap::web=info`); 36.6-37.4 with both. The
-   line inside the span cost more than alone: it was also copied into the span as a span event.
-   The trace layer now takes spans and only WARN-and-up events (every line is in the log with
-   the span's ids already), spans no longer attach their OpenTelemetry context on every poll
+   26.5-26.7 with the access line alone (`warn,bootstrap::web=info`); 36.6-37.4 with both, about
+   3 more than the two added up: the line was also copied into the span as a span event. The
+   trace layer now takes spans and only WARN-and-up events (every line is in the log with the
+   span's ids already), spans no longer attach their OpenTelemetry context on every poll
    (nothing reads `Context::current()`), and a line's ids are written ahead of it rather than
-   the line formatted into a buffer and copied. That first measured 33.1-35.3 against 35.4-37.6
-   for the previous binary (alternated three times), but the final form, whose filters answer
-   `sometimes` for each call site so that a warning after an `enabled!` check still reaches the
-   span (tokio-rs/tracing#2519), measured 30.3-34.1 (median 33.2, six runs) against 31.8-35.4
-   (median 32.4) for the previous binary: within the script's noise, so no gain is claimed for
-   it. A profile of the new binary (`perf record --call-graph
-   dwarf`, `RUST_LOG=info`) puts 9 % of the worker's samples, about 3 microseconds, in the
+   the line formatted into a buffer and copied. A first build of that measured 33.1-35.3
+   against the previous binary's 35.4-37.6 (the two alternated three times). The final build,
+   whose filters answer `sometimes` for each call site so that a warning after an `enabled!`
+   check still reaches the span (tokio-rs/tracing#2519), measured 30.3-34.1 (median 33.2)
+   against the previous binary's 31.8-35.4 (median 32.4), the two alternated six times later
+   the same evening: within the script's noise, so no gain is claimed for the change. A
+   profile of the final build (`perf record --call-graph dwarf`, `RUST_LOG=info`) puts 9 % of the worker's samples, about 3 microseconds, in the
    access line (its JSON 7 %: the field visitors 3.7, the timestamp 1.1) and 15 %, about 5, in
    the root span: creating it with its 13 HTTP attributes 3.7 %, the connection info and
    `traceparent` 2.3, entering and leaving it on each poll 4.7 (tracing-opentelemetry reads the

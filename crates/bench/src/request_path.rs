@@ -256,11 +256,12 @@ pub fn measure(
 }
 
 /// Leaves the database as quiet for each server as for the one before: the previous server's
-/// writes vacuumed (this machine's PostgreSQL runs without autovacuum, a deployed one with it)
-/// and flushed by a checkpoint of our own, which is quick. Without it, PostgreSQL's own
-/// checkpoint (timed, or forced by the write runs' WAL) spread its writes over minutes and
-/// took CPU from whichever servers ran then: one round began the service's reads under it, at
-/// 0.84x and 0.72x the floor's throughput and 1.65x its p99.
+/// writes vacuumed (a PostgreSQL for tests may run without autovacuum, as the one `make bench`
+/// was measured on does) and flushed by a checkpoint of our own (of the whole cluster, bounded
+/// by its shared buffers). Without it, PostgreSQL's own checkpoint (timed, or forced by the
+/// write runs' WAL) spread its writes over minutes and took CPU from whichever servers ran
+/// then: one round began the service's reads under it, at 0.84x and 0.72x the floor's
+/// throughput and 1.65x its p99.
 fn settle(database: &str) {
     testkit::postgres::psql(5432, database, "VACUUM ANALYZE");
     testkit::postgres::psql(5432, database, "CHECKPOINT");

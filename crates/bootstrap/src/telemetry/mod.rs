@@ -153,7 +153,7 @@ fn subscriber(
 /// - The trace layer sees the spans and only the events from WARN up. Every line is in the log
 ///   with its trace id already; copying each INFO line (the access line of every request) into
 ///   a span event made the line and the span together cost about 3 microseconds a request more
-///   than each alone (docs/benchmarks.md, "Where the request path's time goes").
+///   than the two added up (docs/benchmarks.md, "Where the request path's time goes").
 #[derive(Debug, Clone, Copy)]
 struct Shown {
     spans: bool,
