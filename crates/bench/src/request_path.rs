@@ -79,6 +79,30 @@ impl Round {
 }
 
 impl Comparison {
+    /// `ours`, one run per round, each against the floor's run of route `floor_route` in the
+    /// same round.
+    fn against_floor(
+        route: &'static str,
+        goals: Option<Goals>,
+        ours: impl IntoIterator<Item = LoadReport>,
+        floor_rounds: &[Vec<LoadReport>],
+        floor_route: usize,
+    ) -> Self {
+        let rounds = ours
+            .into_iter()
+            .zip(floor_rounds)
+            .map(|(ours, floor)| Round {
+                ours,
+                floor: floor[floor_route].clone(),
+            })
+            .collect();
+        Self {
+            route,
+            goals,
+            rounds,
+        }
+    }
+
     /// Median of the rounds' throughput ratios.
     pub fn throughput(&self) -> f64 {
         median(self.rounds.iter().map(Round::throughput))
@@ -208,47 +232,19 @@ pub fn measure(
         drop(service);
         // @rabbitmq-end
     }
-    let comparisons = routes
-        .iter()
-        .enumerate()
-        .map(|(index, (route, _, _))| Comparison {
-            route,
-            goals: Some(GOALS),
-            rounds: our_rounds
-                .iter()
-                .zip(&floor_rounds)
-                .map(|(ours, floor)| Round {
-                    ours: ours[index].clone(),
-                    floor: floor[index].clone(),
-                })
-                .collect(),
-        });
-    let logged = Comparison {
-        route: LOGGED_ROUTE,
-        goals: None,
-        rounds: logged_rounds
-            .into_iter()
-            .zip(&floor_rounds)
-            .map(|(ours, floor)| Round {
-                ours,
-                floor: floor[0].clone(),
-            })
-            .collect(),
-    };
+    let comparisons = routes.iter().enumerate().map(|(index, (route, _, _))| {
+        let ours = our_rounds.iter().map(|round| round[index].clone());
+        Comparison::against_floor(route, Some(GOALS), ours, &floor_rounds, index)
+    });
+    let logged = Comparison::against_floor(LOGGED_ROUTE, None, logged_rounds, &floor_rounds, 0);
     // @rabbitmq-begin
-    let write = routes.len() - 1;
-    let idle_pipeline = Comparison {
-        route: "POST /v1/items, broker away (relay and consumers idle)",
-        goals: Some(GOALS),
-        rounds: away_rounds
-            .into_iter()
-            .zip(&floor_rounds)
-            .map(|(ours, floor)| Round {
-                ours,
-                floor: floor[write].clone(),
-            })
-            .collect(),
-    };
+    let idle_pipeline = Comparison::against_floor(
+        "POST /v1/items, broker away (relay and consumers idle)",
+        Some(GOALS),
+        away_rounds,
+        &floor_rounds,
+        routes.len() - 1,
+    );
     Ok(comparisons.chain([idle_pipeline, logged]).collect())
     // @rabbitmq-else
     // Ok(comparisons.chain([logged]).collect())
@@ -277,3 +273,39 @@ fn mark_outbox_sent(database: &str) {
     );
 }
 // @rabbitmq-end
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(requests_per_second: f64, p99_ms: u64) -> LoadReport {
+        LoadReport {
+            requests: 0,
+            requests_per_second,
+            p50: Duration::from_millis(1),
+            p99: Duration::from_millis(p99_ms),
+            non_2xx: 0,
+            socket_errors: 0,
+            raw: String::new(),
+        }
+    }
+
+    #[test]
+    fn each_round_is_held_to_the_floor_s_run_of_the_same_route_and_the_ratio_is_their_median() {
+        // Three rounds of the floor's two routes: the second route is the one compared.
+        let floor_rounds = vec![
+            vec![load(1.0, 1), load(100.0, 10)],
+            vec![load(1.0, 1), load(200.0, 10)],
+            vec![load(1.0, 1), load(100.0, 20)],
+        ];
+        let ours = [load(90.0, 12), load(100.0, 30), load(95.0, 20)];
+        let route = Comparison::against_floor("r", Some(GOALS), ours, &floor_rounds, 1);
+        let throughputs: Vec<f64> = route.rounds.iter().map(Round::throughput).collect();
+        assert_eq!(throughputs, [0.9, 0.5, 0.95]);
+        assert_eq!(route.throughput(), 0.9);
+        // p99 ratios 1.2, 3.0, 1.0: a disturbed round does not decide the median.
+        assert!((route.p99() - 1.2).abs() < 1e-9, "{}", route.p99());
+        let median = route.median_round().unwrap();
+        assert_eq!(median.ours.requests_per_second, 90.0);
+    }
+}
