@@ -25,10 +25,11 @@ cleanup() {
 }
 before=$(mktemp) after=$(mktemp) script=$(mktemp --suffix .lua)
 trap cleanup EXIT
+# 20 connections: a request pool of 16, as the floor's POOL_SIZE, + 3 background + 1 check.
 service_env=(
   "APP__DATABASE__URL=postgres://postgres@127.0.0.1:5432/$database?sslmode=disable"
   APP__SERVER__HOST=127.0.0.1 APP__SERVER__PORT=18081 APP__MANAGEMENT__PORT=19091
-  APP__SERVER__WORKERS=$workers APP__DATABASE__POOL_MAX_SIZE=16 RUST_LOG=$log
+  APP__SERVER__WORKERS=$workers APP__DATABASE__MAX_CONNECTIONS=20 RUST_LOG=$log
   APP__RABBITMQ__EXCHANGE=cpu.events APP__RABBITMQ__QUEUE=cpu.items
 )
 broker=amqp://guest:guest@127.0.0.1:5672/%2f

@@ -20,14 +20,14 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown CPU")
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [BEGIN, "", f"Measured by `make e2e-docs` on {when}, {os.cpu_count()} cores ({cpu}), {platform.system()}.", "",
-             "| scenario | requests | non-2xx | socket errors | rollout | old replicas: exit code, SIGTERM -> exit | grace |",
-             "|---|---|---|---|---|---|---|"]
+             "| scenario | requests | non-2xx | socket errors | peak PostgreSQL sessions | rollout | old replicas: exit code, SIGTERM -> exit | grace |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in ORDER + sorted(set(runs) - set(ORDER)):
         if name not in runs:
             continue
         r = runs[name]
         stops = "; ".join(f"{s['exit']}, {s['seconds']:.1f} s" for s in r["stops"])
-        lines.append(f"| {r['scenario']} | {r['requests']} | {r['non_2xx']} | {r['socket_errors']} | {r['rollout_seconds']:.1f} s | {stops} | {r['grace_seconds']} s |")
+        lines.append(f"| {r['scenario']} | {r['requests']} | {r['non_2xx']} | {r['socket_errors']} | {r.get('peak_connections', '-')} | {r['rollout_seconds']:.1f} s | {stops} | {r['grace_seconds']} s |")
     lag = next(iter(runs.values()), {}).get("propagation_lag_ms", 1000)
     lines += ["", f"Endpoint-propagation lag: {lag} ms (`E2E_PROPAGATION_LAG_MS`).", "", END]
     print("\n".join(lines[2:-1]))

@@ -11,13 +11,22 @@ use bootstrap::broker::BrokerConnection; // @rabbitmq
 use bootstrap::config::value::{count, optional_file}; // @rabbitmq
 use bootstrap::config::value::{name, positive_duration};
 use bootstrap::config::{
-    CheckTuning, ConfigError, DatabaseSettings, LivenessSettings, ManagementSettings,
-    ServerSettings, ShutdownSettings, Sources, StartupSettings,
+    CheckTuning, ConfigError, ConnectionBudget, DatabaseSettings, LivenessSettings,
+    ManagementSettings, ServerSettings, ShutdownSettings, Sources, StartupSettings,
 };
 use bootstrap::config::{SecretUrl, check_ca_file, constant_url, require_scheme}; // @rabbitmq
 use serde::Deserialize;
 use std::path::PathBuf; // @rabbitmq
 use std::time::Duration;
+
+// @rabbitmq-begin
+/// The background pool's default size: housekeeping, the relay's publishing loops and its lag
+/// check, and the consumers take turns on these, each for a statement or a transaction.
+const BACKGROUND_CONNECTIONS: usize = 3;
+// @rabbitmq-else
+// /// The background pool's default size: housekeeping.
+// const BACKGROUND_CONNECTIONS: usize = 1;
+// @rabbitmq-end
 
 /// All settings of the service: one struct per `APP__SECTION__*`, every field with its default.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,9 +106,9 @@ pub struct OutboxSettings {
     /// Rows the relay publishes per transaction (100).
     #[serde(deserialize_with = "count::<_, 1, 10_000>")]
     pub batch_size: usize,
-    /// Relay loops publishing at once, each its own channel and transaction (4). Under write
-    /// load one loop's single database session gets too small a share of a busy PostgreSQL
-    /// to keep up; `FOR UPDATE SKIP LOCKED` lets several claim disjoint batches.
+    /// Relay loops publishing at once, each on its own channel (4): one loop waiting for its
+    /// confirms falls behind a write load. They claim disjoint batches and share the
+    /// background pool's connections, so they add none.
     #[serde(deserialize_with = "count::<_, 1, 16>")]
     pub publishers: usize,
     /// How long sent rows are kept before they are pruned (24 h).
@@ -142,7 +151,8 @@ pub struct RabbitMqSettings {
     #[serde(deserialize_with = "name")]
     pub queue: String,
     /// Consumers of the queue in this replica, each on its own channel with its own prefetch
-    /// and transaction (4): one alone falls behind the relay under write load.
+    /// (4): one alone falls behind the relay under write load. Each batch is one transaction
+    /// on a connection of the background pool, so they add no connections.
     #[serde(deserialize_with = "count::<_, 1, 16>")]
     pub consumers: usize,
     /// Longest pause between two reconnection attempts (10 s).
@@ -194,15 +204,9 @@ pub struct HealthSettings {
 }
 
 impl Settings {
-    /// Connections of the background pool: one for each task that holds one.
-    pub fn background_connections(&self) -> usize {
-        // @rabbitmq-begin
-        // Housekeeping, each publishing loop of the relay, its lag check, each consumer.
-        1 + self.outbox.publishers + 1 + self.rabbitmq.consumers
-        // @rabbitmq-else
-        // // Housekeeping.
-        // 1
-        // @rabbitmq-end
+    /// How the replica's `APP__DATABASE__MAX_CONNECTIONS` is split (validated at load).
+    pub fn connection_budget(&self) -> Result<ConnectionBudget, ConfigError> {
+        self.database.connection_budget(BACKGROUND_CONNECTIONS)
     }
 
     /// Loads every layer and validates every value.
@@ -224,6 +228,7 @@ impl Settings {
         self.health.postgres.validate("postgres")?;
         self.health.rabbitmq.validate("rabbitmq")?; // @rabbitmq
         self.database.validate()?;
+        self.connection_budget()?;
         // @rabbitmq-begin
         require_scheme("rabbitmq.url", &self.rabbitmq.url, &["amqp", "amqps"])?;
         if let Some(path) = &self.rabbitmq.ca_file {
@@ -319,6 +324,53 @@ mod tests {
         assert_eq!(s.health.rabbitmq.critical, None); // @rabbitmq
         assert_eq!(s.database.ssl_mode, SslMode::Prefer);
         assert_eq!(s.rabbitmq.exchange, "shipshape.events"); // @rabbitmq
+    }
+
+    #[test]
+    fn one_number_bounds_the_replicas_connections() {
+        let s = load(&[]).unwrap();
+        let budget = s.connection_budget().unwrap();
+        assert_eq!(budget.total(), 16);
+        assert_eq!(budget.requests + budget.background + 1, 16);
+        let s = load(&[("database.max_connections", "8")]).unwrap();
+        assert_eq!(s.connection_budget().unwrap().total(), 8);
+        let set = load(&[
+            ("database.max_connections", "10"),
+            ("database.request_connections", "6"),
+            ("database.background_connections", "3"),
+        ])
+        .unwrap();
+        assert_eq!(
+            set.connection_budget().unwrap(),
+            ConnectionBudget {
+                requests: 6,
+                background: 3
+            }
+        );
+    }
+
+    #[test]
+    fn parts_that_do_not_fit_the_total_name_the_variables() {
+        let error = load(&[
+            ("database.max_connections", "10"),
+            ("database.request_connections", "7"),
+            ("database.background_connections", "3"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.variable, "APP__DATABASE__MAX_CONNECTIONS");
+        assert_eq!(error.value.as_deref(), Some("10"));
+        for part in [
+            "APP__DATABASE__REQUEST_CONNECTIONS (7)",
+            "APP__DATABASE__BACKGROUND_CONNECTIONS (3)",
+        ] {
+            assert!(error.expected.contains(part), "{error}");
+        }
+        let no_room = load(&[
+            ("database.max_connections", "4"),
+            ("database.background_connections", "3"),
+        ])
+        .unwrap_err();
+        assert_eq!(no_room.variable, "APP__DATABASE__MAX_CONNECTIONS");
     }
 
     #[test]

@@ -192,7 +192,7 @@ fn a_request_in_flight_at_sigterm_completes() {
 fn a_saturated_pool_does_not_flip_readiness_and_shows_in_the_gauges() {
     let shared = Shared::new("saturated");
     let mut env = shared.env();
-    env.push(("APP__DATABASE__POOL_MAX_SIZE".into(), "2".into()));
+    env.push(("APP__DATABASE__REQUEST_CONNECTIONS".into(), "2".into()));
     env.push(("APP__DATABASE__POOL_WAIT_TIMEOUT".into(), "3s".into()));
     env.push(("APP__DATABASE__QUERY_TIMEOUT".into(), "10s".into()));
     let service = spawn(&env);

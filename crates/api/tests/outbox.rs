@@ -102,7 +102,7 @@ fn a_stuck_relay_shows_as_lag_and_leaves_the_request_pool_alone() {
         &[
             ("APP__OUTBOX__LAG_WARN_AFTER", "2s"),
             ("APP__OUTBOX__PUBLISH_TIMEOUT", "3s"),
-            ("APP__DATABASE__POOL_MAX_SIZE", "1"),
+            ("APP__DATABASE__REQUEST_CONNECTIONS", "1"),
         ],
     ));
     service.wait_for_status("pass", Duration::from_secs(30));

@@ -21,8 +21,9 @@ use testkit::load::{LoadReport, wrk_scripted};
 enum Load {
     /// GET /v1/items?limit=5 at full speed.
     Reads,
-    /// POST /v1/items, paced (each connection waits 10 ms between requests): a steady write
-    /// load, not a saturating one.
+    /// POST /v1/items at full speed: every replica's request pool busy, and its background
+    /// work with it, while old, new and draining replicas together hold connections on a
+    /// server with a stock `max_connections` (100).
     Writes,
 }
 
@@ -30,7 +31,6 @@ const WRITES: &str = r#"
 wrk.method = "POST"
 wrk.body = '{"name":"written during the rollout"}'
 wrk.headers["Content-Type"] = "application/json"
-function delay() return 10 end
 "#;
 
 /// Endpoint-propagation lag between SIGTERM and the balancer dropping the replica
@@ -46,6 +46,8 @@ fn propagation_lag() -> Duration {
 
 struct Outcome {
     load: LoadReport,
+    /// Most sessions the replicas held on PostgreSQL at once.
+    peak_connections: usize,
     rollout: Duration,
     stops: Vec<(i32, Duration)>,
     grace: Duration,
@@ -128,12 +130,32 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
         ),
         Load::Writes => (
             format!("http://127.0.0.1:{}/v1/items", balancer.port),
-            8,
+            32,
             Some(WRITES),
         ),
     };
+    let peak = std::sync::atomic::AtomicUsize::new(0);
+    let sampling = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|scope| {
         let load = scope.spawn(|| wrk_scripted(&url, connections, window, script));
+        scope.spawn(|| {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                // Tolerant: the server may be full, or restarting (the blip).
+                let held = std::process::Command::new("psql")
+                    .args(["-h", "127.0.0.1", "-p", &postgres.port().to_string()])
+                    .args(["-U", "postgres", "-XAtqc"])
+                    .arg("SELECT count(*) FROM pg_stat_activity WHERE datname = 'app'")
+                    .arg("postgres")
+                    .output();
+                if let Some(held) = held
+                    .ok()
+                    .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+                {
+                    peak.fetch_max(held, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
         std::thread::sleep(Duration::from_secs(2));
         let began = Instant::now();
         let mut new: Vec<Service> = Vec::new();
@@ -189,6 +211,7 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
         let stops: Vec<(i32, Duration)> = stoppers.into_iter().map(|s| s.join().unwrap()).collect();
         let rollout = began.elapsed();
         let load = load.join().unwrap();
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
         assert!(
             rollout + Duration::from_secs(2) < window,
             "the rollout ({rollout:?}) outlasted the load window ({window:?})"
@@ -238,6 +261,7 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
         }
         Outcome {
             load,
+            peak_connections: peak.load(std::sync::atomic::Ordering::Relaxed),
             rollout,
             stops,
             grace: chart.grace,
@@ -258,6 +282,7 @@ fn print(name: &str, outcome: &Outcome) {
             "requests": outcome.load.requests,
             "non_2xx": outcome.load.non_2xx,
             "socket_errors": outcome.load.socket_errors,
+            "peak_connections": outcome.peak_connections,
             "rollout_seconds": outcome.rollout.as_secs_f64(),
             "propagation_lag_ms": propagation_lag().as_millis() as u64,
             "stops": stops,
@@ -276,10 +301,11 @@ fn print(name: &str, outcome: &Outcome) {
         .map(|(code, took)| format!("exit {code} after {:.1} s", took.as_secs_f64()))
         .collect();
     println!(
-        "E2E {name}: requests={} non2xx={} socket_errors={} rollout={:.1}s stops=[{}]",
+        "E2E {name}: requests={} non2xx={} socket_errors={} peak_connections={} rollout={:.1}s stops=[{}]",
         outcome.load.requests,
         outcome.load.non_2xx,
         outcome.load.socket_errors,
+        outcome.peak_connections,
         outcome.rollout.as_secs_f64(),
         stops.join("; ")
     );

@@ -184,10 +184,6 @@ fn service_env(database: &str) -> Vec<(&'static str, String)> {
             format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable"),
         ),
         ("APP__SERVER__WORKERS", request_path::WORKERS.into()),
-        (
-            "APP__DATABASE__POOL_MAX_SIZE",
-            request_path::POOL_SIZE.into(),
-        ),
         // @rabbitmq-begin
         ("APP__RABBITMQ__URL", RABBITMQ_URL.into()),
         ("APP__RABBITMQ__EXCHANGE", "bench.events".into()),

@@ -30,27 +30,39 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     tls: bool,
+    max_connections: u32,
 }
+
+/// A stock server's `max_connections`.
+const STOCK_MAX_CONNECTIONS: u32 = 100;
 
 impl Postgres {
     /// initdb + start (about 1.5 s).
     pub fn start() -> Postgres {
-        Self::init(None)
+        Self::init(None, STOCK_MAX_CONNECTIONS)
+    }
+
+    /// A cluster that admits at most `max_connections` sessions (superusers included).
+    pub fn start_with_max_connections(max_connections: u32) -> Postgres {
+        Self::init(None, max_connections)
     }
 
     /// A cluster that accepts TCP connections only over TLS (`hostssl`; `hostnossl` is
     /// rejected), with a server certificate for 127.0.0.1 signed by `authority`.
     pub fn start_tls_only(authority: &crate::Authority) -> Postgres {
-        Self::init(Some((authority, "IP:127.0.0.1,DNS:localhost")))
+        Self::init(
+            Some((authority, "IP:127.0.0.1,DNS:localhost")),
+            STOCK_MAX_CONNECTIONS,
+        )
     }
 
     /// Like [`Postgres::start_tls_only`], its certificate naming only `names` (a server whose
     /// certificate does not name the host the client dialled).
     pub fn start_tls_only_named(authority: &crate::Authority, names: &str) -> Postgres {
-        Self::init(Some((authority, names)))
+        Self::init(Some((authority, names)), STOCK_MAX_CONNECTIONS)
     }
 
-    fn init(authority: Option<(&crate::Authority, &str)>) -> Postgres {
+    fn init(authority: Option<(&crate::Authority, &str)>, max_connections: u32) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("testkit-pg-")
             .tempdir()
@@ -92,6 +104,7 @@ impl Postgres {
             dir,
             port: free_port(),
             tls: authority.is_some(),
+            max_connections,
         };
         postgres.start_again();
         postgres
@@ -125,9 +138,10 @@ impl Postgres {
     pub fn start_again(&self) {
         let data = self.data();
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c ssl={}",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections={} -c ssl={}",
             self.port,
             data.display(),
+            self.max_connections,
             if self.tls { "on" } else { "off" },
         );
         run(

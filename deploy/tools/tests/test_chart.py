@@ -29,14 +29,6 @@ EXISTING = {
     "database": {"existingSecret": "orders-db", "existingSecretKey": "url"},
     "rabbitmq": {"existingSecret": "orders-mq"},  # @rabbitmq
 }
-# PostgreSQL connections a pod opens besides its request pool: the health check's,
-# housekeeping's and the migration connection while it starts.
-EXTRA_CONNECTIONS = 3
-# @rabbitmq-begin
-# And the background pool's for the relay (four publishing loops, its lag check) and the four
-# consumers.
-EXTRA_CONNECTIONS += 4 + 1 + 4
-# @rabbitmq-end
 # Health checks the app has (APP__HEALTH__<CHECK>__*).
 CHECKS = [
     "postgres",
@@ -145,8 +137,9 @@ def test_inline_urls_go_into_a_secret_the_pods_reference(render):
 def test_the_config_map_sets_only_settings_the_app_has(render):
     # The app refuses an APP__ variable it does not know (exit 2): the chart sets nothing else.
     settings = {"APP_ENV", "RUST_LOG", "APP__SERVICE__NAME", "APP__SERVER__PORT", "APP__MANAGEMENT__PORT",
-                "APP__MANAGEMENT__WORKERS", "APP__SERVER__BODY_TIMEOUT", "APP__SERVER__MAX_CONNECTIONS",
-                "APP__DATABASE__POOL_MAX_SIZE", "APP__DATABASE__QUERY_TIMEOUT", "APP__STARTUP__DEADLINE",
+                "APP__MANAGEMENT__WORKERS", "APP__SERVER__WORKERS", "APP__SERVER__BODY_TIMEOUT",
+                "APP__SERVER__MAX_CONNECTIONS", "APP__DATABASE__MAX_CONNECTIONS", "APP__DATABASE__QUERY_TIMEOUT",
+                "APP__STARTUP__DEADLINE",
                 "APP__SHUTDOWN__DRAIN_DELAY", "APP__SHUTDOWN__TIMEOUT"}
     settings |= {"APP__OUTBOX__PUBLISHERS", "APP__RABBITMQ__CONSUMERS"}  # @rabbitmq
     settings |= {f"APP__HEALTH__{check.upper()}__{knob}" for check in CHECKS
@@ -296,7 +289,7 @@ def test_the_release_digest_pins_the_app_version_and_an_explicit_tag_wins(render
 # Autoscaling, connections, disruptions ---------------------------------------------------------
 
 def test_hpa_has_a_scale_down_window_and_the_deployment_keeps_a_replica_count(render):
-    # 5 pods at most x (12 + extra) connections: more than the default budget of 100.
+    # (4 replicas + 1 surge + 1 draining) x 16 + 2 = 98 connections: more than the default 97.
     out = render(INLINE, {"autoscaling": {"enabled": True, "maxReplicas": 4}, "database": {"maxConnections": 150}})
     hpa = out.one("HorizontalPodAutoscaler")
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
@@ -310,27 +303,46 @@ def test_inverted_autoscaling_bounds_are_refused(refused):
         INLINE, {"autoscaling": {"enabled": True, "minReplicas": 12, "maxReplicas": 10, }, "database": {"maxConnections": 1000}})
 
 
-def test_more_connections_than_the_server_allows_are_refused(refused, render):
-    # 10 replicas + 1 surge, each a pool of 12 plus its other connections: more than 100.
-    message = refused(INLINE, {"autoscaling": {"enabled": True}})
-    total = 11 * (12 + EXTRA_CONNECTIONS)
-    assert "11 pods" in message and f"poolMaxSize 12 + {EXTRA_CONNECTIONS}) = {total} exceeds database.maxConnections (100)" in message, message
-    budget = {"maxConnections": 400}
-    pool = 400 // 11 - EXTRA_CONNECTIONS  # the largest pool that fits
-    render(INLINE, {"autoscaling": {"enabled": True}, "database": budget, "app": {"database": {"poolMaxSize": pool}}})
-    refused(INLINE, {"autoscaling": {"enabled": True}, "database": budget, "app": {"database": {"poolMaxSize": pool + 1}}})
+def test_the_connection_guard_counts_every_pod_of_a_rollout(refused, render):
+    # The peak of a rollout: the replicas, the surge pod and the old pod that still drains, each
+    # holding app.database.maxConnections, plus what runs outside the pods (a migration, a psql).
+    # Defaults: (3 + 1 + 1) x 16 + 2 = 82, within the default 97 (a stock server).
+    render(INLINE, {"database": {"maxConnections": 82}})
+    message = refused(INLINE, {"database": {"maxConnections": 81}})
+    assert ("(replicaCount 3 + strategy.maxSurge 1 + 1 draining) = 5 pods x app.database.maxConnections 16"
+            " + database.reservedConnections 2 = 82 exceeds database.maxConnections (81)") in message, message
+    assert "Lower app.database.maxConnections" in message and "max_connections" in message, message
+    # Each term counts: the surge, the connections of a pod, the reserved ones.
+    render(INLINE, {"strategy": {"maxSurge": 2}, "database": {"maxConnections": 98}})
+    assert "= 98 exceeds database.maxConnections (97)" in refused(INLINE, {"strategy": {"maxSurge": 2}})
+    render(INLINE, {"app": {"database": {"maxConnections": 19}}})  # 5 x 19 + 2 = 97
+    assert "= 102 exceeds" in refused(INLINE, {"app": {"database": {"maxConnections": 20}}})
+    render(INLINE, {"database": {"maxConnections": 80, "reservedConnections": 0}})
+    assert "= 81 exceeds database.maxConnections (80)" in refused(INLINE, {"database": {"maxConnections": 80, "reservedConnections": 1}})
     # @rabbitmq-begin
-    # Each consumer or relay loop more is one connection more per pod.
-    refused(INLINE, {"autoscaling": {"enabled": True}, "database": budget,
-                     "app": {"database": {"poolMaxSize": pool}, "rabbitmq": {"consumers": 5}}})
-    refused(INLINE, {"autoscaling": {"enabled": True}, "database": budget,
-                     "app": {"database": {"poolMaxSize": pool}, "outbox": {"publishers": 5}}})
+    # The relay's loops and the consumers share the background pool: no connection more.
+    render(INLINE, {"database": {"maxConnections": 82}, "app": {"outbox": {"publishers": 16}, "rabbitmq": {"consumers": 16}}})
     # @rabbitmq-end
 
 
-def test_pool_size_and_management_workers_are_values(render):
-    data = render(INLINE, {"app": {"database": {"poolMaxSize": 8}, "managementWorkers": 2}}).one("ConfigMap")["data"]
-    assert (data["APP__DATABASE__POOL_MAX_SIZE"], data["APP__MANAGEMENT__WORKERS"]) == ("8", "2")
+def test_with_the_hpa_the_guard_counts_max_replicas(refused, render):
+    # (5 + 1 + 1) x 16 + 2 = 114; replicaCount no longer counts.
+    hpa = {"autoscaling": {"enabled": True, "maxReplicas": 5}, "replicaCount": 10}
+    render(INLINE, hpa, {"database": {"maxConnections": 114}})
+    message = refused(INLINE, hpa, {"database": {"maxConnections": 113}})
+    assert ("(autoscaling.maxReplicas 5 + strategy.maxSurge 1 + 1 draining) = 7 pods x app.database.maxConnections 16"
+            " + database.reservedConnections 2 = 114 exceeds database.maxConnections (113)") in message, message
+    # The default maxReplicas (10) does not fit a stock server: (10 + 1 + 1) x 16 + 2 = 194.
+    assert "= 194 exceeds database.maxConnections (97)" in refused(INLINE, {"autoscaling": {"enabled": True}})
+
+
+def test_connections_and_workers_are_values(render):
+    data = render(INLINE).one("ConfigMap")["data"]
+    assert (data["APP__DATABASE__MAX_CONNECTIONS"], data["APP__SERVER__WORKERS"], data["APP__MANAGEMENT__WORKERS"]) == ("16", "2", "1")
+    # Gone from the app: it would refuse the variable (exit 2).
+    assert "APP__DATABASE__POOL_MAX_SIZE" not in data
+    data = render(INLINE, {"app": {"database": {"maxConnections": 8}, "server": {"workers": 4}, "managementWorkers": 2}}).one("ConfigMap")["data"]
+    assert (data["APP__DATABASE__MAX_CONNECTIONS"], data["APP__SERVER__WORKERS"], data["APP__MANAGEMENT__WORKERS"]) == ("8", "4", "2")
     # @rabbitmq-begin
     data = render(INLINE, {"app": {"outbox": {"publishers": 2}, "rabbitmq": {"consumers": 3}}}).one("ConfigMap")["data"]
     assert (data["APP__OUTBOX__PUBLISHERS"], data["APP__RABBITMQ__CONSUMERS"]) == ("2", "3")
@@ -498,6 +510,11 @@ def test_alert_rules_are_scoped_to_the_release(render):
     # Helm 3 and Helm 4 word schema errors differently.
     ({"database": {"url": "mysql://x"}}, ["database.url", "/database/url"]),
     ({"app": {"server": {"bodyTimeoutSeconds": 0}}}, ["bodyTimeoutSeconds"]),
+    # The old pool setting: the app has one connection total now (and would exit 2 on the variable).
+    ({"app": {"database": {"poolMaxSize": 12}}}, ["poolMaxSize"]),
+    ({"app": {"database": {"maxConnections": 0}}}, ["maxConnections"]),
+    ({"app": {"server": {"workers": 0}}}, ["workers"]),
+    ({"database": {"reservedConnections": -1}}, ["reservedConnections"]),
     ({"database": {"tls": {"caBundle": {"secretName": "ca", "key": ""}}}}, ["key"]),
 ])
 def test_refusals(refused, values, messages):

@@ -229,17 +229,19 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- /* @rabbitmq-end */}}
 {{- end }}
 {{- end }}
-{{- $pods := add (ternary .Values.autoscaling.maxReplicas .Values.replicaCount .Values.autoscaling.enabled) .Values.strategy.maxSurge | int }}
-{{- /* Per pod: the request pool, plus the health check's connection, housekeeping's, and the
-     migration connection a starting pod holds briefly. */}}
-{{- $extra := 3 }}
-{{- /* @rabbitmq-begin */}}
-{{- /* And the background pool's for the relay (one per publishing loop, one for its lag check)
-     and for each consumer. */}}
-{{- $extra = add $extra .Values.app.outbox.publishers 1 .Values.app.rabbitmq.consumers }}
-{{- /* @rabbitmq-end */}}
-{{- $perPod := add .Values.app.database.poolMaxSize $extra | int }}
-{{- if gt (mul $pods $perPod) (int .Values.database.maxConnections) }}
-{{- fail (printf "PostgreSQL connections: %d pods at most (%s + strategy.maxSurge %d) x (app.database.poolMaxSize %d + %d) = %d exceeds database.maxConnections (%d). Lower the pool or the replicas, or raise max_connections on the server and database.maxConnections here." $pods (ternary (printf "autoscaling.maxReplicas %d" (int .Values.autoscaling.maxReplicas)) (printf "replicaCount %d" (int .Values.replicaCount)) .Values.autoscaling.enabled) (int .Values.strategy.maxSurge) (int .Values.app.database.poolMaxSize) (int $extra) (mul $pods $perPod) (int .Values.database.maxConnections)) }}
+{{- /* PostgreSQL connections at the peak of a rollout: the replicas (the HPA's maximum when it is
+     on), the surge pods, and the old pod that still holds its connections while it drains; each
+     holds up to app.database.maxConnections (requests, background work and the check: the app
+     derives the split). Plus what connects from outside the pods (a migration run, a psql). */}}
+{{- $hpa := .Values.autoscaling.enabled }}
+{{- $replicas := ternary .Values.autoscaling.maxReplicas .Values.replicaCount $hpa | int }}
+{{- $surge := .Values.strategy.maxSurge | int }}
+{{- $pods := add $replicas $surge 1 | int }}
+{{- $perPod := .Values.app.database.maxConnections | int }}
+{{- $reserved := .Values.database.reservedConnections | int }}
+{{- $peak := add (mul $pods $perPod) $reserved | int }}
+{{- $allowed := .Values.database.maxConnections | int }}
+{{- if gt $peak $allowed }}
+{{- fail (printf "PostgreSQL connections: (%s %d + strategy.maxSurge %d + 1 draining) = %d pods x app.database.maxConnections %d + database.reservedConnections %d = %d exceeds database.maxConnections (%d), the connections the server allows this service. Lower app.database.maxConnections, %s or strategy.maxSurge, or raise max_connections on the server and database.maxConnections here (or put PgBouncer in front: docs/deploy.md)." (ternary "autoscaling.maxReplicas" "replicaCount" $hpa) $replicas $surge $pods $perPod $reserved $peak $allowed (ternary "autoscaling.maxReplicas" "replicaCount" $hpa)) }}
 {{- end }}
 {{- end }}

@@ -1,6 +1,5 @@
 //! The two HTTP servers: the API, and the management port that the kubelet and Prometheus use.
 
-use crate::db::RequestPools;
 use crate::routes::AppState;
 use crate::settings::Settings;
 use crate::{openapi, problem, routes};
@@ -31,34 +30,39 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
     .run())
 }
 
-/// API workers: `APP__SERVER__WORKERS`, or one per CPU the process may use.
-pub(super) fn api_workers(settings: &Settings) -> usize {
+/// Most API workers chosen by default: past a few, a replica's requests wait on its database
+/// connections, not on CPU; more replicas (or `APP__SERVER__WORKERS`) scale further.
+const DEFAULT_MAX_WORKERS: usize = 4;
+
+/// API workers: `APP__SERVER__WORKERS`, or one per CPU the process may use (the standard
+/// library counts the cgroup's CPU quota), at most [`DEFAULT_MAX_WORKERS`].
+fn api_workers(settings: &Settings) -> usize {
     match settings.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        0 => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(DEFAULT_MAX_WORKERS),
         n => n,
     }
 }
 
-/// The API server, one worker per request pool; `state` builds each worker's state, in the
-/// worker (so its pool is the worker's own).
+/// The API server; every worker shares `state` (and so the request pool).
 pub(super) fn api_server(
     settings: &Settings,
-    pools: &RequestPools,
-    state: impl Fn(&RequestPools) -> AppState + Clone + Send + 'static,
+    state: AppState,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Server> {
     let metrics = HttpMetrics::register(registry)?;
     let document = web::Data::new(openapi::document());
     let body_limit = settings.server.body_limit;
     let body_timeout = settings.server.body_timeout;
-    let workers = pools.workers();
-    let connections = api_connections(settings, pools);
-    let pools = pools.clone();
+    let workers = api_workers(settings);
+    let connections = api_connections(settings, workers)?;
+    let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         let metrics = metrics.clone();
         App::new()
             .app_data(document.clone())
-            .app_data(web::Data::new(state(&pools)))
+            .app_data(state.clone())
             .app_data(web::PayloadConfig::new(body_limit))
             .wrap(middleware::from_fn(move |req, next| {
                 bootstrap::web::body_deadline(body_timeout, req, next)
@@ -89,10 +93,8 @@ pub(super) fn api_server(
 
 /// Open API connections allowed: `APP__SERVER__MAX_CONNECTIONS`, at most what the file limit
 /// (raised to its hard value first) leaves for them.
-fn api_connections(settings: &Settings, pools: &RequestPools) -> usize {
-    let workers = pools.workers();
-    // The request pools, the background pool, the check's connection.
-    let pooled = (pools.connections() + settings.background_connections() + 1) as u64;
+fn api_connections(settings: &Settings, workers: usize) -> anyhow::Result<usize> {
+    let pooled = settings.connection_budget()?.total() as u64;
     let budget = match bootstrap::limits::FileLimit::raise() {
         Ok(limit) => {
             let budget = limit.api_connections(pooled, workers);
@@ -108,10 +110,10 @@ fn api_connections(settings: &Settings, pools: &RequestPools) -> usize {
             usize::MAX
         }
     };
-    match settings.server.max_connections {
+    Ok(match settings.server.max_connections {
         0 => budget,
         wanted => wanted.min(budget),
-    }
+    })
 }
 
 pub(super) async fn stop_server(

@@ -32,7 +32,7 @@ impl Management {
 
 /// The service while it serves: what startup produced, with the API running.
 pub(super) struct Serving {
-    request_pools: crate::db::RequestPools,
+    request_pool: deadpool_postgres::Pool,
     background_pool: deadpool_postgres::Pool,
     workers: JoinSet<()>,
     scheduler: JoinSet<()>,
@@ -44,14 +44,14 @@ pub(super) struct Serving {
 impl Serving {
     pub(super) fn start(running: Running) -> Serving {
         let Running {
-            request_pools,
+            request_pool,
             background_pool,
             workers,
             scheduler,
             api,
         } = running;
         Serving {
-            request_pools,
+            request_pool,
             background_pool,
             workers,
             scheduler,
@@ -100,7 +100,7 @@ impl Shutdown<'_> {
         management: Management,
     ) -> ShutdownDeadline {
         let Serving {
-            request_pools,
+            request_pool,
             background_pool,
             mut workers,
             scheduler,
@@ -131,7 +131,7 @@ impl Shutdown<'_> {
             .await;
         // @rabbitmq-end
         background_pool.close();
-        request_pools.close();
+        request_pool.close();
         self.lifecycle.stopped();
         self.stop_health.cancel();
         deadline

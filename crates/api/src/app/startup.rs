@@ -1,6 +1,6 @@
 //! Startup: the phases of this service, in order, under one deadline.
 
-use super::servers::{api_server, api_workers};
+use super::servers::api_server;
 use super::{Failure, VERSION};
 use crate::db;
 use crate::messaging; // @rabbitmq
@@ -10,6 +10,7 @@ use crate::routes::AppState;
 use crate::settings::Settings;
 use actix_web::dev::Server;
 use bootstrap::broker::BrokerSupervisor; // @rabbitmq
+use bootstrap::config::ConnectionBudget;
 use bootstrap::{Startup, StartupPhase};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
 use health::checks::rabbitmq::RabbitMqCheck; // @rabbitmq
@@ -23,7 +24,7 @@ use tokio::task::JoinSet;
 pub const TELEMETRY: StartupPhase = StartupPhase::new("telemetry");
 /// `/livez` and `/startupz` answering.
 pub const MANAGEMENT_SERVER: StartupPhase = StartupPhase::new("management server");
-/// First PostgreSQL connection (the background pool's; API workers open theirs on first use).
+/// First PostgreSQL connection (the background pool's; the request pool opens on first use).
 const POSTGRES_POOL: StartupPhase = StartupPhase::new("postgres pool").waiting_for("postgres");
 /// Schema migrations applied.
 const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("postgres");
@@ -49,14 +50,15 @@ pub(super) struct Parts {
     pub(super) backlog: Arc<Backlog>,
     pub(super) outbox_written: Arc<Notify>,
     // @rabbitmq-end
-    /// One connection per background task (and the outbox lag check's). // @rabbitmq
+    /// Shared by the background tasks.
     pub(super) background_pool: deadpool_postgres::Pool,
+    /// Shared by the API workers.
+    pub(super) request_pool: deadpool_postgres::Pool,
 }
 
 /// What startup produced.
 pub(super) struct Running {
-    /// One per API worker.
-    pub(super) request_pools: db::RequestPools,
+    pub(super) request_pool: deadpool_postgres::Pool,
     pub(super) background_pool: deadpool_postgres::Pool,
     // @rabbitmq-begin
     /// The relay and the consumer.
@@ -85,8 +87,7 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
     ))?;
     registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
-    let background_pool =
-        db::background_pool(&settings.database, settings.background_connections())?;
+    let (background_pool, request_pool) = database_pools(settings, &registry)?;
     let health = Health::builder(settings.service.name.clone(), VERSION)
         .registry(registry.clone())
         .liveness_stall_after(settings.health.liveness.stall_after)
@@ -122,7 +123,48 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         outbox_written: Arc::new(Notify::new()),
         // @rabbitmq-end
         background_pool,
+        request_pool,
     })
+}
+
+/// The background and request pools, sized by the replica's one connection budget, which is
+/// logged once and exported (`db_connections_budget{part}`) with the pools' gauges.
+fn database_pools(
+    settings: &Settings,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<(deadpool_postgres::Pool, deadpool_postgres::Pool)> {
+    let budget = settings.connection_budget()?;
+    tracing::info!(
+        max_connections = budget.total(),
+        requests = budget.requests,
+        background = budget.background,
+        check = ConnectionBudget::CHECK,
+        "database connections"
+    );
+    let gauges = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "db_connections_budget",
+            "PostgreSQL connections this replica may hold, by use (APP__DATABASE__MAX_CONNECTIONS split).",
+        ),
+        &["part"],
+    )?;
+    for (part, size) in [
+        ("requests", budget.requests),
+        ("background", budget.background),
+        ("check", ConnectionBudget::CHECK),
+    ] {
+        gauges
+            .with_label_values(&[part])
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+    registry.register(Box::new(gauges))?;
+    registry.register(Box::new(db::CONNECTIONS_REFUSED.clone()))?;
+    let request_pool = db::request_pool(&settings.database, budget.requests)?;
+    registry.register(Box::new(PoolGauges::new([request_pool.clone()])?))?;
+    Ok((
+        db::background_pool(&settings.database, budget.background)?,
+        request_pool,
+    ))
 }
 
 pub(super) async fn start(
@@ -132,7 +174,7 @@ pub(super) async fn start(
     stop_workers: &CancellationToken,
     stop_health: &CancellationToken,
 ) -> Result<Running, Failure> {
-    let request_pools = database(settings, startup, parts).await?;
+    database(settings, startup, parts).await?;
     // @rabbitmq-begin
     // A critical broker holds startup; a non-critical one is connected in the background.
     if settings.health.rabbitmq.critical == Some(true) {
@@ -168,14 +210,14 @@ pub(super) async fn start(
 
     let began = Instant::now();
     let outbox_written = parts.outbox_written.clone(); // @rabbitmq
-    let state = move |pools: &db::RequestPools| AppState {
-        db: pools.for_worker(),
-        outbox_written: outbox_written.clone(), // @rabbitmq
+    let state = AppState {
+        db: db::Database::new(parts.request_pool.clone(), settings.database.query_timeout),
+        outbox_written, // @rabbitmq
     };
-    let api = api_server(settings, &request_pools, state, &parts.registry)?;
+    let api = api_server(settings, state, &parts.registry)?;
     startup.record(API_SERVER, began.elapsed());
     Ok(Running {
-        request_pools,
+        request_pool: parts.request_pool.clone(),
         background_pool: parts.background_pool.clone(),
         workers,
         scheduler,
@@ -183,12 +225,8 @@ pub(super) async fn start(
     })
 }
 
-/// The request pools, once a first connection works, and the schema migrated.
-async fn database(
-    settings: &Settings,
-    startup: &Startup,
-    parts: &Parts,
-) -> Result<db::RequestPools, Failure> {
+/// A first connection working, and the schema migrated.
+async fn database(settings: &Settings, startup: &Startup, parts: &Parts) -> Result<(), Failure> {
     startup
         .run(POSTGRES_POOL, || async {
             let client = parts.background_pool.get().await?;
@@ -196,13 +234,6 @@ async fn database(
             Ok::<_, anyhow::Error>(())
         })
         .await?;
-    let pools = db::RequestPools::new(&settings.database, api_workers(settings))?;
-    parts
-        .registry
-        .register(Box::new(
-            PoolGauges::new(pools.pools()).map_err(anyhow::Error::from)?,
-        ))
-        .map_err(anyhow::Error::from)?;
     startup
         .run(MIGRATIONS, || async {
             let applied = db::migrate(&settings.database).await?;
@@ -210,7 +241,7 @@ async fn database(
             Ok::<_, anyhow::Error>(())
         })
         .await?;
-    Ok(pools)
+    Ok(())
 }
 
 // @rabbitmq-begin

@@ -1,4 +1,4 @@
-//! PostgreSQL: the request pools and the background pool, migrations, and the queries of the
+//! PostgreSQL: the request pool and the background pool, migrations, and the queries of the
 //! example.
 
 pub mod idempotency;
@@ -8,11 +8,11 @@ pub mod outbox; // @rabbitmq
 use crate::problem::ApiError;
 use bootstrap::config::DatabaseSettings;
 use deadpool_postgres::{
-    Client, Connect, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+    Client, Connect, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use futures_util::future::BoxFuture;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use prometheus::IntCounter;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -53,88 +53,19 @@ impl Connect for Connector {
     }
 }
 
-/// The request pool, split into one pool per API worker.
-///
-/// An actix worker is a single-threaded runtime, and a connection's socket and driver task
-/// belong to the runtime that opened it. Shared, a pool hands a worker connections driven by
-/// another thread (or by the main runtime): every query then wakes a second thread, which on
-/// two busy cores costs a fifth of the request path's throughput. A worker's own pool keeps a
-/// request on one thread; it dies with its worker, after the worker's in-flight requests, and
-/// nothing else uses it (background tasks have [`background_pool`]).
-#[derive(Debug, Clone)]
-pub struct RequestPools {
-    pools: Arc<[Pool]>,
-    handed_out: Arc<AtomicUsize>,
-    limit: Duration,
+/// The request pool, shared by every API worker: no request waits for a connection while
+/// another of the replica's request connections is idle. A connection's driver task runs on
+/// the worker that opened it, as deadpool's own connector does (docs/architecture.md).
+pub fn request_pool(settings: &DatabaseSettings, size: usize) -> anyhow::Result<Pool> {
+    build_pool(settings, "shipshape", size)
 }
 
-impl RequestPools {
-    /// `settings.pool_max_size` connections shared out among `workers` pools (at least one
-    /// each); no connection is opened yet. Each [`Database::run`] is bounded by the query
-    /// timeout.
-    pub fn new(settings: &DatabaseSettings, workers: usize) -> anyhow::Result<Self> {
-        let workers = workers.max(1);
-        let (base, extra) = (
-            settings.pool_max_size / workers,
-            settings.pool_max_size % workers,
-        );
-        let pools = (0..workers)
-            .map(|n| {
-                build_pool(
-                    settings,
-                    "shipshape",
-                    (base + usize::from(n < extra)).max(1),
-                )
-            })
-            .collect::<anyhow::Result<Arc<[Pool]>>>()?;
-        Ok(Self {
-            pools,
-            handed_out: Arc::new(AtomicUsize::new(0)),
-            limit: settings.query_timeout,
-        })
-    }
-
-    /// The next worker's pool: call it once in each worker, from the app factory. A worker
-    /// that actix restarts gets a pool whose connections died with its predecessor; they are
-    /// found closed on checkout and replaced.
-    pub fn for_worker(&self) -> Database {
-        let n = self.handed_out.fetch_add(1, Ordering::Relaxed) % self.pools.len();
-        Database::new(self.pools[n].clone(), self.limit)
-    }
-
-    /// API workers served: one pool each.
-    pub fn workers(&self) -> usize {
-        self.pools.len()
-    }
-
-    /// Connections all the pools together may open.
-    pub fn connections(&self) -> usize {
-        self.pools.iter().map(|pool| pool.status().max_size).sum()
-    }
-
-    /// Each worker's pool, for the gauges.
-    pub fn pools(&self) -> impl Iterator<Item = Pool> + '_ {
-        self.pools.iter().cloned()
-    }
-
-    /// Closes every pool: idle connections end, none is opened again.
-    pub fn close(&self) {
-        self.pools.iter().for_each(Pool::close);
-    }
-}
-
-// @rabbitmq-begin
-/// The background tasks' pool, one connection per task that holds one (housekeeping; the
-/// relay's publishing loops, its lag check and the consumers): a relay batch's row locks or a
-/// consumer's transaction never wait for a request's connection, nor hold one. Build and use
-/// it on the main runtime, which outlives the API workers.
-// @rabbitmq-else
-// /// The background tasks' pool, one connection per task that holds one (housekeeping): their
-// /// work never waits for a request's connection, nor holds one. Build and use it on the main
-// /// runtime, which outlives the API workers.
-// @rabbitmq-end
-pub fn background_pool(settings: &DatabaseSettings, tasks: usize) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape-background", tasks.max(1))
+/// The background pool, a few connections shared by every background task: each holds one
+/// only for a statement or a short transaction, never across a call to another service, so
+/// their number does not grow with the tasks. Build and use it on the main runtime, which
+/// outlives the API workers.
+pub fn background_pool(settings: &DatabaseSettings, size: usize) -> anyhow::Result<Pool> {
+    build_pool(settings, "shipshape-background", size)
 }
 
 fn build_pool(
@@ -223,6 +154,18 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Connections PostgreSQL refused because it was full (SQLSTATE 53300, `too many clients`).
+pub static CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "db_connections_refused_total",
+        "Connections PostgreSQL refused as too many clients; the work waited for a pooled one.",
+    )
+    .unwrap_or_else(|_| unreachable!("the metric's name and help are valid"))
+});
+
+/// Pause between two checkouts while the server is full.
+const FULL_SERVER_RETRY: Duration = Duration::from_millis(20);
+
 /// The request path's only way to PostgreSQL: every use runs on one pooled connection and is
 /// bounded by the query timeout, so a frozen or black-holed database costs a request at most
 /// that long (then 503), never a connection held for the TCP timeout.
@@ -249,7 +192,7 @@ impl Database {
         &self,
         work: impl for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.checkout().await?;
         match tokio::time::timeout(self.limit, work(&mut client)).await {
             Ok(result) => result,
             Err(_) => {
@@ -261,89 +204,39 @@ impl Database {
             }
         }
     }
+
+    /// A pooled connection. A server that is full (other clients hold every slot) is
+    /// pressure, not an outage: the checkout is retried, taking a connection another request
+    /// returns, until the pool's wait timeout has passed.
+    async fn checkout(&self) -> Result<Object, PoolError> {
+        let began = tokio::time::Instant::now();
+        let wait = self.pool.timeouts().wait.unwrap_or(FULL_SERVER_RETRY);
+        loop {
+            match self.pool.get().await {
+                Err(PoolError::Backend(error)) if is_server_full(&error) => {
+                    CONNECTIONS_REFUSED.inc();
+                    if began.elapsed() >= wait {
+                        return Err(PoolError::Backend(error));
+                    }
+                    tokio::time::sleep(FULL_SERVER_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// `too many clients already` (or too many for the role or the database).
+fn is_server_full(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.code() == &tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::problem::ApiError;
-
-    fn settings() -> DatabaseSettings {
-        DatabaseSettings {
-            pool_max_size: 2,
-            pool_wait_timeout: Duration::from_secs(2),
-            query_timeout: Duration::from_secs(2),
-            ..DatabaseSettings::from_url("postgres://postgres@127.0.0.1:5432/postgres").unwrap()
-        }
-    }
-
-    /// The configured connections are shared out among the workers (the first ones take the
-    /// remainder), each worker at least one; workers are handed their pools in turn.
-    #[test]
-    fn the_request_pool_is_shared_out_among_the_workers() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let _entered = runtime.enter();
-        let settings = DatabaseSettings {
-            pool_max_size: 5,
-            ..settings()
-        };
-        let pools = RequestPools::new(&settings, 2).unwrap();
-        assert_eq!((pools.workers(), pools.connections()), (2, 5));
-        let handed: Vec<usize> = (0..3)
-            .map(|_| pools.for_worker().pool.status().max_size)
-            .collect();
-        assert_eq!(handed, [3, 2, 3]);
-        let settings = DatabaseSettings {
-            pool_max_size: 1,
-            ..settings
-        };
-        assert_eq!(RequestPools::new(&settings, 3).unwrap().connections(), 3);
-    }
-
-    /// An actix worker is a runtime of its own, stopped at shutdown before the process ends
-    /// and restarted by actix after a panic. Another worker's requests must not be using a
-    /// connection that died with it.
-    #[test]
-    fn a_worker_stopping_leaves_the_other_workers_connections_alone() {
-        let main = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let settings = DatabaseSettings {
-            pool_max_size: 4,
-            ..settings()
-        };
-        let pools = main
-            .block_on(async { RequestPools::new(&settings, 2) })
-            .unwrap();
-        let worker = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        };
-        let (first, second) = (worker(), worker());
-        let (first_db, second_db) = (pools.for_worker(), pools.for_worker());
-        let query = |db: &Database| {
-            let pool = db.pool.clone();
-            async move {
-                // Both connections of the pool, so a shared pool would hold the other's.
-                let (a, b) = (pool.get().await?, pool.get().await?);
-                a.simple_query("SELECT 1").await?;
-                b.simple_query("SELECT 1").await?;
-                Ok::<_, anyhow::Error>(())
-            }
-        };
-        first.block_on(query(&first_db)).unwrap();
-        second.block_on(query(&second_db)).unwrap();
-        drop(first);
-        second
-            .block_on(query(&second_db))
-            .expect("a connection died with another worker's runtime");
-    }
 
     /// A real error with SQLSTATE `code`, raised by the machine's PostgreSQL.
     async fn raised(code: &str) -> tokio_postgres::Error {

@@ -3,6 +3,7 @@
 use crate::domain::item::ItemEvent;
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Stores `event` (with trace headers) in the caller's transaction.
@@ -32,19 +33,26 @@ pub struct Pending {
     pub headers: Value,
 }
 
-/// Locks up to `limit` pending rows, oldest first, skipping rows another replica's relay holds
-/// (so across replicas, events are published unordered).
+/// Claims up to `limit` pending rows for `lease`, oldest first, skipping rows another relay
+/// loop holds or has claimed (so events are published unordered, even within one replica).
+/// One statement: the claim is committed when it returns, and no lock outlives it. A relay
+/// that dies holding a claim leaves its rows to the next loop once the lease ends.
 pub async fn claim(
     db: &impl GenericClient,
     limit: i64,
+    lease: Duration,
 ) -> Result<Vec<Pending>, tokio_postgres::Error> {
     let statement = db
         .prepare_cached(
-            "SELECT seq, event_id, routing_key, payload, headers \
-             FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
+             WHERE seq IN (SELECT seq FROM outbox \
+                 WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < now()) \
+                 ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING seq, event_id, routing_key, payload, headers",
         )
         .await?;
-    db.query(&statement, &[&limit])
+    let mut rows = db
+        .query(&statement, &[&limit, &lease.as_secs_f64()])
         .await?
         .iter()
         .map(|row| {
@@ -56,13 +64,26 @@ pub async fn claim(
                 headers: row.try_get("headers")?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    rows.sort_unstable_by_key(|row| row.seq);
+    Ok(rows)
 }
 
 /// Marks rows sent (after the broker confirmed them).
 pub async fn mark_sent(db: &impl GenericClient, seqs: &[i64]) -> Result<(), tokio_postgres::Error> {
     let statement = db
         .prepare_cached("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)")
+        .await?;
+    db.execute(&statement, &[&seqs]).await?;
+    Ok(())
+}
+
+/// Gives up a claim on rows that were not published, so the next loop takes them at once.
+pub async fn release(db: &impl GenericClient, seqs: &[i64]) -> Result<(), tokio_postgres::Error> {
+    let statement = db
+        .prepare_cached(
+            "UPDATE outbox SET claimed_until = NULL WHERE seq = ANY($1) AND sent_at IS NULL",
+        )
         .await?;
     db.execute(&statement, &[&seqs]).await?;
     Ok(())

@@ -2,16 +2,18 @@
 //! only after the broker confirmed them. A broker outage only delays events: the rows wait, the
 //! relay follows the supervised connection and resumes when it is back.
 //!
-//! The guarantee is **at least once, unordered**: each replica's relay claims the oldest rows
-//! nobody else holds (`FOR UPDATE SKIP LOCKED`), so two replicas publish interleaved batches, and
-//! a crash between the confirm and the commit publishes a batch again. Consumers must be
-//! idempotent (ours records event ids) and must not rely on order (use `occurred_at` or a
-//! version where order matters).
+//! The guarantee is **at least once, unordered**: each publishing loop claims the oldest rows
+//! nobody else has claimed (`FOR UPDATE SKIP LOCKED`, then a lease), so loops and replicas
+//! publish interleaved batches, and a crash between the confirm and the mark publishes a batch
+//! again once its lease ends. Consumers must be idempotent (ours records event ids) and must
+//! not rely on order (use `occurred_at` or a version where order matters).
 //!
-//! The relay works on the background pool ([`crate::db::background_pool`]), a connection for each
-//! of its loops: its row locks and a stalled publish never hold a connection a request needs. Publishing a batch and receiving its
-//! confirms is bounded (`APP__OUTBOX__PUBLISH_TIMEOUT`). The backlog (count and oldest age) is
-//! measured from the table by the lag check, so a stuck relay shows as lag.
+//! The relay works on the background pool ([`crate::db::background_pool`]), holding a
+//! connection only for the claim and for the mark, never while the broker confirms: its
+//! loops share a few connections with the other background tasks, whatever their number.
+//! Publishing a batch and receiving its confirms is bounded (`APP__OUTBOX__PUBLISH_TIMEOUT`).
+//! The backlog (count and oldest age) is measured from the table by the lag check, so a stuck
+//! relay shows as lag.
 
 use crate::db;
 use crate::settings::OutboxSettings;
@@ -182,17 +184,45 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// [`Relay::publish_batch`] within the publish timeout. Past it the transaction is dropped
-    /// (rolled back, locks released) and the batch goes out again on a fresh channel.
+    /// Claims a batch, publishes it and awaits every confirm within the publish timeout, then
+    /// marks it sent. A connection is held only for the claim and for the mark, never while
+    /// the broker answers. A batch not confirmed is released for the next attempt.
     async fn bounded_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
-        tokio::time::timeout(self.settings.publish_timeout, self.publish_batch(channel))
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "no confirms within {}",
-                    humantime::format_duration(self.settings.publish_timeout)
-                ))
-            })
+        let limit = i64::try_from(self.settings.batch_size).unwrap_or(100);
+        // Longer than a publish may take, so a slow batch is not claimed twice.
+        let lease = self.settings.publish_timeout * 2;
+        let rows = db::outbox::claim(&self.pool.get().await?, limit, lease).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
+        let published = tokio::time::timeout(
+            self.settings.publish_timeout,
+            self.publish_batch(channel, &rows),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no confirms within {}",
+                humantime::format_duration(self.settings.publish_timeout)
+            ))
+        });
+        if let Err(error) = published {
+            if let Err(release) = self.release(&seqs).await {
+                tracing::debug!(
+                    error = format!("{release:#}"),
+                    "outbox relay: claim kept until its lease ends"
+                );
+            }
+            return Err(error);
+        }
+        db::outbox::mark_sent(&self.pool.get().await?, &seqs).await?;
+        self.backlog.published.inc_by(seqs.len() as u64);
+        Ok(seqs.len())
+    }
+
+    async fn release(&self, seqs: &[i64]) -> anyhow::Result<()> {
+        Ok(db::outbox::release(&self.pool.get().await?, seqs).await?)
     }
 
     async fn pause(&self, stop: &CancellationToken, delay: Duration) {
@@ -202,18 +232,14 @@ impl Relay {
         }
     }
 
-    /// Claims, publishes, awaits every confirm, marks sent, commits. Returns rows published.
-    async fn publish_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let limit = i64::try_from(self.settings.batch_size).unwrap_or(100);
-        let rows = db::outbox::claim(&tx, limit).await?;
-        if rows.is_empty() {
-            tx.commit().await?;
-            return Ok(0);
-        }
+    /// Publishes `rows` and awaits every confirm.
+    async fn publish_batch(
+        &self,
+        channel: &Channel,
+        rows: &[db::outbox::Pending],
+    ) -> anyhow::Result<()> {
         let mut confirms = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             // A producer span in the request's trace; the message carries its context, so the
             // consumer's span is its child.
             let span = tracing::info_span!(
@@ -250,11 +276,7 @@ impl Relay {
                 other => anyhow::bail!("broker did not confirm a message: {other:?}"),
             }
         }
-        let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
-        db::outbox::mark_sent(&tx, &seqs).await?;
-        tx.commit().await?;
-        self.backlog.published.inc_by(seqs.len() as u64);
-        Ok(seqs.len())
+        Ok(())
     }
 }
 

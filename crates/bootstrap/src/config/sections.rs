@@ -113,9 +113,17 @@ pub struct DatabaseSettings {
     /// PEM bundle of the authorities that sign the server's certificate (unset: the system's).
     #[serde(deserialize_with = "optional_file")]
     pub ca_file: Option<PathBuf>,
-    /// Largest number of request connections (16).
-    #[serde(deserialize_with = "count::<_, 1, 1024>")]
-    pub pool_max_size: usize,
+    /// Every PostgreSQL connection one replica holds: its requests, its background work and
+    /// the health check's (16). Three replicas, a surge pod, a draining pod, a migration and
+    /// an operator's psql then fit a stock server (100, 3 reserved): 5 x 16 + 2 = 82.
+    #[serde(deserialize_with = "count::<_, 3, 1024>")]
+    pub max_connections: usize,
+    /// The request pool's share of `max_connections` (0: what the rest leaves).
+    #[serde(deserialize_with = "count::<_, 0, 1024>")]
+    pub request_connections: usize,
+    /// The background pool's share of `max_connections` (0: the service's default).
+    #[serde(deserialize_with = "count::<_, 0, 1024>")]
+    pub background_connections: usize,
     /// How long a request waits for a pooled connection before it gets a 503 (2 s).
     #[serde(deserialize_with = "positive_duration")]
     pub pool_wait_timeout: Duration,
@@ -124,13 +132,35 @@ pub struct DatabaseSettings {
     pub query_timeout: Duration,
 }
 
+/// A replica's PostgreSQL connections by use: the request pool, the background pool, and the
+/// health check's own ([`ConnectionBudget::CHECK`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    /// The request pool's size.
+    pub requests: usize,
+    /// The background pool's size.
+    pub background: usize,
+}
+
+impl ConnectionBudget {
+    /// The health check's connection: its own, so a busy pool never fails readiness.
+    pub const CHECK: usize = 1;
+
+    /// Every connection the replica may hold.
+    pub fn total(&self) -> usize {
+        self.requests + self.background + Self::CHECK
+    }
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: constant_url("postgres://postgres@127.0.0.1:5432/shipshape"),
             ssl_mode: SslMode::Prefer,
             ca_file: None,
-            pool_max_size: 16,
+            max_connections: 16,
+            request_connections: 0,
+            background_connections: 0,
             pool_wait_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(5),
         }
@@ -156,6 +186,46 @@ impl DatabaseSettings {
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// How [`Self::max_connections`] is split, `background` being the service's default for
+    /// its background work; parts set by hand must fit the total with the check's connection.
+    ///
+    /// ```
+    /// use bootstrap::config::{ConnectionBudget, DatabaseSettings};
+    /// let settings = DatabaseSettings::from_url("postgres://app@db/app")?;
+    /// let budget = settings.connection_budget(3)?;
+    /// assert_eq!(budget, ConnectionBudget { requests: 12, background: 3 });
+    /// assert_eq!(budget.total(), settings.max_connections);
+    /// # Ok::<(), bootstrap::ConfigError>(())
+    /// ```
+    pub fn connection_budget(&self, background: usize) -> Result<ConnectionBudget, ConfigError> {
+        let background = match self.background_connections {
+            0 => background.max(1),
+            set => set,
+        };
+        let requests = match self.request_connections {
+            0 => self
+                .max_connections
+                .saturating_sub(background + ConnectionBudget::CHECK),
+            set => set,
+        };
+        let budget = ConnectionBudget {
+            requests,
+            background,
+        };
+        if requests == 0 || budget.total() > self.max_connections {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                Some(self.max_connections.to_string()),
+                format!(
+                    "at least APP__DATABASE__REQUEST_CONNECTIONS ({}) + \
+                     APP__DATABASE__BACKGROUND_CONNECTIONS ({background}) + 1 (the health check)",
+                    requests.max(1)
+                ),
+            ));
+        }
+        Ok(budget)
     }
 
     /// Checks what one value cannot say on its own, after loading: the URL's scheme and

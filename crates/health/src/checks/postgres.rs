@@ -7,6 +7,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntGaugeVec, Opts};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, Socket};
 
@@ -52,17 +53,22 @@ where
         }
     }
 
-    async fn connect(&self) -> Result<Client, CheckFailure> {
-        let (client, connection) = self
-            .config
-            .connect(self.tls.clone())
-            .await
-            .map_err(|e| failure("connecting", &e))?;
+    /// A new connection; `None` when the server refused it as full (SQLSTATE 53300): a server
+    /// that answers is up, and other clients holding every slot is pressure, not an outage.
+    async fn connect(&self) -> Result<Option<Client>, CheckFailure> {
+        let (client, connection) = match self.config.connect(self.tls.clone()).await {
+            Ok(pair) => pair,
+            Err(error) if error.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) => {
+                tracing::debug!(error = %describe(&error), "postgres check: the server is full");
+                return Ok(None);
+            }
+            Err(error) => return Err(failure("connecting", &error)),
+        };
         tokio::spawn(async move {
             // Ends when the server goes away or the client is dropped; the next run reconnects.
             let _ = connection.await;
         });
-        Ok(client)
+        Ok(Some(client))
     }
 }
 
@@ -128,7 +134,15 @@ where
         // mid-query the connection is dropped, never reused in an unknown state.
         let client = match slot.take() {
             Some(client) if !client.is_closed() => client,
-            _ => self.connect().await?,
+            _ => match self.connect().await? {
+                Some(client) => client,
+                None => {
+                    return Ok(Observation {
+                        output: Some("server full (too many clients): up, not reached".into()),
+                        ..Observation::default()
+                    });
+                }
+            },
         };
         let started = Instant::now();
         client
