@@ -57,6 +57,7 @@ SERVICE_README = "deploy/template/README.md"
 BROKER_ONLY = (
     "crates/api/src/messaging/",
     "crates/api/src/db/outbox.rs",
+    "crates/api/src/db/migrations/V3__outbox_claims.sql",
     "crates/api/tests/consumer.rs",
     "crates/api/tests/outbox.rs",
     "crates/api/tests/broker_faults.rs",
