@@ -103,7 +103,7 @@ impl Default for RetentionSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboxSettings {
-    /// Rows the relay publishes per transaction (100).
+    /// Rows a relay loop claims and publishes at once (100).
     #[serde(deserialize_with = "count::<_, 1, 10_000>")]
     pub batch_size: usize,
     /// Relay loops publishing at once, each on its own channel (4): one loop waiting for its

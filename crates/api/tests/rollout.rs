@@ -137,6 +137,8 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
     let peak = std::sync::atomic::AtomicUsize::new(0);
     let sampling = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|scope| {
+        // Stops the sampler even when an assertion below fails, or the scope would wait for it.
+        let _stop_sampling = StopOnDrop(&sampling);
         let load = scope.spawn(|| wrk_scripted(&url, connections, window, script));
         scope.spawn(|| {
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
@@ -212,6 +214,18 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
         let rollout = began.elapsed();
         let load = load.join().unwrap();
         sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        // Replicas, surge and the draining one at most, each within its connection total.
+        let per_pod: usize = chart
+            .env
+            .iter()
+            .find(|(key, _)| key == "APP__DATABASE__MAX_CONNECTIONS")
+            .and_then(|(_, value)| value.parse().ok())
+            .expect("the chart sets APP__DATABASE__MAX_CONNECTIONS");
+        let peak_connections = peak.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            (1..=(replicas + surge + 1) * per_pod).contains(&peak_connections),
+            "{peak_connections} PostgreSQL sessions at the peak"
+        );
         assert!(
             rollout + Duration::from_secs(2) < window,
             "the rollout ({rollout:?}) outlasted the load window ({window:?})"
@@ -261,12 +275,21 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
         }
         Outcome {
             load,
-            peak_connections: peak.load(std::sync::atomic::Ordering::Relaxed),
+            peak_connections,
             rollout,
             stops,
             grace: chart.grace,
         }
     })
+}
+
+/// Clears a flag when dropped (also while a panic unwinds).
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Prints the figures and, under `make e2e`, saves them for docs/rolling-updates.md.

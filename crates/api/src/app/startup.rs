@@ -160,7 +160,7 @@ fn database_pools(
     registry.register(Box::new(gauges))?;
     registry.register(Box::new(db::CONNECTIONS_REFUSED.clone()))?;
     let request_pool = db::request_pool(&settings.database, budget.requests)?;
-    registry.register(Box::new(PoolGauges::new([request_pool.clone()])?))?;
+    registry.register(Box::new(PoolGauges::new(request_pool.clone())?))?;
     Ok((
         db::background_pool(&settings.database, budget.background)?,
         request_pool,

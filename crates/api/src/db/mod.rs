@@ -6,14 +6,17 @@ pub mod items;
 pub mod outbox; // @rabbitmq
 
 use crate::problem::ApiError;
+use bootstrap::Backoff;
 use bootstrap::config::DatabaseSettings;
 use deadpool_postgres::{
     Client, Connect, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    TimeoutType,
 };
 use futures_util::future::BoxFuture;
 use prometheus::IntCounter;
 use std::sync::LazyLock;
 use std::time::Duration;
+use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod embedded {
@@ -163,7 +166,7 @@ pub static CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
     .unwrap_or_else(|_| unreachable!("the metric's name and help are valid"))
 });
 
-/// Pause between two checkouts while the server is full.
+/// First pause between two checkouts while the server is full (then doubling, jittered).
 const FULL_SERVER_RETRY: Duration = Duration::from_millis(20);
 
 /// The request path's only way to PostgreSQL: every use runs on one pooled connection and is
@@ -206,31 +209,28 @@ impl Database {
     }
 
     /// A pooled connection. A server that is full (other clients hold every slot) is
-    /// pressure, not an outage: the checkout is retried, taking a connection another request
-    /// returns, until the pool's wait timeout has passed.
+    /// pressure, not an outage: the checkout is retried with backoff, taking a connection
+    /// another request returns, all within the pool's wait timeout.
     async fn checkout(&self) -> Result<Object, PoolError> {
-        let began = tokio::time::Instant::now();
         let wait = self.pool.timeouts().wait.unwrap_or(FULL_SERVER_RETRY);
-        loop {
-            match self.pool.get().await {
-                Err(PoolError::Backend(error)) if is_server_full(&error) => {
-                    CONNECTIONS_REFUSED.inc();
-                    if began.elapsed() >= wait {
-                        return Err(PoolError::Backend(error));
+        let mut backoff = Backoff::new(FULL_SERVER_RETRY, FULL_SERVER_RETRY * 10);
+        let retrying = async {
+            loop {
+                match self.pool.get().await {
+                    Err(PoolError::Backend(error))
+                        if error.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) =>
+                    {
+                        CONNECTIONS_REFUSED.inc();
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
-                    tokio::time::sleep(FULL_SERVER_RETRY).await;
+                    other => return other,
                 }
-                other => return other,
             }
-        }
+        };
+        tokio::time::timeout(wait, retrying)
+            .await
+            .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)))
     }
-}
-
-/// `too many clients already` (or too many for the role or the database).
-fn is_server_full(error: &tokio_postgres::Error) -> bool {
-    error
-        .as_db_error()
-        .is_some_and(|db| db.code() == &tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS)
 }
 
 #[cfg(test)]

@@ -93,7 +93,6 @@ fn classify(error: &tokio_postgres::Error) -> String {
         let class = match code {
             "28000" | "28P01" => "authentication failed",
             "3D000" => "database does not exist",
-            "53300" => "too many connections",
             "57P01" | "57P02" | "57P03" => "server shutting down or starting",
             _ => "server error",
         };
@@ -156,27 +155,23 @@ where
 }
 
 /// Gauges of the request pool (`db_pool_connections{state=...}`), read from the pool at
-/// scrape time, so they cost nothing between scrapes. A request pool split into one pool per
-/// API worker is reported as one: each state is the sum over its parts.
+/// scrape time, so they cost nothing between scrapes.
 ///
 /// ```no_run
-/// let pools: Vec<deadpool_postgres::Pool> = todo!();
+/// let pool: deadpool_postgres::Pool = todo!();
 /// let registry = prometheus::Registry::new();
-/// registry.register(Box::new(health::checks::postgres::PoolGauges::new(pools)?))?;
+/// registry.register(Box::new(health::checks::postgres::PoolGauges::new(pool)?))?;
 /// # Ok::<(), prometheus::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct PoolGauges {
-    pools: Vec<deadpool_postgres::Pool>,
+    pool: deadpool_postgres::Pool,
     gauges: IntGaugeVec,
 }
 
 impl PoolGauges {
-    /// Gauges for the pools that together make the request pool; register the result in the
-    /// registry `/metrics` renders.
-    pub fn new(
-        pools: impl IntoIterator<Item = deadpool_postgres::Pool>,
-    ) -> prometheus::Result<Self> {
+    /// Gauges for the request pool; register the result in the registry `/metrics` renders.
+    pub fn new(pool: deadpool_postgres::Pool) -> prometheus::Result<Self> {
         let gauges = IntGaugeVec::new(
             Opts::new(
                 "db_pool_connections",
@@ -184,10 +179,7 @@ impl PoolGauges {
             ),
             &["state"],
         )?;
-        Ok(Self {
-            pools: pools.into_iter().collect(),
-            gauges,
-        })
+        Ok(Self { pool, gauges })
     }
 }
 
@@ -197,20 +189,14 @@ impl Collector for PoolGauges {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let [mut max, mut size, mut available, mut waiting] = [0usize; 4];
-        for status in self.pools.iter().map(deadpool_postgres::Pool::status) {
-            max += status.max_size;
-            size += status.size;
-            available += status.available;
-            waiting += status.waiting;
-        }
+        let status = self.pool.status();
         let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         for (state, value) in [
-            ("max", max),
-            ("size", size),
-            ("available", available),
-            ("in_use", size.saturating_sub(available)),
-            ("waiting", waiting),
+            ("max", status.max_size),
+            ("size", status.size),
+            ("available", status.available),
+            ("in_use", status.size.saturating_sub(status.available)),
+            ("waiting", status.waiting),
         ] {
             self.gauges.with_label_values(&[state]).set(as_gauge(value));
         }
@@ -233,10 +219,10 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_split_per_worker_is_reported_as_one() {
+    fn the_pool_is_reported_by_state() {
         let registry = prometheus::Registry::new();
         registry
-            .register(Box::new(PoolGauges::new([pool(3), pool(2)]).unwrap()))
+            .register(Box::new(PoolGauges::new(pool(5)).unwrap()))
             .unwrap();
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
