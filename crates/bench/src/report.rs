@@ -459,8 +459,8 @@ throughput 1.04-1.15x), a request queueing behind its worker's pool while the ot
 connections sat idle. The service now shares one request pool between its workers, each
 connection driven by the worker that opened it, as the floor's deadpool does; at two workers
 each, three runs of `target/release/bench request-path` on 2026-12-05 gave the reads
-0.88-0.90x the floor's throughput at 1.08-1.13x its p99, the write with the broker away 0.90x
-at 1.18x. On two cores that also run PostgreSQL and wrk, a query's answer may wake the other
+0.88-0.90x the floor's throughput at 1.08-1.13x its p99, and `POST /v1/items` with no event
+worker running 0.90x at 1.18x. On two cores that also run PostgreSQL and wrk, a query's answer may wake the other
 worker's thread; that is in those ratios, and the floor pays it too.
 ";
 
