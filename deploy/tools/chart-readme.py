@@ -41,6 +41,13 @@ helm upgrade --install shipshape oci://ghcr.io/shipshape/charts/shipshape -n shi
 
 {refusals}
 
+Schema migrations run in each pod as it starts (`migrations.mode: startup`, the default: nothing
+beyond the Deployment, the same under helm, Argo CD and Flux) or once per release in a
+pre-install/pre-upgrade hook Job running `migrate` before any new pod starts (`migrations.mode:
+job`, for migrations longer than a startup; Argo CD runs it as a PreSync hook). Either way a pod
+of the previous release serves on the new schema and a rollback starts on it:
+[docs/migrations.md](../../docs/migrations.md).
+
 ## Values
 
 | value | default | meaning |

@@ -105,6 +105,29 @@ print(",".join(sorted(key.split(":")[0] for key in json.load(sys.stdin)["checks"
   if [[ -n $vhost ]]; then rabbitmqctl delete_vhost "$vhost" >/dev/null; vhost=; fi
 }
 
+# The schema `migrate` of a binary gives an empty database, without the history table.
+schema_of() { # $1: binary
+  database=template_check_$$_schema
+  psql -h 127.0.0.1 -U postgres -XAtqc "CREATE DATABASE \"$database\"" >/dev/null
+  APP__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$database" RUST_LOG=warn "$1" migrate >/dev/null
+  pg_dump -h 127.0.0.1 -U postgres --schema-only --no-owner --no-privileges \
+    --exclude-table=refinery_schema_history "$database" | grep -v -E '^(--|SET |SELECT pg_catalog)' | sed '/^$/d'
+  psql -h 127.0.0.1 -U postgres -XAtqc "DROP DATABASE \"$database\" WITH (FORCE)" >/dev/null
+  database=
+}
+
+# The generated project's V1 is this repository's V1, V2, ... in one file. The one difference on
+# purpose: the repository keeps a default on idempotency_keys.scope for the releases before V2.
+same_schema() { # $1: the generated binary
+  cargo build -p shipshape --quiet
+  if ! diff <(schema_of "$CARGO_TARGET_DIR/debug/shipshape" | sed "s| DEFAULT 'POST /v1/items'::text||") \
+            <(schema_of "$1"); then
+    echo "deploy/template/migrations/V1__initial_schema.sql no longer makes the repository's schema (< repository, > template)" >&2
+    exit 1
+  fi
+  echo "same schema"
+}
+
 for rabbitmq in true false; do
   echo "== rabbitmq=$rabbitmq: cargo generate --path, and --git --branch template"
   generate "$work/by-path-$rabbitmq" "$rabbitmq" --path "$work/template"
@@ -143,7 +166,12 @@ for rabbitmq in true false; do
     echo "== integration and fault tests of the service without the broker"
     (cd "$project" && run_tests "$work/integration.log" -p "$name" \
        --test items --test probes --test faults --test config --test tls --test traces \
-       --test lifecycle --test limits)
+       --test lifecycle --test limits --test migrations)
+  fi
+
+  if [[ $rabbitmq == true ]]; then
+    echo "== its one migration makes the schema this repository's history makes"
+    same_schema "$CARGO_TARGET_DIR/debug/$name"
   fi
 
   echo "== its chart"

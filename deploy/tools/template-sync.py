@@ -49,7 +49,13 @@ SKIP = (
     "deploy/tools/template-sync.py",
     "deploy/tools/template-check.sh",
     "deploy/tools/cpu-per-request.sh",
+    # This repository's own release history: a generated project starts from one migration.
+    "crates/api/src/db/migrations/",
 )
+# Files of a generated project written from another source here.
+SOURCES = {
+    "crates/api/src/db/migrations/V1__initial_schema.sql": "deploy/template/migrations/V1__initial_schema.sql",
+}
 # The generated project's README: Liquid written by hand (it describes the new service).
 SERVICE_README = "deploy/template/README.md"
 
@@ -57,7 +63,6 @@ SERVICE_README = "deploy/template/README.md"
 BROKER_ONLY = (
     "crates/api/src/messaging/",
     "crates/api/src/db/outbox.rs",
-    "crates/api/src/db/migrations/V3__outbox_claims.sql",
     "crates/api/tests/consumer.rs",
     "crates/api/tests/outbox.rs",
     "crates/api/tests/broker_faults.rs",
@@ -208,8 +213,7 @@ def plain_dashboard(text):
 
 
 TRANSFORMS = {
-    "crates/api/src/db/migrations/V1__items_outbox.sql": plain_sql,
-    "crates/api/src/db/migrations/V2__scoped_keys_retention.sql": plain_sql,
+    "crates/api/src/db/migrations/V1__initial_schema.sql": plain_sql,
     "helm/shipshape/values.schema.json": plain_schema,
     "deploy/grafana/shipshape-dashboard.json": plain_dashboard,
 }
@@ -217,16 +221,21 @@ TRANSFORMS = {
 
 def tracked():
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
-    return [f for f in files if f and not f.startswith(SKIP) and (ROOT / f).is_file()]
+    return [f for f in files if f and not f.startswith(SKIP) and (ROOT / f).is_file()] + list(SOURCES)
+
+
+def source(name):
+    """Where the file `name` of a generated project comes from here."""
+    return ROOT / SOURCES.get(name, name)
 
 
 def text_or_copy(name, target):
     """The text of the tracked file `name`, or None once a binary file is copied to `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return (ROOT / name).read_bytes().decode("utf-8")
+        return source(name).read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        shutil.copyfile(ROOT / name, target)
+        shutil.copyfile(source(name), target)
         return None
 
 
@@ -243,7 +252,7 @@ def materialize(destination, broker):
         if not broker and name in TRANSFORMS:
             text = TRANSFORMS[name](text)
         target.write_text(text, encoding="utf-8")
-        shutil.copymode(ROOT / name, target)
+        shutil.copymode(source(name), target)
     # What is left of a statement without its markers may fit on fewer lines.
     subprocess.run(["cargo", "fmt", "--all"], cwd=destination, check=True)
     if not broker:
@@ -337,7 +346,7 @@ def write_template(destination):
             else:
                 without = (plain / name).read_text(encoding="utf-8")
             target.write_text(liquid(with_broker, without), encoding="utf-8")
-            shutil.copymode(ROOT / name, target)
+            shutil.copymode(source(name), target)
     shutil.copyfile(ROOT / SERVICE_README, destination / "README.md")
     # Whole folders too, or cargo-generate leaves them behind empty.
     folders = [template_path(entry.rstrip("/")) for entry in BROKER_ONLY if entry.endswith("/")]

@@ -12,7 +12,27 @@ mod settings;
 
 use std::process::ExitCode;
 
+/// What the process was asked to do.
+enum Command {
+    Serve,
+    Migrate { check: bool },
+}
+
+fn command() -> Option<Command> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => Some(Command::Serve),
+        ["migrate"] => Some(Command::Migrate { check: false }),
+        ["migrate", "--check"] => Some(Command::Migrate { check: true }),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
+    let Some(command) = command() else {
+        eprintln!("usage: shipshape [migrate [--check]]");
+        return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
+    };
     // Settings first, before a runtime or a socket exists: a bad value must stop the process
     // with exit code 2 and one line naming the variable.
     let settings = match settings::Settings::load(&bootstrap::config::Sources::from_env()) {
@@ -34,7 +54,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(app::run(settings));
+    let code = runtime.block_on(async {
+        match command {
+            Command::Serve => app::run(settings).await,
+            Command::Migrate { check } => app::migrate::run(&settings, check).await,
+        }
+    });
     // The shutdown deadline has been kept; do not wait on a blocking task (a trace flush cut
     // short) when the runtime drops.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

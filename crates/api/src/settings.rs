@@ -12,7 +12,8 @@ use bootstrap::config::value::{count, optional_file}; // @rabbitmq
 use bootstrap::config::value::{name, positive_duration};
 use bootstrap::config::{
     CheckTuning, ConfigError, ConnectionBudget, DatabaseSettings, LivenessSettings,
-    ManagementSettings, ServerSettings, ShutdownSettings, Sources, StartupSettings,
+    ManagementSettings, MigrationSettings, ServerSettings, ShutdownSettings, Sources,
+    StartupSettings,
 };
 use bootstrap::config::{SecretUrl, check_ca_file, constant_url, require_scheme}; // @rabbitmq
 use serde::Deserialize;
@@ -40,6 +41,8 @@ pub struct Settings {
     pub management: ManagementSettings,
     /// PostgreSQL.
     pub database: DatabaseSettings,
+    /// Schema migrations.
+    pub migrations: MigrationSettings,
     /// RabbitMQ. // @rabbitmq
     pub rabbitmq: RabbitMqSettings, // @rabbitmq
     /// Startup.

@@ -307,36 +307,6 @@ fn two_hundred_fifty_items_paged_by_seven_come_back_once_in_order() {
 }
 
 #[test]
-fn three_replicas_starting_together_on_an_empty_database_all_become_ready() {
-    let shared = Shared::new("migrace");
-    let services: Vec<Service> = (0..3).map(|_| spawn(&shared.env())).collect();
-    for service in &services {
-        service.wait_for("/readyz", 200, Duration::from_secs(30));
-    }
-    // Each migration applied exactly once, whoever won the race.
-    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/db/migrations"))
-        .unwrap()
-        .filter(|entry| {
-            entry
-                .as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
-        })
-        .count();
-    assert_eq!(
-        psql_in(&shared.name, "SELECT count(*) FROM refinery_schema_history"),
-        migrations.to_string()
-    );
-    for service in &services {
-        assert_eq!(
-            post(service, &json!({"name": "works"}), None)
-                .status()
-                .as_u16(),
-            201
-        );
-    }
-}
-
-#[test]
 fn a_column_that_changed_under_the_replica_is_a_500_not_a_dropped_connection() {
     let shared = Shared::new("coltype");
     let service = spawn(&shared.env());

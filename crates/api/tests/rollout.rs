@@ -23,7 +23,9 @@ enum Load {
     Reads,
     /// POST /v1/items at full speed: every replica's request pool busy, and its background
     /// work with it, while old, new and draining replicas together hold connections on a
-    /// server with a stock `max_connections` (100).
+    /// server with a stock `max_connections` (100). After the first replica is replaced, a
+    /// next release's expand migration runs as its migration Job would (`ALTER TABLE items`
+    /// under the write load); the replicas started after it run on a schema they do not know.
     Writes,
 }
 
@@ -165,6 +167,11 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
         let mut index = 0;
         while index < replicas {
             let batch: Vec<usize> = (index..(index + surge).min(replicas)).collect();
+            if kind == Load::Writes && index == 1 {
+                let tuning = bootstrap::config::MigrationSettings::default();
+                let applied = migrate_to_next_release(&postgres.url("app"), &tuning).unwrap();
+                assert_eq!(applied, ["V1000__add_priority"]);
+            }
             for &i in &batch {
                 new.push(launch(replicas + i));
             }
@@ -256,6 +263,11 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
                 items >= load.requests + 20,
                 "{} items answered 201 but only {items} rows (20 seeded)",
                 load.requests
+            );
+            assert_eq!(
+                postgres.psql("app", "SELECT count(*) FROM items WHERE priority = 0"),
+                items.to_string(),
+                "the expand migration's column took its default on every row"
             );
             // @rabbitmq-begin
             testkit::wait_until(

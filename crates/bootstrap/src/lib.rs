@@ -7,6 +7,7 @@ pub mod config;
 pub mod lifecycle;
 pub mod limits;
 pub mod phases;
+pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

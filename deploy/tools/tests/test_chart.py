@@ -139,6 +139,7 @@ def test_the_config_map_sets_only_settings_the_app_has(render):
     settings = {"APP_ENV", "RUST_LOG", "APP__SERVICE__NAME", "APP__SERVER__PORT", "APP__MANAGEMENT__PORT",
                 "APP__MANAGEMENT__WORKERS", "APP__SERVER__WORKERS", "APP__SERVER__BODY_TIMEOUT",
                 "APP__SERVER__MAX_CONNECTIONS", "APP__DATABASE__MAX_CONNECTIONS", "APP__DATABASE__QUERY_TIMEOUT",
+                "APP__MIGRATIONS__AT_STARTUP", "APP__MIGRATIONS__LOCK_TIMEOUT", "APP__MIGRATIONS__STATEMENT_TIMEOUT",
                 "APP__STARTUP__DEADLINE",
                 "APP__SHUTDOWN__DRAIN_DELAY", "APP__SHUTDOWN__TIMEOUT"}
     settings |= {"APP__OUTBOX__PUBLISHERS", "APP__RABBITMQ__CONSUMERS"}  # @rabbitmq
@@ -334,6 +335,83 @@ def test_with_the_hpa_the_guard_counts_max_replicas(refused, render):
             " + database.reservedConnections 2 = 114 exceeds database.maxConnections (113)") in message, message
     # The default maxReplicas (10) does not fit a stock server: (10 + 1 + 1) x 16 + 2 = 194.
     assert "= 194 exceeds database.maxConnections (97)" in refused(INLINE, {"autoscaling": {"enabled": True}})
+
+
+def test_the_guard_counts_the_migration_job(refused, render):
+    # (3 + 1 + 1) x 16 + 2 + 1 = 83: the Job's connection on top of the default 82.
+    job = {"migrations": {"mode": "job"}}
+    render(INLINE, job, {"database": {"maxConnections": 83}})
+    message = refused(INLINE, job, {"database": {"maxConnections": 82}})
+    assert "+ database.reservedConnections 2 + 1 migration Job = 83 exceeds database.maxConnections (82)" in message, message
+    render(INLINE, {"database": {"maxConnections": 82}})  # startup mode: no Job
+
+
+# Migrations ---------------------------------------------------------------------------------
+
+HOOK = {"helm.sh/hook": "pre-install,pre-upgrade", "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded"}
+
+
+def test_startup_mode_has_no_job_and_the_pods_migrate(render):
+    out = render(INLINE)
+    assert out.all("Job") == []
+    assert out.one("ConfigMap")["data"]["APP__MIGRATIONS__AT_STARTUP"] == "true"
+
+
+def test_job_mode_migrates_in_a_hook_job_as_the_pods_would_run(render):
+    out = render(INLINE, {"migrations": {"mode": "job", "deadlineSeconds": 600}})
+    assert out.one("ConfigMap")["data"]["APP__MIGRATIONS__AT_STARTUP"] == "false"
+    job = out.one("Job", f"{FULLNAME}-migrate")
+    assert {k: job["metadata"]["annotations"][k] for k in HOOK} == HOOK
+    assert job["spec"]["activeDeadlineSeconds"] == 660
+    pod = job["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    deployment = out.pod
+    assert container["args"] == ["migrate"]
+    assert container["image"] == out.container["image"]
+    assert container["securityContext"] == out.container["securityContext"]
+    assert pod["spec"]["securityContext"] == deployment["spec"]["securityContext"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    env = {e["name"]: e for e in container["env"]}
+    # Every setting of the pods, inline (their ConfigMap does not exist yet on install).
+    for key, value in out.one("ConfigMap")["data"].items():
+        assert env[key]["value"] == value, key
+    assert env["APP__MIGRATIONS__DEADLINE"]["value"] == "600s"
+    # The URL from a hook Secret of its own, created before it (weight -10 < 0).
+    assert env["APP__DATABASE__URL"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-migrate", "key": "database-url"}
+    secret = out.one("Secret", f"{FULLNAME}-migrate")
+    assert secret["stringData"] == {"database-url": INLINE["database"]["url"]}
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert pod["spec"]["serviceAccountName"] == f"{FULLNAME}-migrate"
+    out.one("ServiceAccount", f"{FULLNAME}-migrate")
+    # No Service, PodDisruptionBudget or NetworkPolicy of the pods selects the Job's pod.
+    selector = out.one("Service", FULLNAME)["spec"]["selector"]
+    assert not all(pod["metadata"]["labels"].get(k) == v for k, v in selector.items())
+
+
+def test_job_mode_with_existing_secrets_tls_and_a_network_policy(render):
+    ca = {"database": {"tls": {"caBundle": {"secretName": "db-ca"}}}}
+    out = render(EXISTING, ca, {"migrations": {"mode": "job"}, "serviceAccount": {"create": False, "name": "orders"},
+                                "networkPolicy": {"enabled": True, "egress": {"enabled": True, "to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}}})
+    job = out.one("Job")
+    spec = job["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["APP__DATABASE__URL"]["valueFrom"]["secretKeyRef"] == {"name": "orders-db", "key": "url"}
+    assert [s["metadata"]["name"] for s in out.all("Secret")] == []
+    assert spec["serviceAccountName"] == "orders"
+    assert out.all("ServiceAccount") == []
+    assert env["APP__DATABASE__CA_FILE"]["value"] == "/etc/shipshape/tls/database/ca.crt"
+    assert {"name": "database-ca", "mountPath": "/etc/shipshape/tls/database", "readOnly": True} in container["volumeMounts"]
+    assert any(v["name"] == "database-ca" and v["secret"]["secretName"] == "db-ca" for v in spec["volumes"])
+    policy = out.one("NetworkPolicy", f"{FULLNAME}-migrate")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert "ingress" not in policy["spec"] and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["egress"] == out.one("NetworkPolicy", FULLNAME)["spec"]["egress"]
+    assert {k: policy["metadata"]["annotations"][k] for k in HOOK} == HOOK
+
+
+def test_an_unknown_migration_mode_is_refused(refused):
+    assert "mode" in refused(INLINE, {"migrations": {"mode": "manual"}})
 
 
 def test_connections_and_workers_are_values(render):

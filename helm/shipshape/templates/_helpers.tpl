@@ -150,6 +150,120 @@ or configMapName is given. Read it with `fromYaml`.
 {{- toYaml $set }}
 {{- end }}
 
+{{/*
+The app's settings (APP__* and the like) as a YAML map: the ConfigMap's data, and the env of the
+migration Job, which runs before the ConfigMap of its release exists.
+*/}}
+{{- define "shipshape.settings" -}}
+APP_ENV: {{ .Values.app.env | quote }}
+RUST_LOG: {{ .Values.app.logLevel | quote }}
+APP__SERVICE__NAME: {{ include "shipshape.name" . | quote }}
+APP__SERVER__PORT: {{ .Values.app.ports.api | quote }}
+APP__MANAGEMENT__PORT: {{ .Values.app.ports.management | quote }}
+APP__MANAGEMENT__WORKERS: {{ .Values.app.managementWorkers | quote }}
+APP__SERVER__WORKERS: {{ .Values.app.server.workers | quote }}
+APP__SERVER__BODY_TIMEOUT: "{{ .Values.app.server.bodyTimeoutSeconds }}s"
+APP__SERVER__MAX_CONNECTIONS: {{ .Values.app.server.maxConnections | quote }}
+APP__DATABASE__MAX_CONNECTIONS: {{ .Values.app.database.maxConnections | quote }}
+APP__DATABASE__QUERY_TIMEOUT: "{{ .Values.app.database.queryTimeoutSeconds }}s"
+{{- /* @rabbitmq-begin */}}
+APP__OUTBOX__PUBLISHERS: {{ .Values.app.outbox.publishers | quote }}
+APP__RABBITMQ__CONSUMERS: {{ .Values.app.rabbitmq.consumers | quote }}
+{{- /* @rabbitmq-end */}}
+APP__MIGRATIONS__AT_STARTUP: {{ eq .Values.migrations.mode "startup" | quote }}
+APP__MIGRATIONS__LOCK_TIMEOUT: "{{ .Values.migrations.lockTimeoutSeconds }}s"
+APP__MIGRATIONS__STATEMENT_TIMEOUT: "{{ .Values.migrations.statementTimeoutSeconds }}s"
+APP__STARTUP__DEADLINE: "{{ .Values.app.startup.deadlineSeconds }}s"
+APP__SHUTDOWN__DRAIN_DELAY: "{{ .Values.app.shutdown.drainDelaySeconds }}s"
+APP__SHUTDOWN__TIMEOUT: "{{ .Values.app.shutdown.timeoutSeconds }}s"
+{{- /* The CA bundles the deployment mounts (<dependency>.tls.caBundle, see shipshape.caBundles). */}}
+{{- range $dependency, $ca := include "shipshape.caBundles" . | fromYaml }}
+APP__{{ upper $dependency }}__CA_FILE: {{ printf "%s/ca.crt" (include "shipshape.caDir" $dependency) | quote }}
+{{- end }}
+{{- range $check, $tuning := .Values.app.health }}
+APP__HEALTH__{{ upper $check }}__INTERVAL: "{{ $tuning.intervalSeconds }}s"
+APP__HEALTH__{{ upper $check }}__TIMEOUT: "{{ $tuning.timeoutSeconds }}s"
+APP__HEALTH__{{ upper $check }}__FAILURE_THRESHOLD: {{ $tuning.failureThreshold | quote }}
+APP__HEALTH__{{ upper $check }}__CRITICAL: {{ $tuning.critical | quote }}
+{{- end }}
+{{- range $key, $value := .Values.app.extraEnv }}
+{{ $key }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* volumeMounts of the CA bundles that are set (the pods' and the migration Job's). */}}
+{{- define "shipshape.caVolumeMounts" -}}
+{{- range $dependency, $ca := include "shipshape.caBundles" . | fromYaml }}
+# APP__{{ upper $dependency }}__CA_FILE names ca.crt in here.
+- name: {{ $dependency }}-ca
+  mountPath: {{ include "shipshape.caDir" $dependency }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* volumes of the CA bundles that are set: only the key, as ca.crt, read-only for everyone (defaultMode 292 = 0444). */}}
+{{- define "shipshape.caVolumes" -}}
+{{- range $dependency, $ca := include "shipshape.caBundles" . | fromYaml }}
+- name: {{ $dependency }}-ca
+  {{- if $ca.secretName }}
+  secret:
+    secretName: {{ $ca.secretName }}
+  {{- else }}
+  configMap:
+    name: {{ $ca.configMapName }}
+  {{- end }}
+    items:
+      - key: {{ $ca.key }}
+        path: ca.crt
+    defaultMode: 292
+{{- end }}
+{{- end }}
+
+{{/* Egress rules of the pods and of the migration Job (networkPolicy.egress). */}}
+{{- define "shipshape.egressRules" -}}
+{{- if .Values.networkPolicy.egress.dns }}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+{{- /* @rabbitmq-begin */}}
+# PostgreSQL and RabbitMQ.
+{{- /* @rabbitmq-else
+# PostgreSQL.
+@rabbitmq-end */}}
+- ports:
+    {{- range .Values.networkPolicy.egress.ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with .Values.networkPolicy.egress.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- with .Values.networkPolicy.egress.extraRules }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the migration Job's objects: not the pods' selector labels, so no Service, PodDisruptionBudget or NetworkPolicy of the pods selects its pod. */}}
+{{- define "shipshape.migrationSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "shipshape.name" . }}-migrate
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: migration
+{{- end }}
+
+{{- define "shipshape.migrationLabels" -}}
+helm.sh/chart: {{ include "shipshape.chart" . }}
+{{ include "shipshape.migrationSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* Directory where the CA bundle of a dependency (see shipshape.dependencies) is mounted; the file in it is ca.crt. */}}
 {{- define "shipshape.caDir" -}}
 {{- printf "/etc/shipshape/tls/%s" . }}
@@ -239,9 +353,11 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- $pods := add $replicas $surge 1 | int }}
 {{- $perPod := .Values.app.database.maxConnections | int }}
 {{- $reserved := .Values.database.reservedConnections | int }}
-{{- $peak := add (mul $pods $perPod) $reserved | int }}
+{{- /* The migration Job's one connection: a pre-upgrade hook runs beside the old pods. */}}
+{{- $job := ternary 1 0 (eq .Values.migrations.mode "job") | int }}
+{{- $peak := add (mul $pods $perPod) $reserved $job | int }}
 {{- $allowed := .Values.database.maxConnections | int }}
 {{- if gt $peak $allowed }}
-{{- fail (printf "PostgreSQL connections: (%s %d + strategy.maxSurge %d + 1 draining) = %d pods x app.database.maxConnections %d + database.reservedConnections %d = %d exceeds database.maxConnections (%d), the connections the server allows this service. Lower app.database.maxConnections, %s or strategy.maxSurge, or raise max_connections on the server and database.maxConnections here (or put PgBouncer in front: docs/deploy.md)." (ternary "autoscaling.maxReplicas" "replicaCount" $hpa) $replicas $surge $pods $perPod $reserved $peak $allowed (ternary "autoscaling.maxReplicas" "replicaCount" $hpa)) }}
+{{- fail (printf "PostgreSQL connections: (%s %d + strategy.maxSurge %d + 1 draining) = %d pods x app.database.maxConnections %d + database.reservedConnections %d%s = %d exceeds database.maxConnections (%d), the connections the server allows this service. Lower app.database.maxConnections, %s or strategy.maxSurge, or raise max_connections on the server and database.maxConnections here (or put PgBouncer in front: docs/deploy.md)." (ternary "autoscaling.maxReplicas" "replicaCount" $hpa) $replicas $surge $pods $perPod $reserved (ternary " + 1 migration Job" "" (eq $job 1)) $peak $allowed (ternary "autoscaling.maxReplicas" "replicaCount" $hpa)) }}
 {{- end }}
 {{- end }}

@@ -1,6 +1,7 @@
 //! Wiring: the startup phases in order ([`startup`]), the two servers ([`servers`]), and the
 //! graceful shutdown ([`shutdown`]).
 
+pub mod migrate;
 mod servers;
 mod shutdown;
 mod startup;

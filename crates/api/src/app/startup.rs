@@ -11,6 +11,7 @@ use crate::settings::Settings;
 use actix_web::dev::Server;
 use bootstrap::broker::BrokerSupervisor; // @rabbitmq
 use bootstrap::config::ConnectionBudget;
+use bootstrap::schema::Version;
 use bootstrap::{Startup, StartupPhase};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
 use health::checks::rabbitmq::RabbitMqCheck; // @rabbitmq
@@ -26,7 +27,7 @@ pub const TELEMETRY: StartupPhase = StartupPhase::new("telemetry");
 pub const MANAGEMENT_SERVER: StartupPhase = StartupPhase::new("management server");
 /// First PostgreSQL connection (the background pool's; the request pool opens on first use).
 const POSTGRES_POOL: StartupPhase = StartupPhase::new("postgres pool").waiting_for("postgres");
-/// Schema migrations applied.
+/// Schema migrations applied (or, when a release step applies them, waited for).
 const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("postgres");
 // @rabbitmq-begin
 /// Broker connection and topology (only when the broker is critical).
@@ -234,13 +235,36 @@ async fn database(settings: &Settings, startup: &Startup, parts: &Parts) -> Resu
             Ok::<_, anyhow::Error>(())
         })
         .await?;
-    startup
-        .run(MIGRATIONS, || async {
-            let applied = db::migrate(&settings.database).await?;
-            tracing::info!(applied, "migrations");
-            Ok::<_, anyhow::Error>(())
+    let schema = &db::schema();
+    let status = startup
+        .run(MIGRATIONS, move || async move {
+            if settings.migrations.at_startup {
+                let log = |version: &Version, took: Duration| {
+                    let duration_ms = took.as_millis() as u64;
+                    tracing::info!(migration = %version, duration_ms, "migration applied");
+                };
+                return schema
+                    .migrate(&settings.database, &settings.migrations, log)
+                    .await;
+            }
+            // A release step applies them (`shipshape migrate`, the chart's Job): wait for it.
+            let status = schema.status(&settings.database).await?;
+            match status.pending.first() {
+                None => Ok(status),
+                Some(first) => Err(anyhow::anyhow!(
+                    "waiting for {} pending migration(s) from {first} on (`shipshape migrate`)",
+                    status.pending.len()
+                )),
+            }
         })
         .await?;
+    if !status.unknown.is_empty() {
+        let unknown: Vec<String> = status.unknown.iter().map(Version::to_string).collect();
+        tracing::info!(
+            migrations = %unknown.join(", "),
+            "the schema has migrations of a later release; serving on it (expand/contract keeps it compatible)"
+        );
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod outbox; // @rabbitmq
 use crate::problem::ApiError;
 use bootstrap::Backoff;
 use bootstrap::config::DatabaseSettings;
+use bootstrap::schema::Schema;
 use deadpool_postgres::{
     Client, Connect, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
     TimeoutType,
@@ -22,9 +23,6 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 mod embedded {
     refinery::embed_migrations!("src/db/migrations");
 }
-
-/// Arbitrary constant naming the migration lock among the advisory locks of the database.
-const MIGRATION_LOCK: i64 = 0x5348_4950_5348_4150; // "SHIPSHAP"
 
 /// Opens a pool connection on the runtime that asks for it, with its driver task there too.
 ///
@@ -97,35 +95,9 @@ fn build_pool(
         .build()?)
 }
 
-/// Applies the embedded migrations on a connection of its own, under an advisory lock, so
-/// replicas starting together on an empty database take turns instead of racing.
-pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<usize> {
-    let (mut config, tls) = bootstrap::tls::postgres(settings)?;
-    config.application_name("shipshape-migrations");
-    let (mut client, connection) = config
-        .connect(tls)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting for migrations: {}", describe(&e)))?;
-    let driver = tokio::spawn(connection);
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(|e| anyhow::anyhow!("taking the migration lock: {}", describe(&e)))?;
-    let report = embedded::migrations::runner()
-        .set_abort_divergent(true)
-        .run_async(&mut client)
-        .await;
-    // The lock also ends with the session; unlock explicitly to let the next replica in now.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await;
-    drop(client);
-    let _ = driver.await;
-    let applied = report
-        .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?
-        .applied_migrations()
-        .len();
-    Ok(applied)
+/// The schema this release needs: the migrations in `src/db/migrations`, embedded.
+pub fn schema() -> Schema {
+    Schema::new(embedded::migrations::runner().get_migrations().clone())
 }
 
 /// Whether `error` says nothing about the work itself, only that the database could not do it

@@ -19,6 +19,74 @@ pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_shipshape"))
 }
 
+mod embedded {
+    refinery::embed_migrations!("src/db/migrations");
+}
+
+/// The expand step of adding a field in a next release: a column with a default, which this
+/// release's queries neither read nor write (docs/migrations.md).
+pub const NEXT_RELEASE_EXPAND: &str =
+    "ALTER TABLE items ADD COLUMN priority integer NOT NULL DEFAULT 0";
+
+/// Applies what `migrate` of a next release would: this release's migrations and the expand
+/// migration `V1000__add_priority`, through the same code (`bootstrap::schema`), under the lock
+/// and the timeouts of `tuning`. Returns the migrations it applied.
+pub fn migrate_to_next_release(
+    database_url: &str,
+    tuning: &bootstrap::config::MigrationSettings,
+) -> anyhow::Result<Vec<String>> {
+    migrate_with(
+        database_url,
+        tuning,
+        &[("V1000__add_priority", NEXT_RELEASE_EXPAND)],
+    )
+}
+
+/// Applies this release's migrations and `later` ones (name, SQL) through `bootstrap::schema`.
+pub fn migrate_with(
+    database_url: &str,
+    tuning: &bootstrap::config::MigrationSettings,
+    later: &[(&str, &str)],
+) -> anyhow::Result<Vec<String>> {
+    let mut migrations = embedded::migrations::runner().get_migrations().clone();
+    for (name, sql) in later {
+        migrations.push(refinery::Migration::unapplied(name, sql)?);
+    }
+    let database = bootstrap::config::DatabaseSettings::from_url(database_url)?;
+    let mut applied = Vec::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bootstrap::schema::Schema::new(migrations).migrate(
+        &database,
+        tuning,
+        |version, _| applied.push(version.to_string()),
+    ))?;
+    Ok(applied)
+}
+
+/// Runs `shipshape migrate` with `args` and `env`: its exit code, stdout and stderr.
+pub fn migrate_command(args: &[&str], env: &[(String, String)]) -> (Option<i32>, String, String) {
+    let output = Command::new(binary())
+        .arg("migrate")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// How many migrations this release has.
+pub fn release_migrations() -> usize {
+    embedded::migrations::runner().get_migrations().len()
+}
+
 /// Detection bound of the test tuning (interval 500 ms x threshold 2 + timeout 400 ms), plus
 /// generous slack for a loaded 2-core machine.
 pub const DETECTION: Duration = Duration::from_millis(500 * 2 + 400 + 4000);

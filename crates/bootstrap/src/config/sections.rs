@@ -3,7 +3,7 @@
 //! example's `crates/api/src/settings.rs`) and loads it with [`super::load`].
 
 use super::value::{
-    constant_url, count, duration, ip_address, optional_file, optional_flag, port,
+    boolean, constant_url, count, duration, ip_address, optional_file, optional_flag, port,
     positive_duration,
 };
 use super::{ConfigError, SecretUrl, display, redact};
@@ -291,6 +291,40 @@ impl Default for StartupSettings {
     fn default() -> Self {
         Self {
             deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `APP__MIGRATIONS__*`: how the schema reaches what the release needs (docs/migrations.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrationSettings {
+    /// Apply pending migrations during startup, under the advisory lock (true). False when a
+    /// release step runs `<binary> migrate` (the chart's migration Job): startup then waits
+    /// for the schema instead.
+    #[serde(deserialize_with = "boolean")]
+    pub at_startup: bool,
+    /// How long a migration's statement waits for a table lock before it gives up and is
+    /// retried (2 s). Queries on that table queue behind a waiting `ALTER TABLE`, so this is
+    /// the longest a migration can stall them; keep it under the query timeout.
+    #[serde(deserialize_with = "positive_duration")]
+    pub lock_timeout: Duration,
+    /// Bound on one statement of a migration (1 min): a rewrite of a large table holds its
+    /// lock the whole time, which is an outage, not a migration.
+    #[serde(deserialize_with = "positive_duration")]
+    pub statement_timeout: Duration,
+    /// Bound on `<binary> migrate` as a whole (5 min), lock waits and retries included.
+    #[serde(deserialize_with = "positive_duration")]
+    pub deadline: Duration,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        Self {
+            at_startup: true,
+            lock_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(300),
         }
     }
 }

@@ -216,6 +216,11 @@ fn flag(raw: &str) -> Option<bool> {
     }
 }
 
+/// `true` or `false` (also `1`/`0`, `yes`/`no`).
+pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    text(d, "true or false", flag)
+}
+
 /// A flag that, when unset, leaves the choice to the code.
 pub fn optional_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     text(d, "true or false", flag).map(Some)

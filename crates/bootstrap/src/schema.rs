@@ -1,0 +1,360 @@
+//! The database schema a release needs: its migrations applied safely during a rolling update,
+//! and a database's history compared with them.
+//!
+//! Migrations are embedded with refinery and recorded in its history table; applying them is
+//! done here, one migration per transaction, so that each statement runs with a lock timeout
+//! and is retried when another transaction holds the lock (docs/migrations.md).
+
+use crate::Backoff;
+use crate::config::{DatabaseSettings, MigrationSettings};
+use anyhow::Context;
+use refinery::Migration;
+use std::fmt;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// refinery's history table: releases built before this module wrote it through refinery.
+const HISTORY: &str = "refinery_schema_history";
+
+/// Arbitrary constant naming the migration lock among the advisory locks of the database.
+const LOCK: i64 = 0x5348_4950_5348_4150; // "SHIPSHAP"
+
+/// The first line of a migration that must run outside a transaction, such as `CREATE INDEX
+/// CONCURRENTLY`. Such a file holds one statement, written so that running it twice is
+/// harmless (`IF NOT EXISTS`).
+pub const NO_TRANSACTION: &str = "-- shipshape:no-transaction";
+
+/// One migration as the history names it: `V2__items_priority`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// Its number.
+    pub number: i32,
+    /// The rest of its file name.
+    pub name: String,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "V{}__{}", self.number, self.name)
+    }
+}
+
+/// How a database's schema compares with a release's migrations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// Migrations of the release not applied yet, in order.
+    pub pending: Vec<Version>,
+    /// Applied migrations the release does not have: a later release ran them (the release
+    /// is a rollback, or an old pod during a rollout). Expand/contract keeps those schemas
+    /// working for the release before them, so they are reported, not refused.
+    pub unknown: Vec<Version>,
+}
+
+/// A release's migrations, in version order.
+///
+/// ```no_run
+/// use bootstrap::config::{DatabaseSettings, MigrationSettings};
+/// use bootstrap::schema::Schema;
+/// use refinery::Migration;
+///
+/// # async fn example() -> anyhow::Result<()> {
+/// let schema = Schema::new(vec![Migration::unapplied(
+///     "V1__items",
+///     "CREATE TABLE items (id uuid PRIMARY KEY)",
+/// )?]);
+/// let status = schema
+///     .migrate(&DatabaseSettings::default(), &MigrationSettings::default(), |version, took| {
+///         println!("applied {version} in {} ms", took.as_millis());
+///     })
+///     .await?;
+/// assert!(status.pending.is_empty());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Schema {
+    migrations: Vec<Migration>,
+}
+
+impl Schema {
+    /// The schema made by `migrations` (refinery's `embed_migrations!` gives them).
+    pub fn new(mut migrations: Vec<Migration>) -> Self {
+        migrations.sort_by_key(Migration::version);
+        Self { migrations }
+    }
+
+    /// Compares the database's history with this release. A migration of the release that was
+    /// applied with another name or content is an error: the history diverged (a migration
+    /// was edited or renumbered after it ran), and no code can tell which schema is right.
+    pub async fn status(&self, database: &DatabaseSettings) -> anyhow::Result<SchemaStatus> {
+        let (client, driver) = connect(database).await?;
+        let applied = history(&client).await;
+        drop(client);
+        let _ = driver.await;
+        self.compare(&applied.context("reading the schema history")?)
+    }
+
+    fn compare(&self, applied: &[Applied]) -> anyhow::Result<SchemaStatus> {
+        let mut status = SchemaStatus::default();
+        for (version, checksum) in applied {
+            match self
+                .migrations
+                .iter()
+                .find(|m| m.version() == version.number)
+            {
+                None => status.unknown.push(version.clone()),
+                Some(own)
+                    if own.name() != version.name || own.checksum().to_string() != *checksum =>
+                {
+                    anyhow::bail!(
+                        "the schema history diverges from this release: the database applied \
+                         {version} (checksum {checksum}), this release has {} (checksum {}); a \
+                         migration was edited or renumbered after it ran",
+                        version_of(own),
+                        own.checksum()
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+        status.pending = self
+            .migrations
+            .iter()
+            .filter(|m| {
+                !applied
+                    .iter()
+                    .any(|(version, _)| version.number == m.version())
+            })
+            .map(version_of)
+            .collect();
+        Ok(status)
+    }
+
+    /// Applies the pending migrations on a connection of its own, under an advisory lock (so
+    /// replicas or jobs starting together take turns), each statement bounded by the lock and
+    /// statement timeouts of `tuning`. A migration refused its lock is rolled back and retried
+    /// with backoff: meanwhile the queries it made wait behind it get through. Calls `applied`
+    /// after each migration; returns the status afterwards. Bound it with a deadline.
+    pub async fn migrate(
+        &self,
+        database: &DatabaseSettings,
+        tuning: &MigrationSettings,
+        mut applied: impl FnMut(&Version, Duration),
+    ) -> anyhow::Result<SchemaStatus> {
+        let (mut client, driver) = connect(database).await?;
+        // Taken before the timeouts are set: waiting for another replica's migrations is not
+        // waiting for a table lock. The lock ends with the session too.
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+            .await
+            .context("taking the migration lock")?;
+        let outcome = self.apply_pending(&mut client, tuning, &mut applied).await;
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+            .await;
+        drop(client);
+        let _ = driver.await;
+        outcome
+    }
+
+    async fn apply_pending(
+        &self,
+        client: &mut Client,
+        tuning: &MigrationSettings,
+        applied: &mut impl FnMut(&Version, Duration),
+    ) -> anyhow::Result<SchemaStatus> {
+        client
+            .batch_execute(&format!(
+                "SET lock_timeout = {}; SET statement_timeout = {};
+                 CREATE TABLE IF NOT EXISTS {HISTORY} (version int4 PRIMARY KEY,
+                     name varchar(255), applied_on varchar(255), checksum varchar(255));",
+                tuning.lock_timeout.as_millis(),
+                tuning.statement_timeout.as_millis()
+            ))
+            .await
+            .context("preparing the migration session")?;
+        let recorded = history(client)
+            .await
+            .context("reading the schema history")?;
+        let mut status = self.compare(&recorded)?;
+        for version in std::mem::take(&mut status.pending) {
+            let Some(migration) = self
+                .migrations
+                .iter()
+                .find(|m| m.version() == version.number)
+            else {
+                continue;
+            };
+            let began = Instant::now();
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+            loop {
+                match apply(client, migration).await {
+                    Ok(()) => break,
+                    Err(error) if waited_for_a_lock(&error) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(
+                            migration = %version,
+                            sqlstate = error.code().map(SqlState::code),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "migration gave up waiting for a lock (APP__MIGRATIONS__LOCK_TIMEOUT); retrying"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(error) => {
+                        return Err(
+                            anyhow::Error::new(error).context(format!("applying {version}"))
+                        );
+                    }
+                }
+            }
+            applied(&version, began.elapsed());
+        }
+        Ok(status)
+    }
+}
+
+/// One migration and its history row: in one transaction, or, for a [`NO_TRANSACTION`] file,
+/// the statement alone and then the row.
+async fn apply(client: &mut Client, migration: &Migration) -> Result<(), tokio_postgres::Error> {
+    let sql = migration.sql().unwrap_or_default();
+    let record = format!(
+        "INSERT INTO {HISTORY} (version, name, applied_on, checksum) \
+         VALUES ($1, $2, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), $3)"
+    );
+    let checksum = migration.checksum().to_string();
+    if sql.trim_start().starts_with(NO_TRANSACTION) {
+        client.batch_execute(sql).await?;
+        client
+            .execute(
+                &record,
+                &[&migration.version(), &migration.name(), &checksum],
+            )
+            .await?;
+        return Ok(());
+    }
+    let transaction = client.transaction().await?;
+    transaction.batch_execute(sql).await?;
+    transaction
+        .execute(
+            &record,
+            &[&migration.version(), &migration.name(), &checksum],
+        )
+        .await?;
+    transaction.commit().await
+}
+
+/// A connection of its own: the lock and the timeouts are the session's.
+async fn connect(database: &DatabaseSettings) -> anyhow::Result<(Client, JoinHandle<()>)> {
+    let (mut config, tls) = crate::tls::postgres(database)?;
+    config.application_name("shipshape-migrations");
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .context("connecting for migrations")?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver))
+}
+
+/// A row of the history: the migration and its checksum.
+type Applied = (Version, String);
+
+async fn history(client: &Client) -> Result<Vec<Applied>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&HISTORY])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            &format!("SELECT version, name, checksum FROM {HISTORY} ORDER BY version"),
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let version = Version {
+                number: row.get(0),
+                name: row.get(1),
+            };
+            (version, row.get(2))
+        })
+        .collect())
+}
+
+fn version_of(migration: &Migration) -> Version {
+    Version {
+        number: migration.version(),
+        name: migration.name().to_owned(),
+    }
+}
+
+/// A lock not granted within `lock_timeout`, or a deadlock: the same migration may pass later.
+fn waited_for_a_lock(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::LOCK_NOT_AVAILABLE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Migration::unapplied("V2__notes", "ALTER TABLE items ADD COLUMN note text").unwrap(),
+            Migration::unapplied("V1__items", "CREATE TABLE items (id uuid)").unwrap(),
+        ])
+    }
+
+    fn applied(schema: &Schema, number: i32) -> Applied {
+        let own = &schema.migrations[usize::try_from(number - 1).unwrap()];
+        (version_of(own), own.checksum().to_string())
+    }
+
+    fn version(number: i32, name: &str) -> Version {
+        Version {
+            number,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn an_empty_history_leaves_every_migration_pending_in_order() {
+        let status = schema().compare(&[]).unwrap();
+        assert_eq!(status.pending, [version(1, "items"), version(2, "notes")]);
+        assert!(status.unknown.is_empty());
+    }
+
+    #[test]
+    fn versions_of_a_later_release_are_reported_not_refused() {
+        let schema = schema();
+        let later = (version(3, "add_priority"), "42".to_owned());
+        let status = schema
+            .compare(&[applied(&schema, 1), applied(&schema, 2), later])
+            .unwrap();
+        assert!(status.pending.is_empty());
+        assert_eq!(status.unknown, [version(3, "add_priority")]);
+        assert_eq!(status.unknown[0].to_string(), "V3__add_priority");
+    }
+
+    #[test]
+    fn a_migration_edited_after_it_ran_is_an_error_naming_it() {
+        let schema = schema();
+        let edited = (version(2, "notes"), "1".to_owned());
+        let error = schema
+            .compare(&[applied(&schema, 1), edited])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("diverges"), "{error}");
+        assert!(error.contains("V2__notes (checksum 1)"), "{error}");
+        let renamed = (version(2, "comments"), applied(&schema, 2).1);
+        assert!(schema.compare(&[renamed]).is_err());
+    }
+}
