@@ -109,10 +109,10 @@ $(CHART_JSON): tools-chart helm/shipshape/values.yaml helm/shipshape/ci/inline-u
 	@$(HELM4) template shipshape helm/shipshape -f helm/shipshape/ci/inline-urls-values.yaml -s templates/deployment.yaml -s templates/configmap.yaml \
 	  | $(VENV)/bin/python -c 'import sys, yaml, json; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' > $@
 
-probe-contract: $(CHART_JSON) ## The chart's probe settings, played by a kubelet stand-in against the real binary
+probe-contract: tools-test $(CHART_JSON) ## The chart's probe settings, played by a kubelet stand-in against the real binary
 	CHART_JSON=$(CHART_JSON) $(CARGO) nextest run -p shipshape --test probe_contract --run-ignored only --no-capture
 
-e2e: $(CHART_JSON) ## Rolling update of 3 replicas behind HAProxy under wrk load, with a negative control
+e2e: tools-test $(CHART_JSON) ## Rolling update of 3 replicas behind HAProxy under wrk load, with a negative control
 	@rm -rf target/e2e
 	CHART_JSON=$(CHART_JSON) E2E_OUT=$(CURDIR)/target/e2e $(CARGO) nextest run -p shipshape --test rollout --run-ignored only --no-capture --no-fail-fast
 	@python3 deploy/tools/e2e-report.py $(if $(E2E_DOCS),--write)
