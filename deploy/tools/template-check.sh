@@ -106,12 +106,14 @@ print(",".join(sorted(key.split(":")[0] for key in json.load(sys.stdin)["checks"
 }
 
 # The schema `migrate` of a binary gives an empty database, without the history table.
-schema_of() { # $1: binary
-  database=template_check_$$_schema
+schema_of() { # $1: binary, $2: a name for its throwaway database
+  database=template_check_$$_$2
   psql -h 127.0.0.1 -U postgres -XAtqc "CREATE DATABASE \"$database\"" >/dev/null
   APP__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$database" RUST_LOG=warn "$1" migrate >/dev/null
+  # pg_dump 17.6 and later wrap the dump in \restrict <random key> lines: not schema.
   pg_dump -h 127.0.0.1 -U postgres --schema-only --no-owner --no-privileges \
-    --exclude-table=refinery_schema_history "$database" | grep -v -E '^(--|SET |SELECT pg_catalog)' | sed '/^$/d'
+    --exclude-table=refinery_schema_history "$database" \
+    | grep -v -E '^(--|SET |SELECT pg_catalog|\\(un)?restrict )' | sed '/^$/d'
   psql -h 127.0.0.1 -U postgres -XAtqc "DROP DATABASE \"$database\" WITH (FORCE)" >/dev/null
   database=
 }
@@ -120,8 +122,11 @@ schema_of() { # $1: binary
 # purpose: the repository keeps a default on idempotency_keys.scope for the releases before V2.
 same_schema() { # $1: the generated binary
   cargo build -p shipshape --quiet
-  if ! diff <(schema_of "$CARGO_TARGET_DIR/debug/shipshape" | sed "s| DEFAULT 'POST /v1/items'::text||") \
-            <(schema_of "$1"); then
+  # One after the other: each dump has a database of its own.
+  schema_of "$CARGO_TARGET_DIR/debug/shipshape" repository >"$work/schema-repository.sql"
+  sed -i "s| DEFAULT 'POST /v1/items'::text||" "$work/schema-repository.sql"
+  schema_of "$1" template >"$work/schema-template.sql"
+  if ! diff "$work/schema-repository.sql" "$work/schema-template.sql"; then
     echo "deploy/template/migrations/V1__initial_schema.sql no longer makes the repository's schema (< repository, > template)" >&2
     exit 1
   fi
