@@ -67,6 +67,14 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(error: tokio_postgres::Error) -> Self {
+        // Text PostgreSQL cannot store (a NUL, 22021; a character outside the server's
+        // encoding, 22P05) came from the client, whatever field it was in: 422, in this one place.
+        let code = error.code().map(tokio_postgres::error::SqlState::code);
+        if matches!(code, Some("22021" | "22P05")) {
+            return ApiError::Unprocessable(
+                "a text value holds a character the database cannot store (such as NUL)".into(),
+            );
+        }
         // The database away or a conflict a retry resolves: 503 with Retry-After, not a bug.
         if crate::db::is_transient(&error) {
             ApiError::Unavailable(crate::db::describe(&error))

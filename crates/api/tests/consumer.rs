@@ -60,6 +60,56 @@ fn a_short_database_outage_dead_letters_nothing() {
 }
 
 #[test]
+fn a_database_read_only_for_a_few_seconds_dead_letters_nothing() {
+    // What a failover looks like to a client: for a few seconds every write is refused with
+    // SQLSTATE 25006 (read-only transaction) while the server stays up.
+    let shared = Shared::new("readonly");
+    let postgres = Postgres::start();
+    postgres.create_database("events");
+    let service = spawn(&shared.env_with(&postgres.url("events"), &[]));
+    service.wait_for_status("pass", Duration::from_secs(30));
+
+    let read_only = |on: &str| {
+        postgres.psql(
+            "events",
+            &format!("ALTER SYSTEM SET default_transaction_read_only = {on}"),
+        );
+        postgres.psql("events", "SELECT pg_reload_conf()");
+    };
+    read_only("on");
+    for _ in 0..20 {
+        testkit::amqp::publish(
+            &shared.rabbitmq_url(),
+            "shipshape.events",
+            "item.created",
+            &event("item.created"),
+        );
+    }
+    // The read-only spell lasts 5 s: the events arrive during it.
+    std::thread::sleep(Duration::from_secs(5));
+    read_only("off");
+
+    let dead = || testkit::amqp::queue_depth(&shared.rabbitmq_url(), DLQ);
+    let processed = || {
+        postgres
+            .psql("events", "SELECT count(*) FROM processed_events")
+            .parse::<u32>()
+            .unwrap()
+    };
+    testkit::wait_until(
+        "all 20 events processed or dead-lettered",
+        Duration::from_secs(60),
+        || processed() + dead() == 20,
+    );
+    assert_eq!(
+        dead(),
+        0,
+        "events were dead-lettered because the database was read-only:\n{}",
+        service.logs()
+    );
+}
+
+#[test]
 fn a_message_that_keeps_failing_is_dead_lettered_after_its_attempts() {
     let shared = Shared::new("poison");
     let service = spawn(&shared.env());
@@ -98,6 +148,20 @@ fn a_message_that_keeps_failing_is_dead_lettered_after_its_attempts() {
         .collect();
     assert_eq!(failures.len(), 3, "{logs}");
     assert!(failures[2].contains("\"attempt\":3"), "{}", failures[2]);
+    // Each retry waits longer than the one before (1 s, then 4 s), so a failure a retry can
+    // fix has time to pass instead of using up the attempts in milliseconds.
+    let at = |line: &str| {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        chrono::DateTime::parse_from_rfc3339(entry["timestamp"].as_str().unwrap()).unwrap()
+    };
+    let waits: Vec<i64> = failures
+        .windows(2)
+        .map(|pair| (at(pair[1]) - at(pair[0])).num_milliseconds())
+        .collect();
+    assert!(
+        waits[0] >= 1000 && waits[1] >= 4000,
+        "waits between attempts (ms): {waits:?}"
+    );
     // The consumer goes on with the next one.
     testkit::amqp::publish(
         &shared.rabbitmq_url(),

@@ -189,6 +189,54 @@ fn a_request_in_flight_at_sigterm_completes() {
 }
 
 #[test]
+fn a_request_slower_than_the_shutdown_leaves_the_background_work_its_time() {
+    let shared = Shared::new("slowstop");
+    let mut env = shared.env();
+    env.push(("APP__SHUTDOWN__DRAIN_DELAY".into(), "1s".into()));
+    env.push(("APP__SHUTDOWN__TIMEOUT".into(), "3s".into()));
+    let service = spawn(&env);
+    service.wait_for_status("pass", Duration::from_secs(30));
+    // The request waits on the lock until its query timeout (5 s): past the whole budget.
+    let lock = lock_items(&shared.name, Duration::from_secs(8));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = service
+                .http()
+                .get(service.api_url("/v1/items"))
+                .timeout(Duration::from_secs(20))
+                .send();
+        });
+        testkit::wait_until(
+            "the request to wait on the lock",
+            Duration::from_secs(10),
+            || {
+                psql(&format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+                    shared.name
+                )) != "0"
+            },
+        );
+        service.signal(Signal::SIGTERM);
+        service.wait_exit(Duration::from_secs(15));
+    });
+    lock.join().unwrap();
+    let logs = service.logs();
+    let cut: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("shutdown step cut short"))
+        .collect();
+    // The slow request may be cut; the background work stops alongside it, settled.
+    assert!(
+        cut.iter().all(|l| l.contains("\"step\":\"api server\"")),
+        "steps other than the API's were cut short:\n{logs}"
+    );
+    // @rabbitmq-begin
+    assert!(logs.contains("consumer stopped"), "{logs}");
+    assert!(logs.contains("outbox relay stopped"), "{logs}");
+    // @rabbitmq-end
+}
+
+#[test]
 fn a_saturated_pool_does_not_flip_readiness_and_shows_in_the_gauges() {
     let shared = Shared::new("saturated");
     let mut env = shared.env();

@@ -74,6 +74,9 @@ impl TlsServers {
     }
 }
 
+/// The startup warning of a PostgreSQL connection whose server is not verified.
+const UNVERIFIED: &str = "PostgreSQL server not verified";
+
 #[test]
 fn verified_tls_makes_the_service_ready_and_serving() {
     let servers = TlsServers::start();
@@ -96,6 +99,7 @@ fn verified_tls_makes_the_service_ready_and_serving() {
         .send()
         .unwrap();
     assert_eq!(created.status().as_u16(), 201, "{:?}", created.text());
+    assert!(!service.logs().contains(UNVERIFIED), "{}", service.logs());
 }
 
 #[test]
@@ -138,6 +142,15 @@ fn sslmode_require_encrypts_without_a_ca_file() {
     let servers = TlsServers::start();
     let service = spawn(&servers.env("require", &[]));
     service.wait_for("/readyz", 200, READY);
+    // Encrypted but unverified: said once, at startup, in a WARN line.
+    let logs = service.logs();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(UNVERIFIED)).collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(
+        warnings[0].contains("\"level\":\"WARN\""),
+        "{}",
+        warnings[0]
+    );
     // verify-full without a CA file trusts only the system roots, which never signed the
     // test CA.
     assert_refused(servers.env("verify-full", &[]), "invalid peer certificate");

@@ -10,6 +10,7 @@ pub(crate) struct HealthMetrics {
     status: GaugeVec,
     duration: HistogramVec,
     transitions: IntCounterVec,
+    panics: IntCounterVec,
     lifecycle: GaugeVec,
 }
 
@@ -39,6 +40,13 @@ impl HealthMetrics {
             ),
             &["check", "to"],
         )?;
+        let panics = IntCounterVec::new(
+            Opts::new(
+                "health_check_panics_total",
+                "Runs of a check that panicked (each counted as a failed run).",
+            ),
+            &["check"],
+        )?;
         let lifecycle = GaugeVec::new(
             Opts::new(
                 "service_lifecycle_state",
@@ -49,11 +57,13 @@ impl HealthMetrics {
         registry.register(Box::new(status.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
+        registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(lifecycle.clone()))?;
         let metrics = Self {
             status,
             duration,
             transitions,
+            panics,
             lifecycle,
         };
         metrics.lifecycle_changed(LifecycleState::Starting);
@@ -70,6 +80,10 @@ impl HealthMetrics {
         self.duration
             .with_label_values(&[check])
             .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn check_panicked(&self, check: &str) {
+        self.panics.with_label_values(&[check]).inc();
     }
 
     /// Sets the status gauge only (staleness is not a transition of the check itself).

@@ -168,9 +168,17 @@ impl Health {
         self.0.checks.iter().map(|slot| slot.name.as_str())
     }
 
-    /// `/livez`: pass while the runtime keeps ticking. Never looks at a dependency.
+    /// `/livez`: pass while the runtime keeps ticking and every check's result is fresh. Never
+    /// looks at a dependency: a run is bounded by its timeout, which is at most its interval,
+    /// so a result goes stale (3 intervals) only when the check's scheduler task is gone or
+    /// stuck, which only a restart mends.
     pub fn liveness(&self) -> Status {
-        if self.0.heartbeat.alive() {
+        let now = tokio::time::Instant::now();
+        let checks_fresh = self
+            .slots()
+            .iter()
+            .all(|slot| !slot.is_stale(&slot.state.load(), now));
+        if self.0.heartbeat.alive() && checks_fresh {
             Status::Pass
         } else {
             Status::Fail

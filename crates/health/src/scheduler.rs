@@ -2,6 +2,8 @@
 
 use crate::Health;
 use crate::snapshot::CheckSlot;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio::time::{MissedTickBehavior, interval, timeout};
@@ -59,9 +61,24 @@ impl Health {
 
 async fn run_once(health: &Health, slot: &CheckSlot) {
     let started = Instant::now();
-    let outcome = match timeout(slot.policy.timeout(), slot.check.run()).await {
-        Ok(Ok(observation)) => Ok(observation),
-        Ok(Err(failure)) => Err(failure.0),
+    // A panic in a check is a bug in that check, not a reason to stop checking: caught here,
+    // it is one failed run, and the check's task lives on.
+    let run = AssertUnwindSafe(slot.check.run()).catch_unwind();
+    let outcome = match timeout(slot.policy.timeout(), run).await {
+        Ok(Ok(Ok(observation))) => Ok(observation),
+        Ok(Ok(Err(failure))) => Err(failure.0),
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            tracing::error!(check = %slot.name, panic = message, "health check panicked: counted as a failed run");
+            health.metrics().check_panicked(&slot.name);
+            // The message stays in the log: it may say anything, and /readyz?verbose is read
+            // by whoever reaches the management port.
+            Err("panicked (the log has its message)".to_owned())
+        }
         Err(_) => Err(format!(
             "timed out after {}",
             humantime::format_duration(slot.policy.timeout())
@@ -101,6 +118,17 @@ mod tests {
     impl Check for Hangs {
         async fn run(&self) -> Result<Observation, CheckFailure> {
             std::future::pending().await
+        }
+    }
+
+    /// A check with a bug: it panics while the switch is off.
+    struct PanicsWhileOff(Arc<AtomicBool>);
+
+    #[async_trait::async_trait]
+    impl Check for PanicsWhileOff {
+        async fn run(&self) -> Result<Observation, CheckFailure> {
+            assert!(self.0.load(Ordering::SeqCst), "a bug in the check");
+            Ok(Observation::default())
         }
     }
 
@@ -191,6 +219,44 @@ mod tests {
         stop.cancel();
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_check_is_one_failed_run_and_recovers() {
+        let up = Arc::new(AtomicBool::new(true));
+        let policy = CheckPolicy::builder()
+            .interval(Duration::from_millis(100))
+            .timeout(Duration::from_millis(100))
+            .failure_threshold(1)
+            .build()
+            .unwrap();
+        let health = Health::builder("t", "0")
+            .check("db", policy, PanicsWhileOff(up.clone()))
+            .build()
+            .unwrap();
+        health.advance(LifecycleState::Ready);
+        let _watchdog = health.spawn_watchdog(CancellationToken::new());
+        let _tasks = health.spawn_scheduler(CancellationToken::new());
+        wait_for(&health, Status::Pass).await;
+        up.store(false, Ordering::SeqCst);
+        wait_for(&health, Status::Fail).await;
+        let output = health
+            .slot("db")
+            .unwrap()
+            .state
+            .load()
+            .observation
+            .output
+            .clone();
+        assert_eq!(
+            output.as_deref(),
+            Some("panicked (the log has its message)")
+        );
+        assert!(metric(&health, "health_check_panics_total", "db") >= 1.0);
+        // The check's task survived the panic: the next good run passes again.
+        up.store(true, Ordering::SeqCst);
+        wait_for(&health, Status::Pass).await;
+        assert_eq!(health.liveness(), Status::Pass);
+    }
+
     #[tokio::test]
     async fn liveness_fails_only_when_the_watchdog_stops_beating() {
         let health = Health::builder("t", "0")
@@ -242,21 +308,25 @@ mod tests {
         }
         // Code following the check hears it too.
         assert_eq!(listener.status(), Status::Fail);
+        // Only a restart brings a lost scheduler task back: liveness says so.
+        assert_eq!(health.liveness(), Status::Fail);
         // A fresh result restores it.
         let _again = health.spawn_scheduler(CancellationToken::new());
         wait_for(&health, Status::Pass).await;
+        assert_eq!(health.liveness(), Status::Pass);
         while status_gauge(&health, "db") != 1.0 {
             assert!(tokio::time::Instant::now() < deadline + Duration::from_secs(5));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    fn status_gauge(health: &Health, check: &str) -> f64 {
+    /// The value of `name`'s series for `check` (a gauge's or a counter's).
+    fn metric(health: &Health, name: &str, check: &str) -> f64 {
         health
             .registry()
             .gather()
             .iter()
-            .find(|family| family.name() == "health_check_status")
+            .find(|family| family.name() == name)
             .and_then(|family| {
                 family.get_metric().iter().find(|m| {
                     m.get_label()
@@ -264,7 +334,11 @@ mod tests {
                         .any(|l| l.name() == "check" && l.value() == check)
                 })
             })
-            .map(|metric| metric.get_gauge().get_value())
+            .map(|metric| metric.get_gauge().get_value() + metric.get_counter().get_value())
             .unwrap_or(f64::NAN)
+    }
+
+    fn status_gauge(health: &Health, check: &str) -> f64 {
+        metric(health, "health_check_status", check)
     }
 }

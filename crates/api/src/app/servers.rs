@@ -83,8 +83,16 @@ pub(super) fn api_server(
     .max_connections((connections / workers).max(1))
     // Headers must arrive within this (actix's default, said here): slow-header clients are cut.
     .client_request_timeout(Duration::from_secs(5))
-    // Graceful stop waits this long for in-flight requests, then closes what is left.
-    .shutdown_timeout(settings.shutdown.timeout.as_secs().max(1));
+    // Graceful stop waits this long for in-flight requests, then closes what is left: the
+    // shutdown budget less the last steps' reserve (app/shutdown.rs).
+    .shutdown_timeout(
+        settings
+            .shutdown
+            .timeout
+            .saturating_sub(super::shutdown::LAST_STEPS)
+            .as_secs()
+            .max(1),
+    );
     Ok(server
         .bind((settings.server.host, settings.server.port))
         .map_err(|e| anyhow::anyhow!("binding the API port {}: {e}", settings.server.port))?

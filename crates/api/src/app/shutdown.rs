@@ -16,6 +16,10 @@ use bootstrap::shutdown::ShutdownDeadline;
 use health::CancellationToken;
 use tokio::task::{JoinHandle, JoinSet};
 
+/// Kept from the shutdown budget for the last steps (the health scheduler, the management
+/// server), which take milliseconds once nothing else runs.
+pub(super) const LAST_STEPS: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The management server, stopped last so the probes answer until the end.
 pub(super) struct Management {
     pub(super) handle: ServerHandle,
@@ -113,23 +117,32 @@ impl Shutdown<'_> {
         tracing::info!("drain delay over: closing the API listener, finishing in-flight requests");
         // From here every step shares one budget: the chart's grace period is drain + this.
         let deadline = ShutdownDeadline::after(self.settings.timeout);
-        if let Some(task) = api_task {
-            deadline
-                .step("api server", stop_server(api_handle, task))
-                .await;
-        }
+        // The API and the background work stop side by side, so a slow request cannot leave
+        // the background work no time; both end before the last steps' reserve.
+        let side_by_side =
+            ShutdownDeadline::after(self.settings.timeout.saturating_sub(LAST_STEPS));
+        let api = async {
+            if let Some(task) = api_task {
+                side_by_side
+                    .step("api server", stop_server(api_handle, task))
+                    .await;
+            }
+        };
         // The consumers settle the batch in hand, the relay finishes its batch. // @rabbitmq
         self.stop_workers.cancel();
-        deadline
-            .step("background workers", async {
-                while workers.join_next().await.is_some() {}
-            })
-            .await;
-        // @rabbitmq-begin
-        deadline
-            .step("broker connection", parts.broker.close())
-            .await;
-        // @rabbitmq-end
+        let background = async {
+            side_by_side
+                .step("background workers", async {
+                    while workers.join_next().await.is_some() {}
+                })
+                .await;
+            // @rabbitmq-begin
+            side_by_side
+                .step("broker connection", parts.broker.close())
+                .await;
+            // @rabbitmq-end
+        };
+        tokio::join!(api, background);
         background_pool.close();
         request_pool.close();
         self.lifecycle.stopped();

@@ -128,6 +128,20 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     })
 }
 
+/// Says once, at startup, that the database's identity is not checked (docs/configuration.md):
+/// libpq's default `prefer` takes any certificate and falls back to plain TCP without a word.
+fn warn_if_unverified(database: &bootstrap::config::DatabaseSettings) {
+    use bootstrap::config::SslMode;
+    use bootstrap::tls::Verification;
+    let verification = Verification::for_postgres(database.ssl_mode, database.ca_file.is_some());
+    if database.ssl_mode == SslMode::Disable || verification == Verification::EncryptOnly {
+        tracing::warn!(
+            sslmode = ?database.ssl_mode,
+            "PostgreSQL server not verified: anyone between here and the database can read or change the traffic; use sslmode=verify-full (and APP__DATABASE__CA_FILE for a private authority)"
+        );
+    }
+}
+
 /// The background and request pools, sized by the replica's one connection budget, which is
 /// logged once and exported (`db_connections_budget{part}`) with the pools' gauges.
 fn database_pools(
@@ -142,6 +156,7 @@ fn database_pools(
         check = ConnectionBudget::CHECK,
         "database connections"
     );
+    warn_if_unverified(&settings.database);
     let gauges = prometheus::IntGaugeVec::new(
         prometheus::Opts::new(
             "db_connections_budget",

@@ -114,11 +114,13 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
             .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
     };
     let code = db.code().code();
-    // 08 connection exception, 53 insufficient resources, 57 operator intervention (but not
-    // 57014, a statement cancelled by its own timeout: retrying the same work times out again);
-    // 40001 serialization failure, 40P01 deadlock detected.
-    (matches!(&code[..2], "08" | "53" | "57") && code != "57014")
-        || matches!(code, "40001" | "40P01")
+    // What a later retry of the same work can fix: 08 connection exception, 53 insufficient
+    // resources, 57 operator intervention (a shutdown, or a statement cancelled by a timeout
+    // while the server was slow); 40001 serialization failure, 40P01 deadlock; 25006 a write in
+    // a read-only transaction (a failover: the server answering is no longer the primary);
+    // 55P03 a lock not granted in time.
+    matches!(&code[..2], "08" | "53" | "57")
+        || matches!(code, "40001" | "40P01" | "25006" | "55P03")
 }
 
 /// tokio-postgres errors print as "db error"; the source says why.
@@ -228,13 +230,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn conflicts_and_an_absent_server_are_transient_and_answered_503() {
-        for code in ["40001", "40P01", "57P01", "53300", "08006"] {
+    async fn what_a_retry_can_fix_is_transient_and_answered_503() {
+        // Conflicts, the server away or full, and what a failover or a slow moment looks like:
+        // a read-only transaction, a lock not granted, a statement cancelled by its timeout.
+        for code in [
+            "40001", "40P01", "57P01", "53300", "08006", "25006", "55P03", "57014",
+        ] {
             let error = raised(code).await;
             assert!(is_transient(&error), "{code}");
             assert!(
                 matches!(ApiError::from(error), ApiError::Unavailable(_)),
                 "{code}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn text_postgresql_cannot_store_is_the_clients_mistake() {
+        // 22021: a NUL in a text value (a field a team adds without the domain's NUL rule).
+        for code in ["22021", "22P05"] {
+            let error = ApiError::from(raised(code).await);
+            assert!(
+                matches!(&error, ApiError::Unprocessable(detail) if !detail.contains("raised for a test")),
+                "{code}: {error:?}"
             );
         }
     }

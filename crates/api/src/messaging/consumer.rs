@@ -11,8 +11,9 @@
 //! backoff until the database answers, so an outage delays events and dead-letters none; while
 //! the `postgres` health check fails it does not even try, it waits for the check to pass. Any
 //! other failure is an attempt, counted in the message itself (the `x-attempts` header of a
-//! republished copy, so a restart or another replica continues the count); after
-//! [`MAX_ATTEMPTS`] the message goes to the dead-letter queue.
+//! copy, so a restart or another replica continues the count); the copy waits in the retry
+//! queue, longer after each attempt ([`retry_delay`]), and after [`MAX_ATTEMPTS`] the message
+//! goes to the dead-letter queue.
 
 use crate::db::Database;
 use crate::domain::item::ItemEvent;
@@ -38,6 +39,12 @@ use tracing::Instrument;
 const PREFETCH: u16 = 64;
 /// Processing attempts before a message is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Wait before the next attempt: 1 s after the first, four times longer after each next one,
+/// at most a minute. A message is only as late as the one ahead of it in the retry queue.
+pub fn retry_delay(attempts_used: u32) -> Duration {
+    let factor = 4u64.saturating_pow(attempts_used.saturating_sub(1));
+    Duration::from_secs(factor.min(60))
+}
 /// Header of a republished message: the attempts it has used so far.
 const ATTEMPTS_HEADER: &str = "x-attempts";
 /// Backoff while the database is away: from the first to the cap, doubling.
@@ -297,8 +304,8 @@ impl Consumer {
         }
     }
 
-    /// One attempt used: republish the message with its count (then ack the original), or
-    /// dead-letter it when it has used them all.
+    /// One attempt used: a copy with its count goes to the retry queue (then the original is
+    /// acked), or the message is dead-lettered when it has used them all.
     async fn attempt_failed(
         &self,
         channel: &Channel,
@@ -331,7 +338,8 @@ impl Consumer {
         }
     }
 
-    /// A copy of `delivery` at the back of the queue, carrying `attempt` in its headers.
+    /// A copy of `delivery` in the retry queue, carrying `attempt` in its headers and back in
+    /// the queue after [`retry_delay`].
     async fn republish(
         &self,
         channel: &Channel,
@@ -340,11 +348,16 @@ impl Consumer {
     ) -> anyhow::Result<()> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempt));
-        let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
+        let delay_ms = retry_delay(attempt).as_millis().to_string();
+        let properties: BasicProperties = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_expiration(delay_ms.as_str().into());
         let confirm = channel
             .basic_publish(
                 "".into(),
-                self.queue.as_str().into(),
+                super::topology::retry_queue(&self.queue).as_str().into(),
                 BasicPublishOptions::default(),
                 &delivery.data,
                 properties,

@@ -10,8 +10,15 @@ use std::sync::Arc;
 /// Routing pattern of the events the consumer handles.
 pub const ITEM_EVENTS: &str = "item.*";
 
-/// Declares the durable topic exchange, the consumer's queue with its dead-letter queue, and
-/// the binding. Declarations are idempotent, so every replica and every reconnect runs them.
+/// Where a failed attempt waits before its next one: a queue nobody consumes, whose messages
+/// return to `queue` when their `expiration` runs out (RabbitMQ's dead-lettering, no plugin).
+pub fn retry_queue(queue: &str) -> String {
+    format!("{queue}.retry")
+}
+
+/// Declares the durable topic exchange, the consumer's queue with its dead-letter and retry
+/// queues, and the binding. Declarations are idempotent, so every replica and every reconnect
+/// runs them.
 pub fn declare(settings: &RabbitMqSettings) -> Topology {
     let exchange = settings.exchange.clone();
     let queue = settings.queue.clone();
@@ -44,18 +51,21 @@ pub fn declare(settings: &RabbitMqSettings) -> Topology {
                     FieldTable::default(),
                 )
                 .await?;
-            let mut arguments = FieldTable::default();
-            // Rejected (requeue=false) messages go to the default exchange, routed to the DLQ.
-            arguments.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString("".into()),
-            );
-            arguments.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(dead_letters.as_str().into()),
-            );
+            // Rejected (requeue=false) messages go to the DLQ.
             channel
-                .queue_declare(queue.as_str().into(), queue_options, arguments)
+                .queue_declare(
+                    queue.as_str().into(),
+                    queue_options,
+                    dead_letters_to(&dead_letters),
+                )
+                .await?;
+            // Expired messages go back to the consumer's queue.
+            channel
+                .queue_declare(
+                    retry_queue(&queue).as_str().into(),
+                    queue_options,
+                    dead_letters_to(&queue),
+                )
                 .await?;
             channel
                 .queue_bind(
@@ -70,4 +80,19 @@ pub fn declare(settings: &RabbitMqSettings) -> Topology {
             Ok(())
         })
     })
+}
+
+/// Queue arguments that send a queue's dead letters (rejected or expired messages) through the
+/// default exchange to `queue`.
+fn dead_letters_to(queue: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    arguments
 }

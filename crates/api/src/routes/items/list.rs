@@ -30,7 +30,9 @@ pub struct ItemPage {
     pub next_cursor: Option<String>,
 }
 
-/// Lists items in creation order with keyset pagination (stable under concurrent inserts).
+/// Lists items in id order (UUIDv7: creation order) with keyset pagination. A walk returns
+/// every item committed before it began once; an item committed during it may be missed, its
+/// id being taken before the commit (docs/api.md).
 #[utoipa::path(
     get, path = "/v1/items", tag = "items",
     params(PageQuery),
