@@ -27,7 +27,7 @@ def main():
             continue
         r = runs[name]
         stops = "; ".join(f"{s['exit']}, {s['seconds']:.1f} s" for s in r["stops"])
-        lines.append(f"| {r['scenario']} | {r['requests']} | {r['non_2xx']} | {r['socket_errors']} | {r.get('peak_connections', '-')} | {r['rollout_seconds']:.1f} s | {stops} | {r['grace_seconds']} s |")
+        lines.append(f"| {r['scenario']} | {r['requests']} | {r['non_2xx']} | {r['socket_errors']} | {r.get('peak_connections', '-')} ({r.get('peak_replicas', '-')} replicas) | {r['rollout_seconds']:.1f} s | {stops} | {r['grace_seconds']} s |")
     lag = next(iter(runs.values()), {}).get("propagation_lag_ms", 1000)
     lines += ["", f"Endpoint-propagation lag: {lag} ms (`E2E_PROPAGATION_LAG_MS`).", "", END]
     print("\n".join(lines[2:-1]))
