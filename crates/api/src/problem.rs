@@ -6,6 +6,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// Longest `detail`, in characters.
+const DETAIL_MAX: usize = 200;
+
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -109,7 +112,8 @@ impl ResponseError for ApiError {
             kind: "about:blank",
             title: self.title(),
             status: status.as_u16(),
-            detail: Some(self.to_string()),
+            // Details quote client input (an unknown field's name, a bad cursor): never whole.
+            detail: Some(clip(&self.to_string(), DETAIL_MAX).into_owned()),
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((CONTENT_TYPE, PROBLEM_JSON));

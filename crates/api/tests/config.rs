@@ -42,6 +42,15 @@ fn a_bad_duration_names_the_variable() {
 }
 
 #[test]
+fn a_bad_proxy_network_names_the_variable() {
+    let line = refused(&[("APP__SERVER__TRUSTED_PROXIES", "10.0.0.0/8, 10.0.0.0/33")]);
+    assert!(
+        line.contains(r#"APP__SERVER__TRUSTED_PROXIES="10.0.0.0/8, 10.0.0.0/33" is invalid"#),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_bad_url_names_the_variable_without_its_password() {
     let line = refused(&[("APP__DATABASE__URL", "mysql://app:s3cr3t-pw@db/app")]);
     assert!(line.contains("APP__DATABASE__URL="), "{line}");

@@ -470,8 +470,30 @@ fn client_mistakes_are_4xx_never_500() {
     );
     // An item is an object, not the same values in an array.
     assert_problem(post(&service, &json!(["an array", null]), None), 422);
-    // A name must be visible.
-    assert_problem(post(&service, &json!({"name": " \t\n "}), None), 422);
+    // A name must be visible: whitespace, zero-width spaces and byte-order marks are not.
+    for invisible in [
+        " \t\n ",
+        "\u{200B}\u{200B}",
+        "\u{FEFF}",
+        "\u{200D}\u{2060}\u{00AD}",
+    ] {
+        assert_problem(post(&service, &json!({ "name": invisible }), None), 422);
+    }
+    // Kilobytes of client input are never reflected whole: an unknown field's name, a body
+    // of the wrong type.
+    let long = "x".repeat(60_000);
+    for body in [json!({ long.clone(): 1, "name": "a" }), json!(long)] {
+        let problem = assert_problem(post(&service, &body, None), 422);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.len() < 300, "{} bytes reflected", detail.len());
+    }
+    // Nor written into one log line: a 60 KB path is a 404 with its path clipped.
+    let response = service
+        .http()
+        .get(service.api_url(&format!("/{long}")))
+        .send()
+        .unwrap();
+    assert_problem(response, 404);
     // Idempotency-Key: once, visible ASCII.
     let twice = service
         .http()
@@ -498,4 +520,7 @@ fn client_mistakes_are_4xx_never_500() {
         "0",
         "a refused request stored something"
     );
+    let logs = service.logs();
+    let longest = logs.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 4_096, "a log line of {longest} bytes");
 }

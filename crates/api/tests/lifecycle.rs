@@ -77,14 +77,24 @@ fn probes_are_not_access_logged_and_state_changes_are_logged_once() {
     let postgres = Postgres::start();
     postgres.create_database("app");
     let shared = Shared::new("quietlogs");
-    let service = spawn(&shared.env_with(&postgres.url("app"), &[]));
+    // The test client is the trusted proxy: the address it forwards is the client's.
+    let service = spawn(&shared.env_with(
+        &postgres.url("app"),
+        &[("APP__SERVER__TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")],
+    ));
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     for _ in 0..200 {
         service.probe("/readyz");
         service.probe("/livez");
         service.probe("/metrics");
     }
-    assert_eq!(service.api("/openapi.json").0, 200);
+    let response = service
+        .http()
+        .get(service.api_url("/openapi.json"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
     postgres.stop();
     service.wait_for("/readyz", 503, DETECTION);
     // Keep probing while it stays down for several more check intervals.
@@ -106,6 +116,11 @@ fn probes_are_not_access_logged_and_state_changes_are_logged_once() {
         requests.join("\n")
     );
     assert!(requests[0].contains("/openapi.json"));
+    assert!(
+        requests[0].contains(r#""client_ip":"203.0.113.9""#),
+        "{}",
+        requests[0]
+    );
     assert!(
         !logs.contains("/readyz") && !logs.contains("/livez"),
         "a probe reached the logs"

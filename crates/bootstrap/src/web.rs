@@ -8,7 +8,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{
-    CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING, USER_AGENT,
+    CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING, USER_AGENT, X_FORWARDED_FOR,
 };
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 use futures_util::Stream;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use std::future::Future;
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -84,13 +85,14 @@ impl RootSpanBuilder for RequestSpan {
             http.flavor = http_flavor(request.version()),
             http.scheme = %request.connection_info().scheme(),
             http.host = %request.connection_info().host(),
-            http.client_ip = %request.connection_info().realip_remote_addr().unwrap_or(""),
+            http.client_ip = client_ip(request).map(tracing::field::display),
             http.user_agent = %request
                 .headers()
                 .get(USER_AGENT)
                 .and_then(|agent| agent.to_str().ok())
                 .unwrap_or(""),
-            http.target = request.uri().path_and_query().map_or("", |target| target.as_str()),
+            // The path only: the query may carry what does not belong in a trace or a log.
+            http.target = logged_path(request.path()),
             http.status_code = Empty,
             otel.name = %format_args!("{method} {route}"),
             otel.kind = "server",
@@ -115,6 +117,75 @@ impl RootSpanBuilder for RequestSpan {
             DefaultRootSpanBuilder::on_request_end(span, outcome);
         }
     }
+}
+
+/// The proxies whose `X-Forwarded-For` is believed (`APP__SERVER__TRUSTED_PROXIES`): the
+/// client address in the span and the access log is the rightmost hop that none of them is, or
+/// the peer itself when the peer is not one of them. Anyone can write the header; only a proxy
+/// you run can vouch for it. Mount with `App::app_data`; without it, the peer address is used.
+///
+/// ```
+/// # #[actix_web::main] async fn main() {
+/// use actix_web::test::TestRequest;
+/// use bootstrap::web::TrustedProxies;
+///
+/// let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+/// let request = TestRequest::get()
+///     .peer_addr("10.0.0.7:4000".parse().unwrap())
+///     .insert_header(("X-Forwarded-For", "203.0.113.9"))
+///     .to_srv_request();
+/// assert_eq!(proxies.client_ip(&request), Some("203.0.113.9".parse().unwrap()));
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(std::sync::Arc<[ipnet::IpNet]>);
+
+impl TrustedProxies {
+    /// Trusts `networks` (single addresses are /32 or /128 networks).
+    pub fn new(networks: Vec<ipnet::IpNet>) -> Self {
+        Self(networks.into())
+    }
+
+    fn trusts(&self, address: IpAddr) -> bool {
+        self.0.iter().any(|network| network.contains(&address))
+    }
+
+    /// The client's address as far as trusted proxies vouch for it.
+    pub fn client_ip(&self, request: &ServiceRequest) -> Option<IpAddr> {
+        let mut client = request.peer_addr()?.ip();
+        if !self.trusts(client) {
+            return Some(client);
+        }
+        let hops: Vec<&str> = request
+            .headers()
+            .get_all(X_FORWARDED_FOR)
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect();
+        for hop in hops.into_iter().rev() {
+            let Ok(address) = hop.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = address;
+            if !self.trusts(address) {
+                break;
+            }
+        }
+        Some(client)
+    }
+}
+
+/// The client address of `request` under the app's [`TrustedProxies`] (none: the peer).
+fn client_ip(request: &ServiceRequest) -> Option<IpAddr> {
+    match request.app_data::<TrustedProxies>() {
+        Some(proxies) => proxies.client_ip(request),
+        None => request.peer_addr().map(|peer| peer.ip()),
+    }
+}
+
+/// A request path as telemetry records it: its first 256 bytes (a client can send kilobytes).
+fn logged_path(path: &str) -> &str {
+    &path[..path.floor_char_boundary(256)]
 }
 
 /// The HTTP version as OpenTelemetry's `http.flavor` spells it.
@@ -213,15 +284,8 @@ pub async fn observe(
     let request_id = req.extensions().get::<RequestId>().copied();
     // The access line's path and client, copied only when the line is logged. The query is left
     // out: it may carry what does not belong in a log.
-    let requested = tracing::enabled!(tracing::Level::INFO).then(|| {
-        (
-            req.path().to_owned(),
-            req.connection_info()
-                .realip_remote_addr()
-                .unwrap_or("")
-                .to_owned(),
-        )
-    });
+    let requested = tracing::enabled!(tracing::Level::INFO)
+        .then(|| (logged_path(req.path()).to_owned(), client_ip(&req)));
     let outcome = next.call(req).await;
     // An error (a panic caught inside) is answered by actix further out: count it all the same.
     let status = match &outcome {
@@ -242,7 +306,7 @@ pub async fn observe(
         method,
         route = route.as_str(),
         path = path.as_deref(),
-        client_ip = client_ip.as_deref(),
+        client_ip = client_ip.flatten().map(tracing::field::display),
         status = status.as_u16(),
         duration_ms = took.as_secs_f64() * 1000.0,
         request_id = request_id.map(tracing::field::display),
@@ -443,6 +507,8 @@ mod tests {
             test::TestRequest::get()
                 .uri(uri)
                 .peer_addr(CLIENT)
+                // From a client that no proxy setting trusts: not believed.
+                .insert_header(("X-Forwarded-For", "203.0.113.9"))
                 .to_request(),
         )
         .await;
@@ -488,8 +554,10 @@ mod tests {
         for field in [
             r#""http.route":"/items/{id}""#.to_owned(),
             r#""otel.name":"GET /items/{id}""#.to_owned(),
-            r#""http.target":"/items/7?fields=name""#.to_owned(),
+            // The path without its query.
+            r#""http.target":"/items/7","#.to_owned(),
             r#""http.method":"GET""#.to_owned(),
+            r#""http.client_ip":"10.1.2.3""#.to_owned(),
             format!(r#""request_id":"{request_id}""#),
         ] {
             assert!(handled.contains(&field), "{field} missing: {handled}");
@@ -524,6 +592,39 @@ mod tests {
         let (_, series) = traced_get("/nothing/here").await;
         assert_eq!(series, ["unmatched 404"]);
         assert_eq!(captured.text(), "", "nothing is logged below WARN");
+    }
+
+    #[actix_web::test]
+    async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let client = |trusted: &[&str], forwarded: &[&str]| {
+            let proxies = TrustedProxies::new(trusted.iter().map(|n| n.parse().unwrap()).collect());
+            let mut request = test::TestRequest::get().peer_addr(CLIENT);
+            for header in forwarded {
+                request = request.append_header(("X-Forwarded-For", *header));
+            }
+            proxies
+                .client_ip(&request.to_srv_request())
+                .map(|ip| ip.to_string())
+        };
+        // Nobody trusted: the peer, whatever it claims.
+        assert_eq!(client(&[], &["203.0.113.9"]), Some("10.1.2.3".into()));
+        // A trusted peer: the address it saw.
+        assert_eq!(
+            client(&["10.0.0.0/8"], &["203.0.113.9"]),
+            Some("203.0.113.9".into())
+        );
+        // The rightmost untrusted hop: what a client writes on the left is not believed.
+        assert_eq!(
+            client(&["10.0.0.0/8"], &["198.51.100.1, 203.0.113.9", "10.0.0.5"]),
+            Some("203.0.113.9".into())
+        );
+        // Garbage in the chain ends it: the last trusted hop is the client.
+        assert_eq!(
+            client(&["10.0.0.0/8"], &["not-an-ip, 10.0.0.5"]),
+            Some("10.0.0.5".into())
+        );
+        // A trusted peer with no header: the peer.
+        assert_eq!(client(&["10.0.0.0/8"], &[]), Some("10.1.2.3".into()));
     }
 
     async fn a_column_that_changed_type() -> HttpResponse {

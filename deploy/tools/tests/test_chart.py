@@ -138,7 +138,7 @@ def test_the_config_map_sets_only_settings_the_app_has(render):
     # The app refuses an APP__ variable it does not know (exit 2): the chart sets nothing else.
     settings = {"APP_ENV", "RUST_LOG", "APP__SERVICE__NAME", "APP__SERVER__PORT", "APP__MANAGEMENT__PORT",
                 "APP__MANAGEMENT__WORKERS", "APP__SERVER__WORKERS", "APP__SERVER__BODY_TIMEOUT",
-                "APP__SERVER__MAX_CONNECTIONS", "APP__DATABASE__MAX_CONNECTIONS", "APP__DATABASE__QUERY_TIMEOUT",
+                "APP__SERVER__MAX_CONNECTIONS", "APP__SERVER__TRUSTED_PROXIES", "APP__DATABASE__MAX_CONNECTIONS", "APP__DATABASE__QUERY_TIMEOUT",
                 "APP__MIGRATIONS__AT_STARTUP", "APP__MIGRATIONS__LOCK_TIMEOUT", "APP__MIGRATIONS__STATEMENT_TIMEOUT",
                 "APP__STARTUP__DEADLINE",
                 "APP__SHUTDOWN__DRAIN_DELAY", "APP__SHUTDOWN__TIMEOUT"}
@@ -149,6 +149,14 @@ def test_the_config_map_sets_only_settings_the_app_has(render):
     ca = {name: {"tls": {"caBundle": {"secretName": f"{name}-ca"}}} for name in INLINE}
     data = render(TLS_URLS, ca).one("ConfigMap")["data"]
     assert set(data) == settings | {f"APP__{name.upper()}__CA_FILE" for name in INLINE}
+
+
+def test_trusted_proxies_reach_the_app_as_one_list(render, refused):
+    assert render(INLINE).one("ConfigMap")["data"]["APP__SERVER__TRUSTED_PROXIES"] == ""
+    proxies = {"app": {"server": {"trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.168.1.10"]}}}
+    data = render(INLINE, proxies).one("ConfigMap")["data"]
+    assert data["APP__SERVER__TRUSTED_PROXIES"] == "10.0.0.0/8,fd00::/8,192.168.1.10"
+    assert "trustedProxies" in refused(INLINE, {"app": {"server": {"trustedProxies": ["ingress-nginx"]}}})
 
 
 def test_a_changed_url_rolls_the_pods(render):
@@ -240,6 +248,31 @@ def test_without_a_ca_bundle_there_is_no_volume_and_no_variable(render):
         assert [v["name"] for v in out.pod["spec"]["volumes"]] == ["tmp"]
         assert [m["name"] for m in out.container["volumeMounts"]] == ["tmp"]
         assert not any(k.endswith("__CA_FILE") for k in out.one("ConfigMap")["data"])
+
+
+def notes(values: dict, tmp_path: Path) -> str:
+    """NOTES.txt as `helm install` prints it (Helm 4; `helm template` leaves it out)."""
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    result = subprocess.run(
+        [HELMS[0], "install", RELEASE, str(CHART), "-n", "prod", "--dry-run=client", "-f", str(values_file)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_an_unverified_database_connection_is_called_out_after_install(tmp_path):
+    warning = "WARNING: PostgreSQL's certificate is not verified"
+    # libpq's default (prefer) and require: encrypted at best, anyone in between accepted.
+    for url in ("postgres://app:pw@db:5432/orders", "postgres://app:pw@db:5432/orders?sslmode=require"):
+        text = notes(merge(INLINE, {"database": {"url": url}}), tmp_path)
+        assert warning in text and "database.tls.caBundle" in text and "verify-full" in text, text
+    # A URL in a Secret cannot be read at render time: the warning says what to check.
+    assert warning in notes(EXISTING, tmp_path)
+    # Verified: a CA bundle (it makes any mode verify fully), or verify-full against the system roots.
+    assert warning not in notes(merge(INLINE, {"database": {"tls": {"caBundle": {"secretName": "rds-ca"}}}}), tmp_path)
+    assert warning not in notes(merge(INLINE, {"database": {"url": "postgres://app:pw@db/orders?sslmode=verify-full"}}), tmp_path)
 
 
 @pytest.mark.parametrize("dependency", list(TLS_URLS))

@@ -58,9 +58,11 @@ pub(super) fn api_server(
     let workers = api_workers(settings);
     let connections = api_connections(settings, workers)?;
     let state = web::Data::new(state);
+    let proxies = bootstrap::web::TrustedProxies::new(settings.server.trusted_proxies.clone());
     let server = HttpServer::new(move || {
         let metrics = metrics.clone();
         App::new()
+            .app_data(proxies.clone())
             .app_data(document.clone())
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(body_limit))

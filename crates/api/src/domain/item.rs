@@ -73,8 +73,9 @@ impl NewItem {
                 reason: format!("must be 1 to {NAME_MAX} characters, got {length}"),
             });
         }
-        // A name a person cannot see is a mistake, not a name.
-        if self.name.trim().is_empty() {
+        // A name a person cannot see is a mistake, not a name: spaces (Z*), and controls and
+        // format characters (Cc, Cf: zero-width spaces and joiners, byte-order marks, soft hyphens).
+        if !self.name.chars().any(is_visible) {
             return Err(Invalid {
                 field: "name",
                 reason: "must contain a visible character, not only whitespace".into(),
@@ -91,6 +92,14 @@ impl NewItem {
         }
         Ok(())
     }
+}
+
+fn is_visible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    !matches!(
+        c.general_category(),
+        G::SpaceSeparator | G::LineSeparator | G::ParagraphSeparator | G::Control | G::Format
+    )
 }
 
 /// A stored item.
@@ -161,5 +170,21 @@ mod tests {
         assert!(named("").validate().is_err());
         assert!(named(&"é".repeat(200)).validate().is_ok());
         assert!(named(&"a".repeat(201)).validate().is_err());
+    }
+
+    #[test]
+    fn a_name_needs_a_character_a_person_can_see() {
+        for invisible in [
+            " \t",
+            "\u{200B}",
+            "\u{FEFF}\u{200D}",
+            "\u{00AD}\u{2060}",
+            "\u{3000}",
+        ] {
+            assert!(named(invisible).validate().is_err(), "{invisible:?}");
+        }
+        for visible in ["a", "\u{200B}a", "日本", "🦀"] {
+            assert!(named(visible).validate().is_ok(), "{visible:?}");
+        }
     }
 }

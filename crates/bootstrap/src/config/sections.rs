@@ -3,8 +3,8 @@
 //! example's `crates/api/src/settings.rs`) and loads it with [`super::load`].
 
 use super::value::{
-    boolean, constant_url, count, duration, ip_address, optional_file, optional_flag, port,
-    positive_duration,
+    boolean, constant_url, count, duration, ip_address, networks, optional_file, optional_flag,
+    port, positive_duration,
 };
 use super::{ConfigError, SecretUrl, display, redact};
 use serde::Deserialize;
@@ -35,6 +35,10 @@ pub struct ServerSettings {
     /// room for the management port, the pools and other dependencies (0).
     #[serde(deserialize_with = "count::<_, 0, 1_000_000>")]
     pub max_connections: usize,
+    /// Proxies whose `X-Forwarded-For` names the client, comma-separated networks or addresses
+    /// (the ingress controller's pods); none by default: the peer is the client.
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerSettings {
@@ -46,6 +50,7 @@ impl Default for ServerSettings {
             body_limit: 64 * 1024,
             body_timeout: Duration::from_secs(10),
             max_connections: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }

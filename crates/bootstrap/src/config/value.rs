@@ -239,6 +239,25 @@ pub fn ip_address<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::IpAddr, D
     })
 }
 
+/// Comma-separated IP networks (`10.0.0.0/8`) or addresses (a /32 or /128); empty for none.
+pub fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    text(
+        d,
+        "IP networks or addresses such as 10.0.0.0/8,192.168.1.10",
+        |raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|part| !part.is_empty())
+                .map(|part| {
+                    part.parse::<ipnet::IpNet>()
+                        .ok()
+                        .or_else(|| part.parse::<std::net::IpAddr>().ok().map(Into::into))
+                })
+                .collect()
+        },
+    )
+}
+
 /// Names (of the service, of resources on a dependency): what Prometheus labels take unquoted.
 pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     text(
