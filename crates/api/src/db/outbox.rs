@@ -89,15 +89,29 @@ pub async fn release(db: &impl GenericClient, seqs: &[i64]) -> Result<(), tokio_
     Ok(())
 }
 
-/// Pending rows and the age of the oldest, in seconds.
+/// Pending rows counted one by one up to this; past it, estimated.
+const EXACT_BACKLOG: i64 = 10_000;
+
+/// Pending rows and the age of the oldest, in seconds, at a bounded cost whatever the backlog
+/// (it is measured every few seconds, and a broker outage makes it long): the oldest row and
+/// the newest through the pending index, an exact count up to [`EXACT_BACKLOG`], past it the
+/// span of sequence numbers between them (exact while rows are sent in order, an upper bound
+/// otherwise).
 pub async fn backlog(db: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
     let statement = db
         .prepare_cached(
-            "SELECT count(*) AS pending, \
-                    COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS oldest \
-             FROM outbox WHERE sent_at IS NULL",
+            "WITH oldest AS (SELECT seq, created_at FROM outbox WHERE sent_at IS NULL \
+                             ORDER BY seq LIMIT 1), \
+                  newest AS (SELECT seq FROM outbox WHERE sent_at IS NULL \
+                             ORDER BY seq DESC LIMIT 1), \
+                  counted AS (SELECT count(*) AS n FROM (SELECT FROM outbox \
+                              WHERE sent_at IS NULL LIMIT $1) AS capped) \
+             SELECT CASE WHEN counted.n < $1 THEN counted.n \
+                         ELSE (SELECT newest.seq FROM newest) - oldest.seq + 1 END AS pending, \
+                    COALESCE(EXTRACT(EPOCH FROM now() - oldest.created_at)::float8, 0) AS oldest \
+             FROM counted LEFT JOIN oldest ON true",
         )
         .await?;
-    let row = db.query_one(&statement, &[]).await?;
+    let row = db.query_one(&statement, &[&EXACT_BACKLOG]).await?;
     Ok((row.try_get("pending")?, row.try_get("oldest")?))
 }
