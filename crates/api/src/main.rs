@@ -1,6 +1,7 @@
 //! The `shipshape` binary: loads settings, then hands over to [`app::run`].
 
 mod app;
+mod auth;
 mod db;
 mod domain;
 mod housekeeping;

@@ -169,9 +169,11 @@ fn the_lag_check_reads_a_bounded_part_of_a_long_backlog() {
     };
     let runs = || service.metric(r#"health_check_duration_seconds_count{check="outbox"}"#);
     let (read_before, runs_before) = (read(), runs());
-    testkit::wait_until("five runs of the lag check", Duration::from_secs(30), || {
-        runs() >= runs_before + 5.0
-    });
+    testkit::wait_until(
+        "five runs of the lag check",
+        Duration::from_secs(30),
+        || runs() >= runs_before + 5.0,
+    );
     // Statistics reach the views within about a second of each statement.
     std::thread::sleep(Duration::from_millis(1500));
     let per_run = (read() - read_before) / (runs() - runs_before);

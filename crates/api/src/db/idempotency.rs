@@ -3,8 +3,9 @@
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 
-/// An `Idempotency-Key` in the scope it was sent to: the method and the route pattern
-/// (`POST /v1/items`), so one key sent to two endpoints is two keys.
+/// An `Idempotency-Key` in the scope it was sent to: the method, the route pattern and the
+/// caller (`POST /v1/items`, `POST /v1/items as alice`), so one key sent to two endpoints, or
+/// by two callers, is two keys.
 #[derive(Debug, Clone)]
 pub struct ScopedKey {
     pub scope: String,

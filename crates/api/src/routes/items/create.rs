@@ -1,3 +1,4 @@
+use crate::auth::Caller;
 use crate::db;
 use crate::db::idempotency::{ScopedKey, Stored};
 use crate::domain::item::{Item, NewItem};
@@ -35,12 +36,13 @@ const KEY_MAX: usize = 255;
 pub async fn create(
     state: web::Data<AppState>,
     req: HttpRequest,
+    caller: Caller,
     body: web::Json<NewItem>,
 ) -> Result<HttpResponse, ApiError> {
     let new = body.into_inner();
     new.validate()
         .map_err(|invalid| ApiError::Unprocessable(invalid.to_string()))?;
-    let key = idempotency_key(&req)?;
+    let key = idempotency_key(&req, &caller)?;
     let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
 
     let headers = crate::messaging::trace::current_headers(); // @rabbitmq
@@ -98,7 +100,7 @@ enum Outcome {
     Replayed(Stored),
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<ScopedKey>, ApiError> {
+fn idempotency_key(req: &HttpRequest, caller: &Caller) -> Result<Option<ScopedKey>, ApiError> {
     let mut values = req.headers().get_all("idempotency-key");
     let Some(value) = values.next() else {
         return Ok(None);
@@ -114,11 +116,13 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<ScopedKey>, ApiError> {
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= KEY_MAX)
         .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()));
-    let scope = format!(
-        "{} {}",
-        req.method(),
-        req.match_pattern().unwrap_or_else(|| req.path().to_owned())
-    );
+    // One caller's key is not another's: replaying it must not return their response.
+    // Anonymous keys keep the scope earlier releases wrote.
+    let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    let scope = match caller {
+        Caller::Anonymous => format!("{} {route}", req.method()),
+        Caller::Principal(principal) => format!("{} {route} as {principal}", req.method()),
+    };
     key.map(|k| {
         Some(ScopedKey {
             scope,
@@ -140,4 +144,94 @@ fn replay(stored: &Stored) -> HttpResponse {
     }
     response.insert_header(("Idempotent-Replayed", "true"));
     response.json(&stored.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::auth::Caller;
+    use crate::routes::{self, AppState};
+    use actix_web::dev::{ServiceRequest, ServiceResponse};
+    use actix_web::middleware::{Next, from_fn};
+    use actix_web::{App, HttpMessage, test, web};
+    use bootstrap::config::{DatabaseSettings, MigrationSettings};
+    use std::time::Duration;
+
+    /// A database of its own on the machine's PostgreSQL, migrated.
+    async fn database(name: &str) -> crate::db::Database {
+        let (admin, driver) = tokio_postgres::connect(
+            "host=127.0.0.1 user=postgres dbname=postgres",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(driver);
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        admin.batch_execute(&drop).await.unwrap();
+        let create = format!("CREATE DATABASE {name}");
+        admin.batch_execute(&create).await.unwrap();
+        let settings = DatabaseSettings {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}")
+                .parse()
+                .unwrap(),
+            ..DatabaseSettings::default()
+        };
+        crate::db::schema()
+            .migrate(&settings, &MigrationSettings::default(), |_, _| {})
+            .await
+            .unwrap();
+        let pool = crate::db::request_pool(&settings, 2).unwrap();
+        crate::db::Database::new(pool, Duration::from_secs(5))
+    }
+
+    /// A team's authentication as docs/extending.md shows it, with a header for a token.
+    async fn authenticate(
+        req: ServiceRequest,
+        next: Next<impl actix_web::body::MessageBody>,
+    ) -> Result<ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+        let user = req
+            .headers()
+            .get("x-test-user")
+            .and_then(|v| v.to_str().ok());
+        if let Some(user) = user.map(str::to_owned) {
+            req.extensions_mut().insert(Caller::Principal(user));
+        }
+        next.call(req).await
+    }
+
+    #[actix_web::test]
+    async fn a_key_replayed_by_another_caller_is_that_callers_own_key() {
+        let state = AppState {
+            db: database("unit_idempotency_callers").await,
+            outbox_written: Default::default(), // @rabbitmq
+        };
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::new(state))
+                .wrap(from_fn(authenticate))
+                .configure(|cfg| routes::configure(cfg, 64 * 1024)),
+        )
+        .await;
+        let post = |user: &'static str| {
+            test::TestRequest::post()
+                .uri("/v1/items")
+                .insert_header(("x-test-user", user))
+                .insert_header(("Idempotency-Key", "order-42"))
+                .set_json(serde_json::json!({"name": "alice's order"}))
+                .to_request()
+        };
+        let id = |body: serde_json::Value| body["id"].as_str().unwrap().to_owned();
+        let alices: serde_json::Value = test::call_and_read_body_json(&app, post("alice")).await;
+        // Bob replays Alice's key with her body: he gets an item of his own, not her response.
+        let bobs: serde_json::Value = test::call_and_read_body_json(&app, post("bob")).await;
+        assert_ne!(
+            id(bobs.clone()),
+            id(alices.clone()),
+            "bob received alice's response"
+        );
+        // Each one's retry is still a replay of their own.
+        let again: serde_json::Value = test::call_and_read_body_json(&app, post("alice")).await;
+        assert_eq!(id(again), id(alices));
+        let again: serde_json::Value = test::call_and_read_body_json(&app, post("bob")).await;
+        assert_eq!(id(again), id(bobs));
+    }
 }

@@ -1,0 +1,34 @@
+//! Who is calling: the hook where authentication plugs in (docs/extending.md).
+//!
+//! Nothing authenticates yet, so every request is [`Caller::Anonymous`]. An authentication
+//! middleware (a JWT, a client certificate, a gateway's verified header) inserts the [`Caller`]
+//! it verified into the request's extensions; a handler takes a `Caller` argument. What belongs
+//! to one caller, such as its idempotency keys, is scoped by it.
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+
+/// The principal a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No authentication ran, or it let the request through without a principal.
+    Anonymous,
+    /// A verified principal: a token's subject, a client id, a certificate's name.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "made by the authentication a team adds")
+    )]
+    Principal(String),
+}
+
+impl FromRequest for Caller {
+    type Error = Infallible;
+    type Future = Ready<Result<Self, Infallible>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let caller = req.extensions().get::<Caller>().cloned();
+        ready(Ok(caller.unwrap_or(Caller::Anonymous)))
+    }
+}
