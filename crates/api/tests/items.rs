@@ -251,6 +251,57 @@ fn twenty_parallel_posts_with_one_key_create_one_item() {
     );
 }
 
+/// Every page from the first to the last, `limit` items at most each: the ids in the order
+/// returned, and each page's size in bytes.
+fn walk(service: &Service, limit: usize) -> (Vec<String>, Vec<usize>) {
+    let (mut seen, mut sizes) = (Vec::new(), Vec::new());
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/items?limit={limit}&cursor={c}"),
+            None => format!("/v1/items?limit={limit}"),
+        };
+        let body = service
+            .http()
+            .get(service.api_url(&path))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        sizes.push(body.len());
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= limit);
+        seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return (seen, sizes),
+        }
+        assert!(sizes.len() < 100, "pagination does not end");
+    }
+}
+
+#[test]
+fn pages_of_large_items_are_bounded_in_bytes_and_still_return_every_item() {
+    let shared = Shared::new("bigpages");
+    let service = ready(&shared, &[]);
+    let note = "n".repeat(60_000);
+    let created: Vec<String> = (0..30)
+        .map(|i| {
+            let response = post(&service, &json!({"name": format!("big {i}"), "note": note}), None);
+            assert_eq!(response.status().as_u16(), 201);
+            response.json::<Value>().unwrap()["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    // 30 items of 60 KB fit the row limit of one page, not its byte budget.
+    let (seen, sizes) = walk(&service, 100);
+    assert_eq!(seen, created, "each item exactly once, in creation order");
+    assert!(
+        sizes.iter().all(|size| *size < 320 * 1024),
+        "page sizes in bytes: {sizes:?}"
+    );
+}
+
 #[test]
 fn two_hundred_fifty_items_paged_by_seven_come_back_once_in_order() {
     let shared = Shared::new("paging");
@@ -266,31 +317,7 @@ fn two_hundred_fifty_items_paged_by_seven_come_back_once_in_order() {
                 .to_owned(),
         );
     }
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    let mut pages = 0;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/items?limit=7&cursor={c}"),
-            None => "/v1/items?limit=7".to_owned(),
-        };
-        let page: Value = service
-            .http()
-            .get(service.api_url(&path))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        let items = page["items"].as_array().unwrap();
-        assert!(items.len() <= 7);
-        seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
-        pages += 1;
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-        assert!(pages < 100, "pagination does not end");
-    }
+    let (seen, _) = walk(&service, 7);
     assert_eq!(seen, created, "each item exactly once, in creation order");
     let capped: Value = service
         .http()

@@ -42,23 +42,36 @@ pub async fn find(
         .transpose()
 }
 
-/// Up to `limit` items after `cursor`, in creation order (UUIDv7 ids sort by time).
+/// Up to `limit` items after `cursor`, in creation order (UUIDv7 ids sort by time), cut once
+/// their text passes `budget` bytes (the row that crosses it included, so a page is never
+/// empty); and whether more rows of the `limit` were left out.
 pub async fn page(
     db: &impl GenericClient,
     after: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<Item>, tokio_postgres::Error> {
+    budget: i64,
+) -> Result<(Vec<Item>, bool), tokio_postgres::Error> {
     let statement = db
         .prepare_cached(
-            "SELECT id, name, note, created_at FROM items \
-             WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
+            "SELECT id, name, note, created_at, fetched FROM ( \
+                 SELECT *, count(*) OVER () AS fetched, \
+                        sum(octet_length(name) + coalesce(octet_length(note), 0)) \
+                            OVER (ORDER BY id) AS through \
+                 FROM (SELECT id, name, note, created_at FROM items \
+                       WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2) AS rows \
+             ) AS sized \
+             WHERE through - octet_length(name) - coalesce(octet_length(note), 0) < $3 \
+             ORDER BY id",
         )
         .await?;
-    db.query(&statement, &[&after, &limit])
-        .await?
-        .iter()
-        .map(from_row)
-        .collect()
+    let rows = db.query(&statement, &[&after, &limit, &budget]).await?;
+    let fetched = match rows.first() {
+        Some(row) => row.try_get::<_, i64>("fetched")?,
+        None => 0,
+    };
+    let cut = fetched > rows.len() as i64;
+    let items = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+    Ok((items, cut))
 }
 
 /// Deletes an item; false when there was none.

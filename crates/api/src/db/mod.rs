@@ -56,7 +56,11 @@ impl Connect for Connector {
 
 /// The request pool, shared by every API worker: no request waits for a connection while
 /// another of the replica's request connections is idle. A connection's driver task runs on
-/// the worker that opened it, as deadpool's own connector does (docs/architecture.md).
+/// the worker that opened it, as deadpool's own connector does (docs/architecture.md), so it
+/// lives only as long as that worker: connections of a worker that stopped are closed, and the
+/// pool discards them at their next checkout. At shutdown, a worker that finishes first takes
+/// its connections with it, even one that a slower worker's request is using (that request
+/// fails; a known limit).
 pub fn request_pool(settings: &DatabaseSettings, size: usize) -> anyhow::Result<Pool> {
     build_pool(settings, "shipshape", size)
 }

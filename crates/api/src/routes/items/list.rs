@@ -10,11 +10,15 @@ use uuid::Uuid;
 /// Default and largest page size.
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
+/// Text bytes after which a page ends early: 100 items with 60 KB notes would be a 6 MB
+/// response held in memory per slow client (docs/api.md).
+const PAGE_BYTES: i64 = 256 * 1024;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Page size, 1 to 100 (larger values are capped at 100).
+    /// Page size, 1 to 100 (larger values are capped at 100). A page of large items ends
+    /// early, past 256 KiB of text, with `next_cursor` set.
     #[param(minimum = 1)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -64,11 +68,13 @@ pub async fn list(
             ))
         })?),
     };
-    let items = state
+    let (items, cut) = state
         .db
-        .run(|client| Box::pin(async move { Ok(db::items::page(&*client, after, limit).await?) }))
+        .run(|client| {
+            Box::pin(async move { Ok(db::items::page(&*client, after, limit, PAGE_BYTES).await?) })
+        })
         .await?;
-    let next_cursor = if items.len() as i64 == limit {
+    let next_cursor = if cut || items.len() as i64 == limit {
         items.last().map(|item| item.id.to_string())
     } else {
         None
