@@ -288,9 +288,16 @@ fn pages_of_large_items_are_bounded_in_bytes_and_still_return_every_item() {
     let note = "n".repeat(60_000);
     let created: Vec<String> = (0..30)
         .map(|i| {
-            let response = post(&service, &json!({"name": format!("big {i}"), "note": note}), None);
+            let response = post(
+                &service,
+                &json!({"name": format!("big {i}"), "note": note}),
+                None,
+            );
             assert_eq!(response.status().as_u16(), 201);
-            response.json::<Value>().unwrap()["id"].as_str().unwrap().to_owned()
+            response.json::<Value>().unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         })
         .collect();
     // 30 items of 60 KB fit the row limit of one page, not its byte budget.

@@ -1,6 +1,7 @@
 //! One client must not take the pod down by holding connections: uploads whose body never
-//! arrives, more of them than the process may open files. The API sheds them; the probes and
-//! the connections to the dependencies keep their descriptors.
+//! arrives, or idle connections to the management port, more of them than the process may
+//! open files. Each port sheds them within its own cap; the probes and the connections to the
+//! dependencies keep their descriptors.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -166,5 +167,62 @@ fn malformed_requests_are_400_counted_and_not_logged_as_errors() {
     assert!(
         errors.is_empty(),
         "client mistakes logged as errors: {errors:?}"
+    );
+}
+
+#[test]
+fn a_flood_of_idle_management_connections_leaves_the_api_its_descriptors() {
+    raise_own_file_limit();
+    let shared = Shared::new("mgmtflood");
+    let env = shared.env();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let service = Service::spawn_with_file_limit(binary(), &pairs, FILE_LIMIT);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let liveness = service.watch_probe("/livez");
+    // Twice the file limit in connections that never send a request, as any pod in the
+    // cluster could open with the NetworkPolicy off.
+    let began = Instant::now();
+    let flood: Vec<TcpStream> = (0..2 * FILE_LIMIT)
+        .filter_map(|_| {
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], service.management_port));
+            TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()
+        })
+        .collect();
+    println!(
+        "{} idle connections after {:?}",
+        flood.len(),
+        began.elapsed()
+    );
+    // The API keeps its descriptors: it serves while the flood lasts.
+    for _ in 0..5 {
+        assert_eq!(
+            service.api("/v1/items").0,
+            200,
+            "the API failed during the flood"
+        );
+    }
+    // Every idle connection is closed by the server.
+    let deadline = began + Duration::from_secs(60);
+    let open = flood
+        .into_iter()
+        .filter(|stream| wait_closed(stream.try_clone().unwrap(), deadline).is_none())
+        .count();
+    let drained = began.elapsed();
+    let (polls, failures) = liveness.finish();
+    println!(
+        "flood closed after {drained:?}; /livez: {} of {polls} polls failed",
+        failures.len()
+    );
+    assert_eq!(open, 0, "idle management connections still open after 60 s");
+    // Probes queue behind the flood until it drains: over before the chart's liveness could
+    // fail three times 10 s apart. (Against a sustained flood: the NetworkPolicy.)
+    assert!(
+        drained < Duration::from_secs(30),
+        "the flood took {drained:?} to drain"
+    );
+    assert!(
+        !service.logs().contains("Too many open files"),
+        "the process ran out of descriptors:\n{}",
+        service.logs()
     );
 }

@@ -9,7 +9,7 @@
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Descriptors kept for everything but API connections, on top of the database pools:
-/// management connections (kubelet, Prometheus), other dependencies, the health checks' own
+/// management connections (kubelet, Prometheus; the example caps them at 128), other dependencies, the health checks' own
 /// connections, runtimes (epoll, eventfd per worker), listeners, log and trace exporters.
 pub const RESERVED_FILES: u64 = 256;
 

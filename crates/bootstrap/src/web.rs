@@ -15,7 +15,7 @@ use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::FutureExt;
 use futures_util::Stream;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::future::Future;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
@@ -243,6 +243,80 @@ impl HttpMetrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         Ok(Self { requests, duration })
+    }
+}
+
+/// The API's connections, for `HttpServer::on_connect`: each counts in `http_connections_open`
+/// while it lives, beside `http_connections_limit` (the cap), so a cap that one client fills
+/// shows on /metrics; and each gets a write timeout: when data has waited `write_timeout` for
+/// a peer that stopped reading (a zero TCP window) or stopped acknowledging, the kernel cuts
+/// the connection (`TCP_USER_TIMEOUT`). Without it a slow reader holds a response's memory and
+/// a descriptor for as long as it likes.
+///
+/// ```
+/// # #[actix_web::main] async fn main() -> std::io::Result<()> {
+/// use actix_web::{App, HttpServer};
+/// use bootstrap::web::ApiConnections;
+/// use std::time::Duration;
+///
+/// let registry = prometheus::Registry::new();
+/// let connections = ApiConnections::register(&registry, 1000, Duration::from_secs(30)).unwrap();
+/// let server = HttpServer::new(App::new)
+///     .max_connections(1000)
+///     .on_connect(move |connection, data| connections.on_connect(connection, data))
+///     .bind(("127.0.0.1", 0))?;
+/// # drop(server); Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ApiConnections {
+    open: IntGauge,
+    write_timeout: Duration,
+}
+
+/// Uncounts its connection when actix drops the connection's data (the connection closed).
+struct Counted(IntGauge);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl ApiConnections {
+    /// Creates the gauges in `registry`; `limit` is the server's connection cap.
+    pub fn register(
+        registry: &Registry,
+        limit: usize,
+        write_timeout: Duration,
+    ) -> prometheus::Result<Self> {
+        let open = IntGauge::new("http_connections_open", "Open API connections.")?;
+        let cap = IntGauge::new(
+            "http_connections_limit",
+            "API connections the server holds at most; past it, clients wait in the accept queue.",
+        )?;
+        cap.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(cap))?;
+        Ok(Self {
+            open,
+            write_timeout,
+        })
+    }
+
+    /// Counts `connection` and sets its write timeout.
+    pub fn on_connect(
+        &self,
+        connection: &dyn std::any::Any,
+        data: &mut actix_web::dev::Extensions,
+    ) {
+        self.open.inc();
+        data.insert(Counted(self.open.clone()));
+        if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+            && let Err(error) =
+                socket2::SockRef::from(stream).set_tcp_user_timeout(Some(self.write_timeout))
+        {
+            tracing::debug!(%error, "setting a connection's write timeout");
+        }
     }
 }
 
@@ -625,6 +699,92 @@ mod tests {
         );
         // A trusted peer with no header: the peer.
         assert_eq!(client(&["10.0.0.0/8"], &[]), Some("10.1.2.3".into()));
+    }
+
+    /// A real server on a loopback port whose one route answers `size` bytes, with the API's
+    /// connection handling; its registry and address.
+    fn serve(size: usize, write_timeout: Duration) -> (Registry, std::net::SocketAddr) {
+        let registry = Registry::new();
+        let connections = ApiConnections::register(&registry, 10, write_timeout).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = actix_web::HttpServer::new(move || {
+            App::new().route(
+                "/",
+                web::get().to(move || async move { HttpResponse::Ok().body(vec![b'x'; size]) }),
+            )
+        })
+        .workers(1)
+        .on_connect(move |connection, data| connections.on_connect(connection, data))
+        .listen(listener)
+        .unwrap()
+        .run();
+        std::thread::spawn(move || actix_web::rt::System::new().block_on(server));
+        (registry, address)
+    }
+
+    fn gauge(registry: &Registry, name: &str) -> i64 {
+        registry
+            .gather()
+            .iter()
+            .find(|family| family.name() == name)
+            .map_or(-1, |family| {
+                family.get_metric()[0].get_gauge().get_value() as i64
+            })
+    }
+
+    #[actix_web::test]
+    async fn a_peer_that_stops_reading_is_cut_after_the_write_timeout() {
+        use std::io::{Read, Write};
+        const BODY: usize = 64 * 1024 * 1024;
+        let (_, address) = serve(BODY, Duration::from_secs(1));
+        // A client that asks and does not read: its window closes, the rest waits in buffers.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&address.into()).unwrap();
+        let mut stream: std::net::TcpStream = socket.into();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(4));
+        // Reading now: what was buffered arrives, then the reset; never the whole body.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut received = 0;
+        let mut buffer = vec![0; 1 << 16];
+        let ended = loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => break "closed",
+                Ok(n) => received += n,
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+                Err(error) => panic!("after {received} bytes: {error}"),
+            }
+        };
+        assert!(
+            received < BODY,
+            "the whole body arrived: the connection was never cut"
+        );
+        println!("{ended} after {received} bytes");
+    }
+
+    #[actix_web::test]
+    async fn open_connections_are_counted_until_they_close() {
+        let (registry, address) = serve(10, Duration::from_secs(30));
+        assert_eq!(gauge(&registry, "http_connections_limit"), 10);
+        let open: Vec<std::net::TcpStream> = (0..5)
+            .map(|_| std::net::TcpStream::connect(address).unwrap())
+            .collect();
+        testkit::wait_until("five connections counted", Duration::from_secs(10), || {
+            gauge(&registry, "http_connections_open") == 5
+        });
+        drop(open);
+        testkit::wait_until(
+            "every connection uncounted",
+            Duration::from_secs(10),
+            || gauge(&registry, "http_connections_open") == 0,
+        );
     }
 
     async fn a_column_that_changed_type() -> HttpResponse {

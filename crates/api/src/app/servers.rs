@@ -5,19 +5,26 @@ use crate::settings::Settings;
 use crate::{openapi, problem, routes};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, middleware, web};
-use bootstrap::web::HttpMetrics;
+use bootstrap::web::{ApiConnections, HttpMetrics};
 use health::Health;
 use std::time::Duration;
 use tracing_actix_web::TracingLogger;
 
 pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow::Result<Server> {
     let health = health.clone();
+    let workers = settings.management.workers;
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(health.clone()))
             .configure(health::http::configure)
     })
-    .workers(settings.management.workers)
+    .workers(workers)
+    // Inside the descriptors kept from the API (bootstrap::limits::RESERVED_FILES): a flood of
+    // this port cannot take the file limit, and with it the API and the dependencies.
+    .max_connections((MANAGEMENT_CONNECTIONS / workers).max(1))
+    // The kubelet and Prometheus send their request with the connection: an idle one is cut
+    // quickly, so a flood of them frees its slots for the probes within seconds.
+    .client_request_timeout(Duration::from_secs(1))
     .disable_signals()
     .shutdown_timeout(1)
     .bind((settings.server.host, settings.management.port))
@@ -29,6 +36,10 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
     })?
     .run())
 }
+
+/// Open management connections, all its workers together: probes (one connection each) and
+/// scrapes need a few.
+const MANAGEMENT_CONNECTIONS: usize = 128;
 
 /// Most API workers chosen by default: past a few, a replica's requests wait on its database
 /// connections, not on CPU; more replicas (or `APP__SERVER__WORKERS`) scale further.
@@ -57,6 +68,13 @@ pub(super) fn api_server(
     let body_timeout = settings.server.body_timeout;
     let workers = api_workers(settings);
     let connections = api_connections(settings, workers)?;
+    // Per worker: past it, new clients wait in the kernel's accept queue.
+    let per_worker = (connections / workers).max(1);
+    let accepted = ApiConnections::register(
+        registry,
+        per_worker * workers,
+        settings.server.write_timeout,
+    )?;
     let state = web::Data::new(state);
     let proxies = bootstrap::web::TrustedProxies::new(settings.server.trusted_proxies.clone());
     let server = HttpServer::new(move || {
@@ -81,8 +99,8 @@ pub(super) fn api_server(
     })
     .disable_signals()
     .workers(workers)
-    // Per worker: past it, new clients wait in the kernel's accept queue.
-    .max_connections((connections / workers).max(1))
+    .max_connections(per_worker)
+    .on_connect(move |connection, data| accepted.on_connect(connection, data))
     // Headers must arrive within this (actix's default, said here): slow-header clients are cut.
     .client_request_timeout(Duration::from_secs(5))
     // Graceful stop waits this long for in-flight requests, then closes what is left: the

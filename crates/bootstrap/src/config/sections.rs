@@ -31,6 +31,10 @@ pub struct ServerSettings {
     /// a connection and a file descriptor, and enough of them would starve the probes.
     #[serde(deserialize_with = "positive_duration")]
     pub body_timeout: Duration,
+    /// Longest time sent data may wait for a client that stopped reading or acknowledging
+    /// (30 s); past it the connection is cut, so a slow reader cannot hold a response's memory.
+    #[serde(deserialize_with = "positive_duration")]
+    pub write_timeout: Duration,
     /// Open API connections, all workers together; 0 sizes it from the file limit, leaving
     /// room for the management port, the pools and other dependencies (0).
     #[serde(deserialize_with = "count::<_, 0, 1_000_000>")]
@@ -49,6 +53,7 @@ impl Default for ServerSettings {
             workers: 0,
             body_limit: 64 * 1024,
             body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             max_connections: 0,
             trusted_proxies: Vec::new(),
         }
