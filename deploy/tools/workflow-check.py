@@ -8,7 +8,10 @@ Checks, for every file in .github/workflows:
 - every image a workflow builds is built from the Makefile's IMAGE_FILE, whether through
   `make image` or a docker/build-push-action step; release.yml and e2e.yml each build one, and
   a build-push step is preceded by `make image-context` (the Dockerfile's inputs);
-- `make image-check` builds through `make image`, so the image checked here is the one shipped.
+- `make image-check` builds through `make image`, so the image checked here is the one shipped;
+- a workflow that builds an image on path-filtered events runs when the image's inputs outside
+  crates/ and deploy/ (Makefile, .dockerignore, Cargo.toml, Cargo.lock) or the workflow change;
+- every container image a job or a step runs is pinned by digest.
 
 Usage: workflow-check.py [--root DIR]; exit 1 with one line per finding.
 """
@@ -16,6 +19,7 @@ Usage: workflow-check.py [--root DIR]; exit 1 with one line per finding.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import re
 import shlex
@@ -31,6 +35,12 @@ HASHFILES_RE = re.compile(r"hashFiles\(([^)]*)\)")
 MAKE_RE = re.compile(r"(?:^|[;&|(]\s*|\bsudo\s+(?:-\S+\s+)*|\benv\s+(?:\S+=\S*\s+)*)make\s+([^;&|#\n]*)", re.M)
 IMAGE_BUILD_RE = re.compile(r"\b(?:docker|podman)\s+(?:buildx\s+)?build\b|\bbuildah\s+(?:bud|build)\b")
 BUILD_PUSH_ACTION = "docker/build-push-action"
+# A container image a step runs (`kubectl run|create ... --image=...`): pinned by digest, or a
+# re-pushed tag changes what CI tests.
+RUN_IMAGE_RE = re.compile(r"--image[= ]([^\s'\"]+)")
+# What an image build reads besides crates/ and deploy/: a workflow building one on pull requests
+# filtered by path must run when these (or the workflow itself) change.
+IMAGE_INPUTS = ("Makefile", ".dockerignore", "Cargo.toml", "Cargo.lock")
 
 
 class Makefile:
@@ -115,6 +125,13 @@ def check(root: Path) -> list[str]:
                 for pattern in (spec or {}).get("paths", []) if isinstance(spec, dict) else []:
                     if not pattern.startswith("!") and not matches(root, pattern):
                         findings.append(f"{where}: on.{event}.paths '{pattern}' matches no file")
+        filters = [spec.get("paths") for spec in triggers.values() if isinstance(spec, dict) and spec.get("paths")] if isinstance(triggers, dict) else []
+        for job_name, job in (workflow.get("jobs") or {}).items():
+            containers = [job.get("container")] + list((job.get("services") or {}).values())
+            for container in containers:
+                image = container.get("image") if isinstance(container, dict) else container
+                if image and "@sha256:" not in str(image):
+                    findings.append(f"{where}: jobs.{job_name} runs image {image} by a tag, not a digest")
         context_ready = False
         for job, index, step in steps(workflow):
             label = f"{where}: jobs.{job}.steps[{index}]"
@@ -136,6 +153,9 @@ def check(root: Path) -> list[str]:
                     context_ready = True
                 if target in ("image", "image-check"):
                     image_builds[file.name] += 1
+            for image in RUN_IMAGE_RE.findall(script):
+                if "@sha256:" not in image:
+                    findings.append(f"{label} runs image {image} by a tag, not a digest")
             for line in script.splitlines():
                 if IMAGE_BUILD_RE.search(line):
                     findings.append(f"{label} builds an image by hand ({line.strip()[:60]}); use `make image`")
@@ -146,6 +166,11 @@ def check(root: Path) -> list[str]:
                     findings.append(f"{label} builds {used or 'the default Dockerfile'}, not IMAGE_FILE {makefile.image_file}")
                 if not context_ready:
                     findings.append(f"{label} builds before `make image-context` prepared the image inputs")
+        if image_builds[file.name]:
+            for paths in filters:
+                for needed in (*IMAGE_INPUTS, str(where)):
+                    if not any(fnmatch.fnmatch(needed, p) for p in paths if not p.startswith("!")):
+                        findings.append(f"{where}: builds an image but its paths filter misses {needed}")
     for required in ("release.yml", "e2e.yml"):
         if required in image_builds and image_builds[required] == 0:
             findings.append(f".github/workflows/{required} builds no image from IMAGE_FILE")

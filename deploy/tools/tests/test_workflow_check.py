@@ -82,3 +82,18 @@ def test_a_path_filter_matching_nothing_fails(repo: Path):
     edit(repo / ".github/workflows/e2e.yml", '"helm/**"', '"charts/**"')
     findings = workflow_check.check(repo)
     assert any("paths 'charts/**' matches no file" in f for f in findings), findings
+
+
+def test_an_image_run_by_tag_fails(repo: Path):
+    text = (repo / ".github/workflows/e2e.yml").read_text()
+    pinned = next(w for w in text.split() if w.startswith("--image=postgres"))
+    edit(repo / ".github/workflows/e2e.yml", pinned, "--image=postgres:16")
+    findings = workflow_check.check(repo)
+    assert any("runs image postgres:16 by a tag, not a digest" in f for f in findings), findings
+
+
+@pytest.mark.parametrize("needed", ["Makefile", ".dockerignore", "Cargo.toml", ".github/workflows/e2e.yml"])
+def test_an_image_workflow_whose_paths_miss_a_build_input_fails(repo: Path, needed: str):
+    edit(repo / ".github/workflows/e2e.yml", f', "{needed}"', "")
+    findings = workflow_check.check(repo)
+    assert any(f"paths filter misses {needed}" in f for f in findings), findings
