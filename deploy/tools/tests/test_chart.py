@@ -607,6 +607,41 @@ def test_alert_rules_are_scoped_to_the_release(render):
     assert {r["alert"] for r in rules} >= {"ShipshapeNoReadyReplicas", "ShipshapeRestarting", "ShipshapeHighErrorRatio"}
 
 
+def test_alerts_take_extra_labels_thresholds_and_link_their_runbook(render):
+    def rules(*layers):
+        return render(INLINE, {"prometheusRule": {"enabled": True}}, *layers).one("PrometheusRule")["spec"]["groups"][0]["rules"]
+    # By default every alert links its section of the runbook beside the chart's home.
+    home = yaml.safe_load((CHART / "Chart.yaml").read_text())["home"]
+    for rule in rules():
+        assert rule["annotations"]["runbook_url"] == f"{home}/blob/main/docs/runbook.md#{rule['alert'].lower()}", rule
+    tuned = rules({"prometheusRule": {"additionalLabels": {"team": "orders", "severity": "page"},
+                                      "runbookUrl": "https://runbooks.example/orders",
+                                      "thresholds": {"errorRatio": 0.02}}})
+    for rule in tuned:
+        # Extra labels route the alerts; an alert's own severity is kept.
+        assert rule["labels"]["team"] == "orders" and rule["labels"]["severity"] in ("warning", "critical"), rule
+        assert rule["annotations"]["runbook_url"] == f"https://runbooks.example/orders#{rule['alert'].lower()}"
+    errors = next(r for r in tuned if r["alert"] == "ShipshapeHighErrorRatio")
+    assert "> 0.02" in errors["expr"] and "2 %" in errors["annotations"]["summary"], errors
+
+
+def test_the_runbook_has_a_section_per_alert():
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    alerts = [r["alert"] for g in yaml.safe_load((CHART / "files/alerts.yaml").read_text())["groups"] for r in g["rules"]]
+    missing = [a for a in alerts if f"\n## {a}\n" not in runbook]
+    assert not missing, missing
+
+
+def test_monitoring_without_selector_labels_is_called_out_after_install(tmp_path):
+    note = "kube-prometheus-stack selects"
+    on = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+    text = notes(merge(INLINE, on), tmp_path)
+    assert note in text and "serviceMonitor.labels" in text and "prometheusRule.labels" in text, text
+    labelled = {"serviceMonitor": {"labels": {"release": "kps"}}, "prometheusRule": {"labels": {"release": "kps"}}}
+    assert note not in notes(merge(INLINE, on, labelled), tmp_path)
+    assert note not in notes(INLINE, tmp_path)
+
+
 # Refusals kept from before ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("values, messages", [
