@@ -327,9 +327,7 @@ def test_hpa_has_a_scale_down_window_and_the_deployment_keeps_a_replica_count(re
     out = render(INLINE, {"autoscaling": {"enabled": True, "maxReplicas": 4}, "database": {"maxConnections": 150}})
     hpa = out.one("HorizontalPodAutoscaler")
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 4)
-    # Never dropped: a Deployment without `replicas` is reset to 1 when the HPA is switched on.
-    assert out.one("Deployment")["spec"]["replicas"] == 3
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
 
 
 def test_inverted_autoscaling_bounds_are_refused(refused):
@@ -343,7 +341,8 @@ def test_the_connection_guard_counts_every_pod_of_a_rollout(refused, render):
     # Defaults: (3 + 1 + 1) x 16 + 2 = 82, within the default 97 (a stock server).
     render(INLINE, {"database": {"maxConnections": 82}})
     message = refused(INLINE, {"database": {"maxConnections": 81}})
-    assert ("(replicaCount 3 + strategy.maxSurge 1 + 1 draining) = 5 pods x app.database.maxConnections 16"
+    assert ("(replicaCount 3 + strategy.maxSurge 1 + 1 draining: an old pod drains for app.shutdown.drainDelaySeconds 5 s"
+            " + 1 s, the next one stops after minReadySeconds 10 s) = 5 pods x app.database.maxConnections 16"
             " + database.reservedConnections 2 = 82 exceeds database.maxConnections (81)") in message, message
     assert "Lower app.database.maxConnections" in message and "max_connections" in message, message
     # Each term counts: the surge, the connections of a pod, the reserved ones.
@@ -364,10 +363,11 @@ def test_with_the_hpa_the_guard_counts_max_replicas(refused, render):
     hpa = {"autoscaling": {"enabled": True, "maxReplicas": 5}, "replicaCount": 10}
     render(INLINE, hpa, {"database": {"maxConnections": 114}})
     message = refused(INLINE, hpa, {"database": {"maxConnections": 113}})
-    assert ("(autoscaling.maxReplicas 5 + strategy.maxSurge 1 + 1 draining) = 7 pods x app.database.maxConnections 16"
+    assert ("(autoscaling.maxReplicas 5 + strategy.maxSurge 1 + 1 draining:") in message, message
+    assert ("= 7 pods x app.database.maxConnections 16"
             " + database.reservedConnections 2 = 114 exceeds database.maxConnections (113)") in message, message
-    # The default maxReplicas (10) does not fit a stock server: (10 + 1 + 1) x 16 + 2 = 194.
-    assert "= 194 exceeds database.maxConnections (97)" in refused(INLINE, {"autoscaling": {"enabled": True}})
+    # 10 replicas do not fit a stock server: (10 + 1 + 1) x 16 + 2 = 194.
+    assert "= 194 exceeds database.maxConnections (97)" in refused(INLINE, {"autoscaling": {"enabled": True, "maxReplicas": 10}})
 
 
 def test_the_guard_counts_the_migration_job(refused, render):
@@ -640,6 +640,59 @@ def test_monitoring_without_selector_labels_is_called_out_after_install(tmp_path
     labelled = {"serviceMonitor": {"labels": {"release": "kps"}}, "prometheusRule": {"labels": {"release": "kps"}}}
     assert note not in notes(merge(INLINE, on, labelled), tmp_path)
     assert note not in notes(INLINE, tmp_path)
+
+
+# Parent charts, GitOps and rollout arithmetic ------------------------------------------------
+
+def test_secret_names_are_templates_a_parent_chart_can_fill(render):
+    named = {"database": {"existingSecret": "{{ .Release.Name }}-db", "existingSecretKey": "url",
+                          "tls": {"caBundle": {"secretName": "{{ .Release.Name }}-db-ca"}}}}
+    out = render(EXISTING, named)
+    assert out.env("APP__DATABASE__URL")["valueFrom"]["secretKeyRef"]["name"] == f"{RELEASE}-db"
+    volume = next(v for v in out.pod["spec"]["volumes"] if v["name"] == "database-ca")
+    assert volume["secret"]["secretName"] == f"{RELEASE}-db-ca"
+
+
+def test_with_the_hpa_on_the_replica_count_is_left_to_it(render):
+    # `helm template` (Argo CD, Flux's post-renderers) has no live object to look up: a count
+    # here would reset the HPA's on every sync.
+    deployment = render(INLINE, {"autoscaling": {"enabled": True}}).one("Deployment")
+    assert "replicas" not in deployment["spec"], deployment["spec"]
+    assert render(INLINE).one("Deployment")["spec"]["replicas"] == VALUES["replicaCount"]
+
+
+def test_the_hpa_with_its_default_range_fits_the_connection_guard(render):
+    hpa = render(INLINE, {"autoscaling": {"enabled": True}}).one("HorizontalPodAutoscaler")
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"], hpa["spec"]
+
+
+def test_a_rollout_that_could_never_progress_is_refused(refused):
+    message = refused(INLINE, {"strategy": {"maxSurge": 0, "maxUnavailable": 0}})
+    assert "strategy: maxSurge and maxUnavailable are both 0" in message, message
+    message = refused(INLINE, {"strategy": {"maxSurge": "0%", "maxUnavailable": "10%"}})
+    assert "strategy: maxSurge and maxUnavailable are both 0" in message, message
+
+
+def test_percentages_are_accepted_and_counted_as_kubernetes_rounds_them(render, refused):
+    out = render(INLINE, {"strategy": {"maxSurge": "25%", "maxUnavailable": 0}})
+    assert out.one("Deployment")["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": 0}
+    # 34 % of 3 replicas rounds up to 2 surge pods: (3 + 2 + 1) x 16 + 2 = 98 > 97.
+    message = refused(INLINE, {"strategy": {"maxSurge": "34%", "maxUnavailable": 0}})
+    assert "strategy.maxSurge 34% = 2" in message, message
+    assert "strategy" in refused(INLINE, {"strategy": {"maxSurge": "a quarter", "maxUnavailable": 0}})
+
+
+def test_the_documented_minimum_of_the_hpa_is_enforced(refused):
+    assert "minReplicas" in refused(INLINE, {"autoscaling": {"enabled": True, "minReplicas": 1}})
+
+
+def test_a_drain_longer_than_min_ready_counts_every_pod_that_may_drain_at_once(render, refused):
+    # A cloud load balancer's drain (30 s) outlasts minReadySeconds: old pods drain side by side.
+    long_drain = {"app": {"shutdown": {"drainDelaySeconds": 30}}}
+    message = refused(INLINE, long_drain)
+    assert "draining" in message and "minReadySeconds" in message, message
+    # The documented values for such load balancers fit again.
+    render(INLINE, long_drain, {"minReadySeconds": 32})
 
 
 # Refusals kept from before ---------------------------------------------------------------------

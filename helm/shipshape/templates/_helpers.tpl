@@ -116,7 +116,7 @@ Usage: include "shipshape.urlRef" (dict "context" $ "values" .Values.database "n
 */}}
 {{- define "shipshape.urlRef" -}}
 {{- if .values.existingSecret }}
-name: {{ .values.existingSecret }}
+name: {{ tpl .values.existingSecret .context }}
 key: {{ .values.existingSecretKey | default .key }}
 {{- else if .values.url }}
 name: {{ include "shipshape.urlSecretName" .context }}
@@ -208,10 +208,10 @@ APP__HEALTH__{{ upper $check }}__CRITICAL: {{ $tuning.critical | quote }}
 - name: {{ $dependency }}-ca
   {{- if $ca.secretName }}
   secret:
-    secretName: {{ $ca.secretName }}
+    secretName: {{ tpl $ca.secretName $ }}
   {{- else }}
   configMap:
-    name: {{ $ca.configMapName }}
+    name: {{ tpl $ca.configMapName $ }}
   {{- end }}
     items:
       - key: {{ $ca.key }}
@@ -345,13 +345,35 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- end }}
 {{- end }}
 {{- /* PostgreSQL connections at the peak of a rollout: the replicas (the HPA's maximum when it is
-     on), the surge pods, and the old pod that still holds its connections while it drains; each
+     on), the surge pods, and the old pods that still hold their connections while they drain; each
      holds up to app.database.maxConnections (requests, background work and the check: the app
      derives the split). Plus what connects from outside the pods (a migration run, a psql). */}}
 {{- $hpa := .Values.autoscaling.enabled }}
 {{- $replicas := ternary .Values.autoscaling.maxReplicas .Values.replicaCount $hpa | int }}
-{{- $surge := .Values.strategy.maxSurge | int }}
-{{- $pods := add $replicas $surge 1 | int }}
+{{- /* As the Deployment controller resolves them: a percentage of the replicas, maxSurge
+     rounded up, maxUnavailable down. */}}
+{{- $surgeValue := .Values.strategy.maxSurge }}
+{{- $surge := $surgeValue | int }}
+{{- $surgeLabel := printf "%d" $surge }}
+{{- if kindIs "string" $surgeValue }}
+{{- $surge = ceil (divf (mulf (trimSuffix "%" $surgeValue | float64) $replicas) 100) | int }}
+{{- $surgeLabel = printf "%s = %d" $surgeValue $surge }}
+{{- end }}
+{{- $unavailableValue := .Values.strategy.maxUnavailable }}
+{{- $unavailable := $unavailableValue | int }}
+{{- if kindIs "string" $unavailableValue }}
+{{- $unavailable = floor (divf (mulf (trimSuffix "%" $unavailableValue | float64) $replicas) 100) | int }}
+{{- end }}
+{{- if and (eq $surge 0) (eq $unavailable 0) }}
+{{- fail (printf "strategy: maxSurge and maxUnavailable are both 0 for %d replicas (%v and %v): a rollout could never replace a pod. Set maxSurge to 1 (or more)." $replicas $surgeValue $unavailableValue) }}
+{{- end }}
+{{- /* An old pod holds its connections while it drains (drainDelaySeconds, then about a second
+     to stop); the next old pod is stopped once a new one has been ready for minReadySeconds.
+     A drain longer than that has several old pods draining at once. */}}
+{{- $drain := .Values.app.shutdown.drainDelaySeconds | int }}
+{{- $minReady := .Values.minReadySeconds | int }}
+{{- $draining := min $replicas (max 1 (ceil (divf (add $drain 1) (max $minReady 1)))) | int }}
+{{- $pods := add $replicas $surge $draining | int }}
 {{- $perPod := .Values.app.database.maxConnections | int }}
 {{- $reserved := .Values.database.reservedConnections | int }}
 {{- /* The migration Job's one connection: a pre-upgrade hook runs beside the old pods. */}}
@@ -359,6 +381,6 @@ timeoutSeconds; the kubelet must not SIGKILL before both are over.
 {{- $peak := add (mul $pods $perPod) $reserved $job | int }}
 {{- $allowed := .Values.database.maxConnections | int }}
 {{- if gt $peak $allowed }}
-{{- fail (printf "PostgreSQL connections: (%s %d + strategy.maxSurge %d + 1 draining) = %d pods x app.database.maxConnections %d + database.reservedConnections %d%s = %d exceeds database.maxConnections (%d), the connections the server allows this service. Lower app.database.maxConnections, %s or strategy.maxSurge, or raise max_connections on the server and database.maxConnections here (or put PgBouncer in front: docs/deploy.md)." (ternary "autoscaling.maxReplicas" "replicaCount" $hpa) $replicas $surge $pods $perPod $reserved (ternary " + 1 migration Job" "" (eq $job 1)) $peak $allowed (ternary "autoscaling.maxReplicas" "replicaCount" $hpa)) }}
+{{- fail (printf "PostgreSQL connections: (%s %d + strategy.maxSurge %s + %d draining: an old pod drains for app.shutdown.drainDelaySeconds %d s + 1 s, the next one stops after minReadySeconds %d s) = %d pods x app.database.maxConnections %d + database.reservedConnections %d%s = %d exceeds database.maxConnections (%d), the connections the server allows this service. Lower app.database.maxConnections, %s or strategy.maxSurge, raise minReadySeconds above the drain, or raise max_connections on the server and database.maxConnections here (or put PgBouncer in front: docs/deploy.md)." (ternary "autoscaling.maxReplicas" "replicaCount" $hpa) $replicas $surgeLabel $draining $drain $minReady $pods $perPod $reserved (ternary " + 1 migration Job" "" (eq $job 1)) $peak $allowed (ternary "autoscaling.maxReplicas" "replicaCount" $hpa)) }}
 {{- end }}
 {{- end }}
