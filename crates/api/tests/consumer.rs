@@ -110,6 +110,41 @@ fn a_database_read_only_for_a_few_seconds_dead_letters_nothing() {
 }
 
 #[test]
+fn an_event_too_slow_for_the_query_timeout_is_dead_lettered_not_held_forever() {
+    // A database that is up (its check passes) but one event whose work never fits the query
+    // timeout: that is the event's fault, not an outage to wait out.
+    let shared = Shared::new("slowevent");
+    let service = spawn(&shared.env_with(
+        &shared.database_url(),
+        &[("APP__DATABASE__QUERY_TIMEOUT", "1s")],
+    ));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    psql_in(
+        &shared.name,
+        "CREATE FUNCTION slow_event() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.event_type = 'item.slow' THEN PERFORM pg_sleep(3); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow_event BEFORE INSERT OR UPDATE ON event_counts \
+         FOR EACH ROW EXECUTE FUNCTION slow_event()",
+    );
+    for kind in ["item.slow", "item.created"] {
+        testkit::amqp::publish(
+            &shared.rabbitmq_url(),
+            "shipshape.events",
+            "item.created",
+            &event(kind),
+        );
+    }
+    testkit::wait_until(
+        "the slow event dead-lettered and the next one processed",
+        Duration::from_secs(90),
+        || {
+            testkit::amqp::queue_depth(&shared.rabbitmq_url(), DLQ) == 1
+                && psql_in(&shared.name, "SELECT count(*) FROM processed_events") == "1"
+        },
+    );
+}
+
+#[test]
 fn a_message_that_keeps_failing_is_dead_lettered_after_its_attempts() {
     let shared = Shared::new("poison");
     let service = spawn(&shared.env());

@@ -83,6 +83,10 @@ pub struct Consumer {
     pub link: BrokerLink,
     pub queue: String,
     pub tag: String,
+    /// How long work may keep failing as "unavailable" while the `postgres` check passes before
+    /// it counts as an attempt: the database is up, so the events are at fault (their work never
+    /// fits the query timeout, a lock they wait for is never granted).
+    pub hold_limit: Duration,
 }
 
 impl Consumer {
@@ -277,6 +281,8 @@ impl Consumer {
                 _ = database.until_not_failing() => {}
             }
         }
+        // Since when the work has failed while the check passed.
+        let mut check_passing_since: Option<tokio::time::Instant> = None;
         loop {
             match process(&self.db, &events).await {
                 Err(ProcessError::Unavailable(reason)) => {
@@ -287,6 +293,15 @@ impl Consumer {
                     // The check may not have noticed yet: retry with backoff; once it fails,
                     // wait for it to pass instead of polling the database.
                     let failing = database.status() == Status::Fail;
+                    if failing {
+                        check_passing_since = None;
+                    } else if check_passing_since
+                        .get_or_insert_with(tokio::time::Instant::now)
+                        .elapsed()
+                        >= self.hold_limit
+                    {
+                        return Some(Err(ProcessError::Rejected(reason)));
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => return None,
                         _ = tokio::time::sleep(backoff), if !failing => {}
