@@ -285,9 +285,11 @@ fn walk(service: &Service, limit: usize) -> (Vec<String>, Vec<usize>) {
 fn pages_of_large_items_are_bounded_in_bytes_and_still_return_every_item() {
     let shared = Shared::new("bigpages");
     let service = ready(&shared, &[]);
-    let note = "n".repeat(60_000);
+    // Plain text, and control characters that JSON writes as six bytes each (\u0001).
+    let (plain, escaped) = ("n".repeat(60_000), "\u{1}".repeat(10_000));
     let created: Vec<String> = (0..30)
         .map(|i| {
+            let note = if i % 2 == 0 { &plain } else { &escaped };
             let response = post(
                 &service,
                 &json!({"name": format!("big {i}"), "note": note}),

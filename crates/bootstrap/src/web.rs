@@ -84,7 +84,7 @@ impl RootSpanBuilder for RequestSpan {
             http.route = %route,
             http.flavor = http_flavor(request.version()),
             http.scheme = %request.connection_info().scheme(),
-            http.host = %request.connection_info().host(),
+            http.host = logged_path(request.connection_info().host()),
             http.client_ip = client_ip(request).map(tracing::field::display),
             http.user_agent = %request
                 .headers()
@@ -147,6 +147,8 @@ impl TrustedProxies {
     }
 
     fn trusts(&self, address: IpAddr) -> bool {
+        // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+        let address = address.to_canonical();
         self.0.iter().any(|network| network.contains(&address))
     }
 
@@ -183,7 +185,8 @@ fn client_ip(request: &ServiceRequest) -> Option<IpAddr> {
     }
 }
 
-/// A request path as telemetry records it: its first 256 bytes (a client can send kilobytes).
+/// A request path (or host) as telemetry records it: its first 256 bytes (a client can send
+/// kilobytes).
 fn logged_path(path: &str) -> &str {
     &path[..path.floor_char_boundary(256)]
 }
@@ -699,6 +702,16 @@ mod tests {
         );
         // A trusted peer with no header: the peer.
         assert_eq!(client(&["10.0.0.0/8"], &[]), Some("10.1.2.3".into()));
+        // An IPv4 peer seen through a dual-stack listener is the same peer.
+        let mapped = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let request = test::TestRequest::get()
+            .peer_addr("[::ffff:10.1.2.3]:4567".parse().unwrap())
+            .insert_header(("X-Forwarded-For", "203.0.113.9"))
+            .to_srv_request();
+        assert_eq!(
+            mapped.client_ip(&request),
+            Some("203.0.113.9".parse().unwrap())
+        );
     }
 
     /// A real server on a loopback port whose one route answers `size` bytes, with the API's

@@ -43,7 +43,7 @@ pub async fn find(
 }
 
 /// Up to `limit` items after `cursor`, in creation order (UUIDv7 ids sort by time), cut once
-/// their text passes `budget` bytes (the row that crosses it included, so a page is never
+/// their text as JSON writes it (escapes included) passes `budget` bytes (the row that crosses it included, so a page is never
 /// empty); and whether more rows of the `limit` were left out.
 pub async fn page(
     db: &impl GenericClient,
@@ -55,12 +55,14 @@ pub async fn page(
         .prepare_cached(
             "SELECT id, name, note, created_at, fetched FROM ( \
                  SELECT *, count(*) OVER () AS fetched, \
-                        sum(octet_length(name) + coalesce(octet_length(note), 0)) \
+                        sum(octet_length(to_json(name)::text) \
+                            + coalesce(octet_length(to_json(note)::text), 0)) \
                             OVER (ORDER BY id) AS through \
                  FROM (SELECT id, name, note, created_at FROM items \
                        WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2) AS rows \
              ) AS sized \
-             WHERE through - octet_length(name) - coalesce(octet_length(note), 0) < $3 \
+             WHERE through - octet_length(to_json(name)::text) \
+                   - coalesce(octet_length(to_json(note)::text), 0) < $3 \
              ORDER BY id",
         )
         .await?;

@@ -73,8 +73,10 @@ impl NewItem {
                 reason: format!("must be 1 to {NAME_MAX} characters, got {length}"),
             });
         }
-        // A name a person cannot see is a mistake, not a name: spaces (Z*), and controls and
-        // format characters (Cc, Cf: zero-width spaces and joiners, byte-order marks, soft hyphens).
+        // A name a person cannot see is a mistake, not a name: spaces (Z*), controls and format
+        // characters (Cc, Cf: zero-width spaces and joiners, byte-order marks, soft hyphens),
+        // marks with no base to sit on (Mn, Me: variation selectors, U+034F), unassigned code
+        // points, and the Hangul and braille fillers.
         if !self.name.chars().any(is_visible) {
             return Err(Invalid {
                 field: "name",
@@ -96,9 +98,20 @@ impl NewItem {
 
 fn is_visible(c: char) -> bool {
     use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    // Fillers that are letters or symbols by category but draw nothing.
     !matches!(
+        c,
+        '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
+    ) && !matches!(
         c.general_category(),
-        G::SpaceSeparator | G::LineSeparator | G::ParagraphSeparator | G::Control | G::Format
+        G::SpaceSeparator
+            | G::LineSeparator
+            | G::ParagraphSeparator
+            | G::Control
+            | G::Format
+            | G::NonspacingMark
+            | G::EnclosingMark
+            | G::Unassigned
     )
 }
 
@@ -180,10 +193,13 @@ mod tests {
             "\u{FEFF}\u{200D}",
             "\u{00AD}\u{2060}",
             "\u{3000}",
+            "\u{3164}\u{115F}\u{1160}\u{FFA0}",
+            "\u{2800}",
+            "\u{FE0F}\u{034F}\u{0301}",
         ] {
             assert!(named(invisible).validate().is_err(), "{invisible:?}");
         }
-        for visible in ["a", "\u{200B}a", "日本", "🦀"] {
+        for visible in ["a", "\u{200B}a", "日本", "🦀", "e\u{0301}", "\u{E000}"] {
             assert!(named(visible).validate().is_ok(), "{visible:?}");
         }
     }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 /// Default and largest page size.
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
-/// Text bytes after which a page ends early: 100 items with 60 KB notes would be a 6 MB
+/// Bytes of text (as JSON writes it) after which a page ends early: 100 items with 60 KB notes would be a 6 MB
 /// response held in memory per slow client (docs/api.md).
 const PAGE_BYTES: i64 = 256 * 1024;
 
