@@ -22,9 +22,10 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
     // Inside the descriptors kept from the API (bootstrap::limits::RESERVED_FILES): a flood of
     // this port cannot take the file limit, and with it the API and the dependencies.
     .max_connections((MANAGEMENT_CONNECTIONS / workers).max(1))
-    // The kubelet and Prometheus send their request with the connection: an idle one is cut
-    // quickly, so a flood of them frees its slots for the probes within seconds.
-    .client_request_timeout(Duration::from_secs(1))
+    // The kubelet and Prometheus send their request with the connection: one that sends
+    // nothing is cut within half a second, so a flood of them frees its slots for the probes
+    // within seconds.
+    .client_request_timeout(Duration::from_millis(500))
     .disable_signals()
     .shutdown_timeout(1)
     .bind((settings.server.host, settings.management.port))
