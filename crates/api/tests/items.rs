@@ -251,6 +251,15 @@ fn twenty_parallel_posts_with_one_key_create_one_item() {
     );
 }
 
+/// The id of an item answered 201.
+fn created_id(response: Response) -> String {
+    assert_eq!(response.status().as_u16(), 201);
+    response.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Every page from the first to the last, `limit` items at most each: the ids in the order
 /// returned, and each page's size in bytes.
 fn walk(service: &Service, limit: usize) -> (Vec<String>, Vec<usize>) {
@@ -295,11 +304,7 @@ fn pages_of_large_items_are_bounded_in_bytes_and_still_return_every_item() {
                 &json!({"name": format!("big {i}"), "note": note}),
                 None,
             );
-            assert_eq!(response.status().as_u16(), 201);
-            response.json::<Value>().unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            created_id(response)
         })
         .collect();
     // 30 items of 60 KB fit the row limit of one page, not its byte budget.
@@ -352,11 +357,7 @@ fn a_page_walk_during_inserts_returns_every_earlier_item_once() {
     let earlier: Vec<String> = (0..60)
         .map(|i| {
             let response = post(&service, &json!({"name": format!("earlier {i}")}), None);
-            assert_eq!(response.status().as_u16(), 201);
-            response.json::<Value>().unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            created_id(response)
         })
         .collect();
     let walking = std::sync::atomic::AtomicBool::new(true);

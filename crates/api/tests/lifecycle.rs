@@ -180,16 +180,7 @@ fn a_request_in_flight_at_sigterm_completes() {
                 .map(|r| r.status().as_u16())
         });
         // Wait until the request is inside the service, blocked on the lock.
-        testkit::wait_until(
-            "the request to wait on the lock",
-            Duration::from_secs(10),
-            || {
-                psql(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
-                    shared.name
-                )) != "0"
-            },
-        );
+        wait_for_a_request_on_a_lock(&shared);
         service.signal(Signal::SIGTERM);
         service.wait_for("/readyz", 503, Duration::from_millis(500));
         assert_eq!(
@@ -221,16 +212,7 @@ fn a_request_slower_than_the_shutdown_leaves_the_background_work_its_time() {
                 .timeout(Duration::from_secs(20))
                 .send();
         });
-        testkit::wait_until(
-            "the request to wait on the lock",
-            Duration::from_secs(10),
-            || {
-                psql(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
-                    shared.name
-                )) != "0"
-            },
-        );
+        wait_for_a_request_on_a_lock(&shared);
         service.signal(Signal::SIGTERM);
         service.wait_exit(Duration::from_secs(15));
     });
@@ -296,4 +278,18 @@ fn a_saturated_pool_does_not_flip_readiness_and_shows_in_the_gauges() {
         }
     });
     lock.join().unwrap();
+}
+
+/// Until a session of `shared`'s database waits on a lock (the blocked request is inside).
+fn wait_for_a_request_on_a_lock(shared: &Shared) {
+    testkit::wait_until(
+        "the request to wait on the lock",
+        Duration::from_secs(10),
+        || {
+            psql(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+                shared.name
+            )) != "0"
+        },
+    );
 }
