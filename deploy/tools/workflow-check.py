@@ -11,7 +11,10 @@ Checks, for every file in .github/workflows:
 - `make image-check` builds through `make image`, so the image checked here is the one shipped;
 - a workflow that builds an image on path-filtered events runs when the image's inputs outside
   crates/ and deploy/ (Makefile, .dockerignore, Cargo.toml, Cargo.lock) or the workflow change;
-- every container image a job or a step runs is pinned by digest.
+- every container image a job or a step runs is pinned by digest;
+- release.yml publishes only what passed ci.yml and e2e.yml (called as reusable workflows, some
+  workflow running `make image-check`), for linux/amd64 and linux/arm64, from a binary built with
+  cargo auditable.
 
 Usage: workflow-check.py [--root DIR]; exit 1 with one line per finding.
 """
@@ -114,6 +117,7 @@ def check(root: Path) -> list[str]:
     if not workflow_files:
         findings.append(".github/workflows: no workflow files")
     image_builds: dict[str, int] = {}
+    image_check_runs = 0
     for file in workflow_files:
         where = file.relative_to(root)
         workflow = yaml.safe_load(file.read_text()) or {}
@@ -147,6 +151,8 @@ def check(root: Path) -> list[str]:
                         if not matches(root, pattern):
                             findings.append(f"{label}: hashFiles('{pattern}') matches no file")
             for target in make_targets(script):
+                if target == "image-check":
+                    image_check_runs += 1
                 if not makefile.has(target):
                     findings.append(f"{label} runs `make {target}`, which the Makefile does not have")
                 if target == "image-context":
@@ -171,11 +177,67 @@ def check(root: Path) -> list[str]:
                 for needed in (*IMAGE_INPUTS, str(where)):
                     if not any(fnmatch.fnmatch(needed, p) for p in paths if not p.startswith("!")):
                         findings.append(f"{where}: builds an image but its paths filter misses {needed}")
+    findings += release_gates(root, image_check_runs)
     for required in ("release.yml", "e2e.yml"):
         if required in image_builds and image_builds[required] == 0:
             findings.append(f".github/workflows/{required} builds no image from IMAGE_FILE")
         if required not in image_builds:
             findings.append(f".github/workflows/{required} is missing")
+    return findings
+
+
+PUBLISHES_RE = re.compile(r"imagetools\s+create|helm\s+push|cosign\s+sign")
+
+
+def release_gates(root: Path, image_check_runs: int) -> list[str]:
+    """What a release may publish: only what the tests passed (ci.yml and e2e.yml called as
+    reusable workflows, `make image-check` in some workflow), for linux/amd64 and linux/arm64,
+    with the binary's crate list embedded (cargo auditable) for the SBOM."""
+    findings = []
+    if not image_check_runs:
+        findings.append(".github/workflows: no workflow runs `make image-check`")
+    path = root / ".github/workflows/release.yml"
+    if not path.exists():
+        return findings
+    jobs = (yaml.safe_load(path.read_text()) or {}).get("jobs") or {}
+
+    def needs(name: str, seen: set[str]) -> set[str]:
+        direct = jobs.get(name, {}).get("needs") or []
+        for parent in [direct] if isinstance(direct, str) else direct:
+            if parent not in seen:
+                seen.add(parent)
+                needs(parent, seen)
+        return seen
+
+    def called(workflow: str) -> set[str]:
+        return {n for n, j in jobs.items() if str(j.get("uses", "")) == f"./.github/workflows/{workflow}"}
+
+    platforms: set[str] = set()
+    for name, job in jobs.items():
+        matrix = ((job.get("strategy") or {}).get("matrix") or {}).get("include") or []
+        publishes = False
+        for step in job.get("steps") or []:
+            inputs = step.get("with") or {}
+            if str(step.get("uses", "")).startswith(BUILD_PUSH_ACTION + "@"):
+                publishes = True
+                value = str(inputs.get("platforms", ""))
+                if "matrix.platform" in value:
+                    platforms |= {str(m.get("platform")) for m in matrix}
+                else:
+                    platforms |= {p.strip() for p in value.split(",") if p.strip()}
+            if PUBLISHES_RE.search(step.get("run", "") or ""):
+                publishes = True
+            if "image-context" in make_targets(step.get("run", "") or ""):
+                if (step.get("env") or {}).get("AUDITABLE") != "required":
+                    findings.append(f"release.yml: jobs.{name} builds the binary without AUDITABLE: required (cargo auditable: the SBOM lists its crates)")
+        if publishes:
+            ancestors = needs(name, set())
+            for workflow in ("ci.yml", "e2e.yml"):
+                if not called(workflow) & ancestors:
+                    findings.append(f"release.yml: jobs.{name} publishes without passing {workflow}")
+    for platform in ("linux/amd64", "linux/arm64"):
+        if platform not in platforms:
+            findings.append(f"release.yml builds no image for {platform}")
     return findings
 
 

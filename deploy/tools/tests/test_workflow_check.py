@@ -97,3 +97,31 @@ def test_an_image_workflow_whose_paths_miss_a_build_input_fails(repo: Path, need
     edit(repo / ".github/workflows/e2e.yml", f', "{needed}"', "")
     findings = workflow_check.check(repo)
     assert any(f"paths filter misses {needed}" in f for f in findings), findings
+
+
+def test_a_release_that_publishes_without_the_tests_fails(repo: Path):
+    release = repo / ".github/workflows/release.yml"
+    text = release.read_text()
+    assert "needs: [ci, e2e]" in text, "the release's image job needs ci and e2e"
+    edit(release, "needs: [ci, e2e]", "needs: [ci]")
+    findings = workflow_check.check(repo)
+    assert any("publishes without passing e2e.yml" in f for f in findings), findings
+
+
+def test_image_check_must_run_in_a_workflow(repo: Path):
+    ci = repo / ".github/workflows/ci.yml"
+    edit(ci, "make image-check", "make image")
+    findings = workflow_check.check(repo)
+    assert any("no workflow runs `make image-check`" in f for f in findings), findings
+
+
+def test_a_release_for_one_architecture_fails(repo: Path):
+    edit(repo / ".github/workflows/release.yml", "platform: linux/arm64", "platform: linux/amd64")
+    findings = workflow_check.check(repo)
+    assert any("release.yml builds no image for linux/arm64" in f for f in findings), findings
+
+
+def test_a_release_binary_without_its_crate_list_fails(repo: Path):
+    edit(repo / ".github/workflows/release.yml", "AUDITABLE: required", "AUDITABLE: optional")
+    findings = workflow_check.check(repo)
+    assert any("cargo auditable" in f for f in findings), findings
