@@ -701,6 +701,8 @@ def test_a_drain_longer_than_min_ready_counts_every_pod_that_may_drain_at_once(r
     ({"terminationGracePeriodSeconds": 10}, ["below the shutdown budget"]),
     ({"probes": {"startup": {"failureThreshold": 5}}}, ["shorter than app.startup.deadlineSeconds"]),
     ({"replicaCount": "abc"}, ["replicaCount"]),
+    # The documented minimum: one pod cannot roll or be drained without downtime.
+    ({"replicaCount": 1}, ["replicaCount"]),
     ({"databse": {"url": "postgres://x"}}, ["databse"]),
     # A check the app does not tune (it would exit 2 on the unknown variable).
     ({"app": {"health": {"redis": {"intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2, "critical": False}}}}, ["redis"]),
