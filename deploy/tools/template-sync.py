@@ -266,6 +266,9 @@ def placeholder(text, start, end):
     word = text[start:end]
     if word == NAME.upper():
         return "{{project-name | shouty_snake_case}}"
+    if word == NAME and text[end:end + 1].isalpha() and text[end:end + 1].islower():
+        # Run into a lower-case word: a Markdown anchor of an alert (`#shipshapetargetdown`).
+        return "{{project-name | pascal_case | downcase}}"
     if word[0].isupper():
         return "{{project-name | pascal_case}}"
     if text[max(0, start - 14):start] == "CARGO_BIN_EXE_":
