@@ -9,9 +9,10 @@
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Descriptors kept for everything but API connections, on top of the database pools:
-/// management connections (kubelet, Prometheus; the example caps them at 128), other dependencies, the health checks' own
-/// connections, runtimes (epoll, eventfd per worker), listeners, log and trace exporters.
-pub const RESERVED_FILES: u64 = 256;
+/// management connections (kubelet, Prometheus; the example caps them at 256), and 128 for other
+/// dependencies, the health checks' own connections, runtimes (epoll, eventfd per worker),
+/// listeners, log and trace exporters.
+pub const RESERVED_FILES: u64 = 384;
 
 /// The open-file limit of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ impl FileLimit {
     /// ```
     /// use bootstrap::limits::FileLimit;
     /// let limit = FileLimit { soft: 1024, hard: 1024 };
-    /// assert_eq!(limit.api_connections(18, 2), 750);
+    /// assert_eq!(limit.api_connections(18, 2), 622);
     /// assert_eq!(FileLimit { soft: 100, hard: 100 }.api_connections(18, 2), 2);
     /// ```
     pub fn api_connections(&self, pooled: u64, workers: usize) -> usize {

@@ -23,9 +23,10 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
     // this port cannot take the file limit, and with it the API and the dependencies.
     .max_connections((MANAGEMENT_CONNECTIONS / workers).max(1))
     // The kubelet and Prometheus send their request with the connection: one that sends
-    // nothing is cut within half a second, so a flood of them frees its slots for the probes
-    // within seconds.
-    .client_request_timeout(Duration::from_millis(500))
+    // nothing is cut after the probes' own timeout (the chart's timeoutSeconds, 1 s; shorter
+    // would fail probes of a briefly CPU-starved worker that the kubelet would have passed), so
+    // a flood of them frees its slots for the probes within seconds.
+    .client_request_timeout(Duration::from_secs(1))
     .disable_signals()
     .shutdown_timeout(1)
     .bind((settings.server.host, settings.management.port))
@@ -40,7 +41,7 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
 
 /// Open management connections, all its workers together: probes (one connection each) and
 /// scrapes need a few.
-const MANAGEMENT_CONNECTIONS: usize = 128;
+const MANAGEMENT_CONNECTIONS: usize = 256;
 
 /// Most API workers chosen by default: past a few, a replica's requests wait on its database
 /// connections, not on CPU; more replicas (or `APP__SERVER__WORKERS`) scale further.
