@@ -84,7 +84,7 @@ impl RootSpanBuilder for RequestSpan {
             http.route = %route,
             http.flavor = http_flavor(request.version()),
             http.scheme = %request.connection_info().scheme(),
-            http.host = logged_path(request.connection_info().host()),
+            http.host = clipped(request.connection_info().host()),
             http.client_ip = client_ip(request).map(tracing::field::display),
             http.user_agent = %request
                 .headers()
@@ -92,7 +92,7 @@ impl RootSpanBuilder for RequestSpan {
                 .and_then(|agent| agent.to_str().ok())
                 .unwrap_or(""),
             // The path only: the query may carry what does not belong in a trace or a log.
-            http.target = logged_path(request.path()),
+            http.target = clipped(request.path()),
             http.status_code = Empty,
             otel.name = %format_args!("{method} {route}"),
             otel.kind = "server",
@@ -185,10 +185,10 @@ fn client_ip(request: &ServiceRequest) -> Option<IpAddr> {
     }
 }
 
-/// A request path (or host) as telemetry records it: its first 256 bytes (a client can send
+/// A request's path or host as telemetry records it: its first 256 bytes (a client can send
 /// kilobytes).
-fn logged_path(path: &str) -> &str {
-    &path[..path.floor_char_boundary(256)]
+fn clipped(text: &str) -> &str {
+    &text[..text.floor_char_boundary(256)]
 }
 
 /// The HTTP version as OpenTelemetry's `http.flavor` spells it.
@@ -362,7 +362,7 @@ pub async fn observe(
     // The access line's path and client, copied only when the line is logged. The query is left
     // out: it may carry what does not belong in a log.
     let requested = tracing::enabled!(tracing::Level::INFO)
-        .then(|| (logged_path(req.path()).to_owned(), client_ip(&req)));
+        .then(|| (clipped(req.path()).to_owned(), client_ip(&req)));
     let outcome = next.call(req).await;
     // An error (a panic caught inside) is answered by actix further out: count it all the same.
     let status = match &outcome {

@@ -318,7 +318,8 @@ fn background_workers(
             link: parts.broker.link(),
             queue: settings.rabbitmq.queue.clone(),
             tag: format!("{}-{}-{n}", settings.service.name, std::process::id()),
-            // Longer than a failover takes to show in the check (failure threshold x interval).
+            // Six attempts' worth of the query timeout (30 s at the defaults): longer than a
+            // failover takes to show in the postgres check.
             hold_limit: settings.database.query_timeout * 6,
         };
         workers.spawn(consumer.run(stop.clone()));

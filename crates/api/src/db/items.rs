@@ -43,8 +43,8 @@ pub async fn find(
 }
 
 /// Up to `limit` items after `cursor`, in creation order (UUIDv7 ids sort by time), cut once
-/// their text as JSON writes it (escapes included) passes `budget` bytes (the row that crosses it included, so a page is never
-/// empty); and whether more rows of the `limit` were left out.
+/// their text as JSON writes it (escapes included) passes `budget` bytes (the row that crosses
+/// it included, so a page is never empty); and whether more rows of the `limit` were left out.
 pub async fn page(
     db: &impl GenericClient,
     after: Option<Uuid>,
@@ -54,15 +54,13 @@ pub async fn page(
     let statement = db
         .prepare_cached(
             "SELECT id, name, note, created_at, fetched FROM ( \
-                 SELECT *, count(*) OVER () AS fetched, \
-                        sum(octet_length(to_json(name)::text) \
-                            + coalesce(octet_length(to_json(note)::text), 0)) \
-                            OVER (ORDER BY id) AS through \
-                 FROM (SELECT id, name, note, created_at FROM items \
-                       WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2) AS rows \
+                 SELECT *, count(*) OVER () AS fetched, sum(bytes) OVER (ORDER BY id) AS through \
+                 FROM (SELECT id, name, note, created_at, \
+                              octet_length(to_json(name)::text) \
+                                + coalesce(octet_length(to_json(note)::text), 0) AS bytes \
+                       FROM items WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2) AS rows \
              ) AS sized \
-             WHERE through - octet_length(to_json(name)::text) \
-                   - coalesce(octet_length(to_json(note)::text), 0) < $3 \
+             WHERE through - bytes < $3 \
              ORDER BY id",
         )
         .await?;

@@ -212,12 +212,12 @@ impl Database {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::problem::ApiError;
 
-    /// A real error with SQLSTATE `code`, raised by the machine's PostgreSQL.
-    async fn raised(code: &str) -> tokio_postgres::Error {
+    /// A superuser session on the machine's PostgreSQL (127.0.0.1:5432, trust), for tests.
+    pub(crate) async fn admin() -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(
             "host=127.0.0.1 user=postgres dbname=postgres",
             tokio_postgres::NoTls,
@@ -226,6 +226,12 @@ mod tests {
         .unwrap();
         tokio::spawn(connection);
         client
+    }
+
+    /// A real error with SQLSTATE `code`, raised by the machine's PostgreSQL.
+    async fn raised(code: &str) -> tokio_postgres::Error {
+        admin()
+            .await
             .batch_execute(&format!(
                 "DO $$ BEGIN RAISE EXCEPTION 'raised for a test' USING ERRCODE = '{code}'; END $$"
             ))

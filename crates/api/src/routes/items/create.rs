@@ -158,13 +158,7 @@ mod tests {
 
     /// A database of its own on the machine's PostgreSQL, migrated.
     async fn database(name: &str) -> crate::db::Database {
-        let (admin, driver) = tokio_postgres::connect(
-            "host=127.0.0.1 user=postgres dbname=postgres",
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-        tokio::spawn(driver);
+        let admin = crate::db::tests::admin().await;
         let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
         admin.batch_execute(&drop).await.unwrap();
         let create = format!("CREATE DATABASE {name}");
