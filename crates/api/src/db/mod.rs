@@ -212,7 +212,10 @@ impl Database {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+pub(crate) use tests::admin as test_admin;
+
+#[cfg(test)]
+mod tests {
     use super::*;
     use crate::problem::ApiError;
 

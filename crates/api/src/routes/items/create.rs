@@ -158,7 +158,7 @@ mod tests {
 
     /// A database of its own on the machine's PostgreSQL, migrated.
     async fn database(name: &str) -> crate::db::Database {
-        let admin = crate::db::tests::admin().await;
+        let admin = crate::db::test_admin().await;
         let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
         admin.batch_execute(&drop).await.unwrap();
         let create = format!("CREATE DATABASE {name}");
