@@ -64,9 +64,9 @@ pub async fn run(
         // @rabbitmq-end
     ];
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(settings.prune_every) => {}
+        let pause = tokio::time::sleep(settings.prune_every);
+        if stop.run_until_cancelled(pause).await.is_none() {
+            return;
         }
         for table in &tables {
             match prune(&pool, table, &stop).await {

@@ -130,10 +130,9 @@ async fn supervise(
                 tracing::warn!(broker = %url, attempt = backoff.attempts() + 1, %error, "broker connection failed");
             }
         }
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        let pause = tokio::time::sleep(backoff.next_delay());
+        if stop.run_until_cancelled(pause).await.is_none() {
+            return;
         }
     }
 }

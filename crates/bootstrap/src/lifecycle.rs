@@ -45,9 +45,4 @@ impl Lifecycle {
     pub fn stopped(&self) {
         self.advance(LifecycleState::Stopped);
     }
-
-    /// The current state.
-    pub fn state(&self) -> LifecycleState {
-        self.health.lifecycle()
-    }
 }

@@ -74,12 +74,10 @@ impl Display for StartupPhase {
 
 /// A required phase did not finish before the startup deadline.
 #[derive(Debug, thiserror::Error)]
-#[error("startup deadline of {} exceeded in phase \"{phase}\"{} after {attempts} attempt(s): {last_error}", humantime::format_duration(*deadline), dependency.map(|d| format!(" waiting for {d}")).unwrap_or_default())]
+#[error("startup deadline of {} exceeded in phase \"{phase}\"{} after {attempts} attempt(s): {last_error}", humantime::format_duration(*deadline), phase.dependency().map(|d| format!(" waiting for {d}")).unwrap_or_default())]
 pub struct StartupError {
     /// The phase that did not finish.
     pub phase: StartupPhase,
-    /// The dependency it waited on.
-    pub dependency: Option<&'static str>,
     /// The deadline that passed.
     pub deadline: Duration,
     /// Attempts made.
@@ -175,7 +173,6 @@ impl Startup {
             if delay.is_zero() {
                 return Err(StartupError {
                     phase,
-                    dependency: phase.dependency(),
                     deadline: self.deadline,
                     attempts,
                     last_error,

@@ -29,18 +29,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The root span of an API request, for `TracingLogger::<RequestSpan>::new()`: the fields of
 /// tracing-actix-web's default span (OpenTelemetry's HTTP conventions, the request id) under
-/// its target, with a W3C `traceparent` continued, but each computed only when the span is
-/// enabled. It differs from the default in three values: a path no route matched is
-/// `unmatched` (the metrics' label) rather than `default`, a made-up method is `other` (so a
-/// client cannot grow the span names without bound), and there is no `trace_id` field (every
-/// JSON log line leads with it).
-///
-/// The default builder computes its fields for every request, even when `RUST_LOG` filters the
-/// span out: the route matched a second time, the connection info (the client address formatted
-/// into a string), the `traceparent` parsed twice and the trace id formatted: about 0.6
-/// microseconds of a worker's CPU per `GET /v1/items/{id}` in a profile (docs/benchmarks.md).
-/// Here the route is matched once, for the span and for [`observe`]'s metrics (mount `observe`
-/// inside the logger).
+/// its target, with a W3C `traceparent` continued. It differs from the default where a client
+/// could put what it likes into telemetry: the client address is the one [`TrustedProxies`]
+/// vouch for (the default believes any `X-Forwarded-For`), the target has no query string and
+/// the path and host are clipped, a made-up method is `other` and a path no route matched is
+/// `unmatched` (so span names stay bounded). There is no `trace_id` field: every JSON log line
+/// leads with it. Mount [`observe`] inside the logger: it reuses the route matched here.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {

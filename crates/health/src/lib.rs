@@ -22,6 +22,5 @@ pub use listener::StatusListener;
 pub use policy::{CheckPolicy, CheckPolicyBuilder, PolicyError};
 pub use registry::{Health, HealthBuilder, HealthError};
 pub use report::{HEALTH_JSON, ProbeQuery, minimal_body};
-pub use snapshot::CheckState;
 pub use status::Status;
 pub use tokio_util::sync::CancellationToken;

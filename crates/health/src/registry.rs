@@ -163,11 +163,6 @@ impl Health {
         Some(previous)
     }
 
-    /// Names of the registered checks, in registration order.
-    pub fn check_names(&self) -> impl Iterator<Item = &str> {
-        self.0.checks.iter().map(|slot| slot.name.as_str())
-    }
-
     /// `/livez`: pass while the runtime keeps ticking and every check's result is fresh. Never
     /// looks at a dependency: a run is bounded by its timeout, which is at most its interval,
     /// so a result goes stale (3 intervals) only when the check's scheduler task is gone or

@@ -95,7 +95,7 @@ struct Body<'a> {
 impl Health {
     /// The verbose body of a probe whose overall status is `status`, listing the checks the
     /// query does not exclude (or only `only`, for `/readyz/{check}`).
-    pub fn verbose_body(
+    pub(crate) fn verbose_body(
         &self,
         status: Status,
         query: &ProbeQuery<'_>,

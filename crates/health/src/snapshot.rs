@@ -8,13 +8,13 @@ use tokio::time::Instant;
 
 /// The last known state of one check, after thresholds.
 #[derive(Debug, Clone)]
-pub struct CheckState {
+pub(crate) struct CheckState {
     /// `Pass` or `Fail` as reported after the failure/success thresholds.
-    pub status: Status,
+    pub(crate) status: Status,
     /// What the last run saw (latency, error text).
-    pub observation: Observation,
+    pub(crate) observation: Observation,
     /// Wall-clock time of the last run, for the `time` field.
-    pub time: SystemTime,
+    pub(crate) time: SystemTime,
     /// Monotonic time of the last run, for staleness.
     pub(crate) at: Instant,
     /// False until the first run finished.
@@ -118,7 +118,7 @@ impl CheckSlot {
 
     /// Status as of `now`: a result older than the staleness bound counts as a failure.
     pub(crate) fn status_at(&self, state: &CheckState, now: Instant) -> Status {
-        if state.has_run && now.saturating_duration_since(state.at) > self.policy.stale_after() {
+        if self.is_stale(state, now) {
             Status::Fail
         } else {
             state.status

@@ -144,11 +144,18 @@ def test_the_config_map_sets_only_settings_the_app_has(render):
                 "APP__SHUTDOWN__DRAIN_DELAY", "APP__SHUTDOWN__TIMEOUT"}
     settings |= {"APP__OUTBOX__PUBLISHERS", "APP__RABBITMQ__CONSUMERS"}  # @rabbitmq
     settings |= {f"APP__HEALTH__{check.upper()}__{knob}" for check in CHECKS
-                 for knob in ("INTERVAL", "TIMEOUT", "FAILURE_THRESHOLD", "CRITICAL")}
+                 for knob in ("INTERVAL", "TIMEOUT", "FAILURE_THRESHOLD", "SUCCESS_THRESHOLD", "CRITICAL")}
     assert set(render(INLINE).one("ConfigMap")["data"]) == settings
     ca = {name: {"tls": {"caBundle": {"secretName": f"{name}-ca"}}} for name in INLINE}
     data = render(TLS_URLS, ca).one("ConfigMap")["data"]
     assert set(data) == settings | {f"APP__{name.upper()}__CA_FILE" for name in INLINE}
+
+
+def test_every_check_threshold_reaches_the_app(render, refused):
+    data = render(INLINE, {"app": {"health": {"postgres": {"successThreshold": 3}}}}).one("ConfigMap")["data"]
+    assert data["APP__HEALTH__POSTGRES__SUCCESS_THRESHOLD"] == "3"
+    assert render(INLINE).one("ConfigMap")["data"]["APP__HEALTH__POSTGRES__SUCCESS_THRESHOLD"] == "1"
+    assert "successThreshold" in refused(INLINE, {"app": {"health": {"postgres": {"successThreshold": 0}}}})
 
 
 def test_trusted_proxies_reach_the_app_as_one_list(render, refused):

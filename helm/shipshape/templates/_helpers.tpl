@@ -185,6 +185,7 @@ APP__{{ upper $dependency }}__CA_FILE: {{ printf "%s/ca.crt" (include "shipshape
 APP__HEALTH__{{ upper $check }}__INTERVAL: "{{ $tuning.intervalSeconds }}s"
 APP__HEALTH__{{ upper $check }}__TIMEOUT: "{{ $tuning.timeoutSeconds }}s"
 APP__HEALTH__{{ upper $check }}__FAILURE_THRESHOLD: {{ $tuning.failureThreshold | quote }}
+APP__HEALTH__{{ upper $check }}__SUCCESS_THRESHOLD: {{ $tuning.successThreshold | quote }}
 APP__HEALTH__{{ upper $check }}__CRITICAL: {{ $tuning.critical | quote }}
 {{- end }}
 {{- range $key, $value := .Values.app.extraEnv }}

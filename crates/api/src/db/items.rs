@@ -1,6 +1,6 @@
 //! Item rows.
 
-use crate::domain::item::{Item, NewItem};
+use crate::domain::item::{Item, ValidNewItem};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -17,7 +17,10 @@ fn from_row(row: &Row) -> Result<Item, tokio_postgres::Error> {
 }
 
 /// Inserts a new item with a fresh UUIDv7.
-pub async fn insert(db: &impl GenericClient, new: &NewItem) -> Result<Item, tokio_postgres::Error> {
+pub async fn insert(
+    db: &impl GenericClient,
+    new: &ValidNewItem,
+) -> Result<Item, tokio_postgres::Error> {
     let statement = db
         .prepare_cached("INSERT INTO items (id, name, note) VALUES ($1, $2, $3) RETURNING id, name, note, created_at")
         .await?;

@@ -14,6 +14,7 @@ use deadpool_postgres::{
     TimeoutType,
 };
 use futures_util::future::BoxFuture;
+pub use health::checks::postgres::describe;
 use prometheus::IntCounter;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -127,14 +128,6 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
         || matches!(code, "40001" | "40P01" | "25006" | "55P03")
 }
 
-/// tokio-postgres errors print as "db error"; the source says why.
-pub fn describe(error: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(error) {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
-    }
-}
-
 /// Connections PostgreSQL refused because it was full (SQLSTATE 53300, `too many clients`).
 pub static CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
     IntCounter::new(
@@ -171,7 +164,7 @@ impl Database {
     /// it is taken out of the pool instead of going back to it.
     pub async fn run<T>(
         &self,
-        work: impl for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, ApiError>>,
+        work: impl AsyncFnOnce(&mut Client) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let mut client = self.checkout().await?;
         match tokio::time::timeout(self.limit, work(&mut client)).await {

@@ -63,9 +63,21 @@ pub struct Invalid {
     pub reason: String,
 }
 
+/// A [`NewItem`] that passed [`NewItem::parse`]: the only kind the database takes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct ValidNewItem(NewItem);
+
+impl std::ops::Deref for ValidNewItem {
+    type Target = NewItem;
+    fn deref(&self) -> &NewItem {
+        &self.0
+    }
+}
+
 impl NewItem {
-    /// Checks the rules the type cannot express.
-    pub fn validate(&self) -> Result<(), Invalid> {
+    /// The item, once it keeps the rules its type cannot express.
+    pub fn parse(self) -> Result<ValidNewItem, Invalid> {
         let length = self.name.chars().count();
         if !(1..=NAME_MAX).contains(&length) {
             return Err(Invalid {
@@ -92,7 +104,7 @@ impl NewItem {
                 });
             }
         }
-        Ok(())
+        Ok(ValidNewItem(self))
     }
 }
 
@@ -148,7 +160,9 @@ impl ItemEventKind {
 pub struct ItemEvent {
     /// The event's own id; also the AMQP `message_id`.
     pub id: Uuid,
-    /// `item.created` or `item.deleted`.
+    /// `item.created` or `item.deleted` when this release publishes it; text, not
+    /// [`ItemEventKind`], because during a rollout a consumer of this release receives the
+    /// types a newer one publishes, and counts them rather than refusing them.
     #[serde(rename = "type")]
     pub kind: String,
     pub item_id: Uuid,
@@ -180,9 +194,9 @@ mod tests {
 
     #[test]
     fn names_are_counted_in_characters() {
-        assert!(named("").validate().is_err());
-        assert!(named(&"é".repeat(200)).validate().is_ok());
-        assert!(named(&"a".repeat(201)).validate().is_err());
+        assert!(named("").parse().is_err());
+        assert!(named(&"é".repeat(200)).parse().is_ok());
+        assert!(named(&"a".repeat(201)).parse().is_err());
     }
 
     #[test]
@@ -197,10 +211,10 @@ mod tests {
             "\u{2800}",
             "\u{FE0F}\u{034F}\u{0301}",
         ] {
-            assert!(named(invisible).validate().is_err(), "{invisible:?}");
+            assert!(named(invisible).parse().is_err(), "{invisible:?}");
         }
         for visible in ["a", "\u{200B}a", "日本", "🦀", "e\u{0301}", "\u{E000}"] {
-            assert!(named(visible).validate().is_ok(), "{visible:?}");
+            assert!(named(visible).parse().is_ok(), "{visible:?}");
         }
     }
 }

@@ -18,6 +18,7 @@
 use crate::db::Database;
 use crate::domain::item::ItemEvent;
 use crate::problem::ApiError;
+use bootstrap::Backoff;
 use futures_util::StreamExt;
 use health::checks::rabbitmq::BrokerLink;
 use health::{Status, StatusListener};
@@ -47,9 +48,6 @@ pub fn retry_delay(attempts_used: u32) -> Duration {
 }
 /// Header of a republished message: the attempts it has used so far.
 const ATTEMPTS_HEADER: &str = "x-attempts";
-/// Backoff while the database is away: from the first to the cap, doubling.
-const UNAVAILABLE_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(2));
 
 /// Why processing an event failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +102,9 @@ impl Consumer {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(%error, "consumer: subscribing");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    let pause = tokio::time::sleep(Duration::from_secs(1));
+                    if stop.run_until_cancelled(pause).await.is_none() {
+                        break;
                     }
                     continue;
                 }
@@ -270,7 +268,8 @@ impl Consumer {
         stop: &CancellationToken,
     ) -> Option<Result<Vec<bool>, ProcessError>> {
         let first = events.first().map(|event| event.id).unwrap_or_default();
-        let (mut backoff, cap) = UNAVAILABLE_BACKOFF;
+        // While the database is away: from 0.1 s, doubling, to 2 s.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut database = self.database.clone();
         let mut waited = false;
         if database.status() == Status::Fail {
@@ -304,10 +303,9 @@ impl Consumer {
                     }
                     tokio::select! {
                         _ = stop.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff), if !failing => {}
+                        _ = tokio::time::sleep(backoff.next_delay()), if !failing => {}
                         _ = database.until_not_failing(), if failing => {}
                     }
-                    backoff = (backoff * 2).min(cap);
                 }
                 outcome => {
                     if waited {
@@ -418,10 +416,7 @@ fn attempts_used(headers: Option<&FieldTable>) -> u32 {
 /// Bounded like a request ([`Database::run`]): a frozen database is "unavailable" (held and
 /// retried), and the connection that hung is taken out of the pool rather than reused.
 async fn process(db: &Database, events: &Arc<[ItemEvent]>) -> Result<Vec<bool>, ProcessError> {
-    let events = Arc::clone(events);
-    Ok(db
-        .run(move |client| Box::pin(async move { record(client, &events).await }))
-        .await?)
+    Ok(db.run(async |client| record(client, events).await).await?)
 }
 
 async fn record(

@@ -151,7 +151,8 @@ impl Relay {
                 Ok(channel) => channel,
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay: opening a channel");
-                    self.pause(&stop, backoff.next_delay()).await;
+                    stop.run_until_cancelled(tokio::time::sleep(backoff.next_delay()))
+                        .await;
                     continue;
                 }
             };
@@ -174,7 +175,8 @@ impl Relay {
                             error = format!("{error:#}"),
                             "outbox relay: batch not published, will retry"
                         );
-                        self.pause(&stop, backoff.next_delay()).await;
+                        stop.run_until_cancelled(tokio::time::sleep(backoff.next_delay()))
+                            .await;
                         break;
                     }
                 }
@@ -223,13 +225,6 @@ impl Relay {
 
     async fn release(&self, seqs: &[i64]) -> anyhow::Result<()> {
         Ok(db::outbox::release(&self.pool.get().await?, seqs).await?)
-    }
-
-    async fn pause(&self, stop: &CancellationToken, delay: Duration) {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(delay) => {}
-        }
     }
 
     /// Publishes `rows` and awaits every confirm.

@@ -82,11 +82,6 @@ impl Telemetry {
         })
     }
 
-    /// True when traces are being exported.
-    pub fn exporting(&self) -> bool {
-        self.exporting
-    }
-
     /// Flushes and stops the exporter; the last step of a graceful shutdown.
     pub fn shutdown(self) {
         if self.exporting
@@ -146,14 +141,10 @@ fn subscriber(
 
 /// Which of the spans and events that `RUST_LOG` lets through a layer is shown.
 ///
-/// - The JSON log layer sees no spans. It would format every span's fields into a JSON string
-///   when the span opens and rewrite it on each `record`, for lines that never print them (a
-///   line's context is its trace and span id): at `RUST_LOG=info` that was most of what logging
-///   a request cost.
-/// - The trace layer sees the spans and only the events from WARN up. Every line is in the log
-///   with its trace id already; copying each INFO line (the access line of every request) into
-///   a span event made the line and the span together cost about 3 microseconds a request more
-///   than the two added up (docs/benchmarks.md, "Where the request path's time goes").
+/// - The JSON log layer sees no spans: it would format every span's fields into JSON for lines
+///   that never print them (a line's context is its trace and span id).
+/// - The trace layer sees the spans and only the events from WARN up: every line is in the log
+///   with its trace id already, so copying the INFO lines into spans would store them twice.
 #[derive(Debug, Clone, Copy)]
 struct Shown {
     spans: bool,
@@ -243,7 +234,7 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,
-        writer: Writer<'_>,
+        mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
         let current = tracing::Span::current();
@@ -255,37 +246,17 @@ where
                 ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
             })
             .flatten();
-        let Some(ids) = ids else {
+        let Some((trace_id, span_id)) = ids else {
             return self.0.format_event(ctx, writer, event);
         };
-        let mut line = IdsFirst {
-            line: writer,
-            ids: Some(ids),
-        };
-        self.0.format_event(ctx, Writer::new(&mut line), event)
-    }
-}
-
-/// Writes a JSON line through, with `trace_id` and `span_id` as the first members of its
-/// object, so the line is not formatted into a buffer first and copied.
-struct IdsFirst<'w> {
-    line: Writer<'w>,
-    /// The ids, until the object's opening brace has been written.
-    ids: Option<(opentelemetry::TraceId, opentelemetry::SpanId)>,
-}
-
-impl std::fmt::Write for IdsFirst<'_> {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        let Some((trace_id, span_id)) = self.ids.take() else {
-            return self.line.write_str(text);
-        };
-        match text.strip_prefix('{') {
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
             Some(rest) => write!(
-                self.line,
+                writer,
                 "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
             ),
-            // Not a JSON object: written as it is.
-            None => self.line.write_str(text),
+            None => writer.write_str(&line),
         }
     }
 }

@@ -72,8 +72,19 @@ where
     }
 }
 
-/// tokio-postgres errors print as "db error" or "error connecting to server"; the source says why.
-fn describe(error: &tokio_postgres::Error) -> String {
+/// A tokio-postgres error with its cause: alone it prints as "db error" or "error connecting to
+/// server", and the source says why.
+///
+/// ```
+/// # async fn demo() {
+/// let error = tokio_postgres::connect("host=127.0.0.1 port=1", tokio_postgres::NoTls)
+///     .await
+///     .err()
+///     .unwrap();
+/// assert!(health::checks::postgres::describe(&error).starts_with("error connecting to server: "));
+/// # }
+/// ```
+pub fn describe(error: &tokio_postgres::Error) -> String {
     match std::error::Error::source(error) {
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),

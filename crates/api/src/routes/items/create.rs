@@ -39,8 +39,9 @@ pub async fn create(
     caller: Caller,
     body: web::Json<NewItem>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = body.into_inner();
-    new.validate()
+    let new = body
+        .into_inner()
+        .parse()
         .map_err(|invalid| ApiError::Unprocessable(invalid.to_string()))?;
     let key = idempotency_key(&req, &caller)?;
     let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -48,40 +49,37 @@ pub async fn create(
     let headers = crate::messaging::trace::current_headers(); // @rabbitmq
     let outcome = state
         .db
-        .run(|client| {
-            Box::pin(async move {
-                let tx = client.transaction().await?;
-                if let Some(key) = &key {
-                    db::idempotency::lock(&tx, key).await?;
-                    if let Some(stored) = db::idempotency::find(&tx, key).await? {
-                        if stored.request != request {
-                            return Err(ApiError::Unprocessable(
-                                "Idempotency-Key was already used with a different request body"
-                                    .into(),
-                            ));
-                        }
-                        return Ok(Outcome::Replayed(stored));
+        .run(async move |client| {
+            let tx = client.transaction().await?;
+            if let Some(key) = &key {
+                db::idempotency::lock(&tx, key).await?;
+                if let Some(stored) = db::idempotency::find(&tx, key).await? {
+                    if stored.request != request {
+                        return Err(ApiError::Unprocessable(
+                            "Idempotency-Key was already used with a different request body".into(),
+                        ));
                     }
+                    return Ok(Outcome::Replayed(stored));
                 }
-                let item = db::items::insert(&tx, &new).await?;
-                // @rabbitmq-begin
-                let event = ItemEvent::new(ItemEventKind::Created, item.id);
-                db::outbox::enqueue(&tx, &event, &headers).await?;
-                // @rabbitmq-end
-                if let Some(key) = &key {
-                    let body = serde_json::to_value(&item)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    let stored = Stored {
-                        request,
-                        status: 201,
-                        body,
-                        location: Some(super::location(item.id)),
-                    };
-                    db::idempotency::store(&tx, key, &stored).await?;
-                }
-                tx.commit().await?;
-                Ok(Outcome::Created(item))
-            })
+            }
+            let item = db::items::insert(&tx, &new).await?;
+            // @rabbitmq-begin
+            let event = ItemEvent::new(ItemEventKind::Created, item.id);
+            db::outbox::enqueue(&tx, &event, &headers).await?;
+            // @rabbitmq-end
+            if let Some(key) = &key {
+                let body =
+                    serde_json::to_value(&item).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let stored = Stored {
+                    request,
+                    status: 201,
+                    body,
+                    location: Some(super::location(item.id)),
+                };
+                db::idempotency::store(&tx, key, &stored).await?;
+            }
+            tx.commit().await?;
+            Ok(Outcome::Created(item))
         })
         .await?;
     match outcome {

@@ -28,19 +28,17 @@ pub async fn delete(
     let headers = crate::messaging::trace::current_headers(); // @rabbitmq
     state
         .db
-        .run(|client| {
-            Box::pin(async move {
-                let tx = client.transaction().await?;
-                if !db::items::delete(&tx, id).await? {
-                    return Err(ApiError::NotFound(id));
-                }
-                // @rabbitmq-begin
-                let event = ItemEvent::new(ItemEventKind::Deleted, id);
-                db::outbox::enqueue(&tx, &event, &headers).await?;
-                // @rabbitmq-end
-                tx.commit().await?;
-                Ok(())
-            })
+        .run(async move |client| {
+            let tx = client.transaction().await?;
+            if !db::items::delete(&tx, id).await? {
+                return Err(ApiError::NotFound(id));
+            }
+            // @rabbitmq-begin
+            let event = ItemEvent::new(ItemEventKind::Deleted, id);
+            db::outbox::enqueue(&tx, &event, &headers).await?;
+            // @rabbitmq-end
+            tx.commit().await?;
+            Ok(())
         })
         .await?;
     state.outbox_written.notify_one(); // @rabbitmq

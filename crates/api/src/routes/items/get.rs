@@ -23,7 +23,7 @@ pub async fn get(
     let id = id.into_inner();
     let item = state
         .db
-        .run(|client| Box::pin(async move { Ok(db::items::find(&*client, id).await?) }))
+        .run(async |client| Ok(db::items::find(&*client, id).await?))
         .await?
         .ok_or(ApiError::NotFound(id))?;
     Ok(HttpResponse::Ok().json(item))

@@ -70,9 +70,7 @@ pub async fn list(
     };
     let (items, cut) = state
         .db
-        .run(|client| {
-            Box::pin(async move { Ok(db::items::page(&*client, after, limit, PAGE_BYTES).await?) })
-        })
+        .run(async |client| Ok(db::items::page(&*client, after, limit, PAGE_BYTES).await?))
         .await?;
     let next_cursor = if cut || items.len() as i64 == limit {
         items.last().map(|item| item.id.to_string())
