@@ -190,74 +190,50 @@ impl Consumer {
                 }
             }
             Some(Err(error)) if received.len() == 1 => {
-                if let Some(Received {
-                    delivery,
-                    event,
-                    span,
-                }) = received.pop()
-                {
-                    self.attempt_failed(channel, delivery, &event, &error)
-                        .instrument(span)
-                        .await;
+                if let Some(received) = received.pop() {
+                    self.failed(channel, received, &error).await;
                 }
             }
             Some(Err(error)) => {
                 tracing::warn!(events = received.len(), %error, "consumer: a batch failed; processing its events one by one");
                 for received in received {
+                    // Once stopping, back to the queue, no attempt used: the shutdown budget is
+                    // not theirs.
                     if stop.is_cancelled() {
-                        // Back to the queue, no attempt used: the shutdown budget is not theirs.
-                        let _ = received
-                            .delivery
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                multiple: false,
-                            })
-                            .await;
-                        continue;
+                        requeue(&received.delivery, false).await;
+                    } else {
+                        self.handle_one(channel, received, stop).await;
                     }
-                    self.handle_one(channel, received, stop).await;
                 }
             }
             // Stopping while the database is away: back to the queue, no attempt used.
-            None => {
-                let _ = last
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: true,
-                    })
-                    .await;
-            }
+            None => requeue(&last, true).await,
         }
     }
 
     /// One event of a batch that failed, on its own.
     async fn handle_one(&self, channel: &Channel, received: Received, stop: &CancellationToken) {
+        let events = Arc::new([received.event.clone()]);
+        match self.process_while_available(events, stop).await {
+            Some(Ok(first_times)) => {
+                acknowledged(received.delivery.ack(BasicAckOptions::default()).await);
+                received.consumed(first_times.first().copied().unwrap_or(false));
+            }
+            Some(Err(error)) => self.failed(channel, received, &error).await,
+            None => requeue(&received.delivery, false).await,
+        }
+    }
+
+    /// [`Self::attempt_failed`] inside the event's span.
+    async fn failed(&self, channel: &Channel, received: Received, error: &ProcessError) {
         let Received {
             delivery,
             event,
             span,
         } = received;
-        let outcome = self
-            .process_while_available(Arc::new([event.clone()]), stop)
+        self.attempt_failed(channel, delivery, &event, error)
+            .instrument(span)
             .await;
-        async {
-            match outcome {
-                Some(Ok(first_times)) => {
-                    acknowledged(delivery.ack(BasicAckOptions::default()).await);
-                    let first_time = first_times.first().copied().unwrap_or(false);
-                    // The line leads with the span's trace and span ids (bootstrap::telemetry).
-                    tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, "event consumed");
-                }
-                Some(Err(error)) => self.attempt_failed(channel, delivery, &event, &error).await,
-                None => {
-                    let _ = delivery
-                        .nack(BasicNackOptions { requeue: true, multiple: false })
-                        .await;
-                }
-            }
-        }
-        .instrument(span)
-        .await;
     }
 
     /// Processes `events` (whether each was new), waiting out database unavailability with
@@ -341,12 +317,7 @@ impl Consumer {
                 // The copy may or may not exist: requeue the original (at worst a duplicate
                 // attempt, and processing is idempotent).
                 tracing::warn!(%error, "consumer: republishing a failed attempt; requeueing it");
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
+                requeue(&delivery, false).await;
             }
         }
     }
@@ -383,6 +354,15 @@ impl Consumer {
             Err(_) => anyhow::bail!("no confirm for the copy within 5 s"),
         }
     }
+}
+
+/// Back to the queue with no attempt used (`multiple`: every earlier delivery of the channel too).
+async fn requeue(acker: &lapin::Acker, multiple: bool) {
+    let options = BasicNackOptions {
+        requeue: true,
+        multiple,
+    };
+    let _ = acker.nack(options).await;
 }
 
 /// Logs an ack that did not reach the broker: it redelivers, and the redelivery changes nothing.

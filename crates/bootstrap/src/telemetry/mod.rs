@@ -139,7 +139,9 @@ fn subscriber(
         .with(traces)
 }
 
-/// Which of the spans and events that `RUST_LOG` lets through a layer is shown.
+/// Which of the spans and events that `RUST_LOG` lets through a layer is shown. Not
+/// tracing-subscriber's `filter_fn`: it answers "always" for its call sites, which leaks one
+/// layer's answer to the other (tokio-rs/tracing#2519).
 ///
 /// - The JSON log layer sees no spans: it would format every span's fields into JSON for lines
 ///   that never print them (a line's context is its trace and span id).
