@@ -2,7 +2,9 @@
 
 use crate::domain::item::{Item, ValidNewItem};
 use deadpool_postgres::GenericClient;
+use futures_util::TryStreamExt;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 /// Fallible on purpose: a column whose type or nullability changed under a running replica (a
@@ -48,6 +50,8 @@ pub async fn find(
 /// Up to `limit` items after `cursor`, in creation order (UUIDv7 ids sort by time), cut once
 /// their text as JSON writes it (escapes included) passes `budget` bytes (the row that crosses
 /// it included, so a page is never empty); and whether more rows of the `limit` were left out.
+/// The rows are read as they arrive and the rest dropped: a running sum in SQL (a window) cost
+/// PostgreSQL twice the CPU of the read itself (docs/benchmarks.md).
 pub async fn page(
     db: &impl GenericClient,
     after: Option<Uuid>,
@@ -56,25 +60,24 @@ pub async fn page(
 ) -> Result<(Vec<Item>, bool), tokio_postgres::Error> {
     let statement = db
         .prepare_cached(
-            "SELECT id, name, note, created_at, fetched FROM ( \
-                 SELECT *, count(*) OVER () AS fetched, sum(bytes) OVER (ORDER BY id) AS through \
-                 FROM (SELECT id, name, note, created_at, \
-                              octet_length(to_json(name)::text) \
-                                + coalesce(octet_length(to_json(note)::text), 0) AS bytes \
-                       FROM items WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2) AS rows \
-             ) AS sized \
-             WHERE through - bytes < $3 \
-             ORDER BY id",
+            "SELECT id, name, note, created_at, \
+                    octet_length(to_json(name)::text) \
+                      + coalesce(octet_length(to_json(note)::text), 0) AS bytes \
+             FROM items WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
         )
         .await?;
-    let rows = db.query(&statement, &[&after, &limit, &budget]).await?;
-    let fetched = match rows.first() {
-        Some(row) => row.try_get::<_, i64>("fetched")?,
-        None => 0,
-    };
-    let cut = fetched > rows.len() as i64;
-    let items = rows.iter().map(from_row).collect::<Result<_, _>>()?;
-    Ok((items, cut))
+    let params: [&(dyn ToSql + Sync); 2] = [&after, &limit];
+    let rows = db.query_raw(&statement, params).await?;
+    futures_util::pin_mut!(rows);
+    let (mut items, mut written) = (Vec::new(), 0i64);
+    while let Some(row) = rows.try_next().await? {
+        if written >= budget {
+            return Ok((items, true));
+        }
+        written += i64::from(row.try_get::<_, i32>("bytes")?);
+        items.push(from_row(&row)?);
+    }
+    Ok((items, false))
 }
 
 /// Deletes an item; false when there was none.
