@@ -69,6 +69,22 @@ impl From<bootstrap::StartupError> for Failure {
     }
 }
 
+/// The management server, first: /livez and /startupz answer during the whole startup.
+fn start_management(
+    settings: &Settings,
+    startup: &Startup,
+    health: &health::Health,
+) -> Result<shutdown::Management, Failure> {
+    let began = Instant::now();
+    let server = servers::management_server(settings, health)?;
+    let management = shutdown::Management {
+        handle: server.handle(),
+        task: tokio::spawn(server),
+    };
+    startup.record(startup::MANAGEMENT_SERVER, began.elapsed());
+    Ok(management)
+}
+
 /// Runs until stopped: the outcome, and the shutdown deadline whose remainder the caller's
 /// last steps share. An `Err` is a failure before any server ran.
 async fn serve(
@@ -89,14 +105,7 @@ async fn serve(
         std::time::Duration::from_secs(60),
     ));
 
-    // Management first: /livez and /startupz answer during the whole startup.
-    let began = Instant::now();
-    let management = servers::management_server(settings, &parts.health)?;
-    let management = shutdown::Management {
-        handle: management.handle(),
-        task: tokio::spawn(management),
-    };
-    startup.record(startup::MANAGEMENT_SERVER, began.elapsed());
+    let management = start_management(settings, startup, &parts.health)?;
 
     // The remaining phases race the termination signal: SIGTERM during startup stops at once.
     let started = tokio::select! {

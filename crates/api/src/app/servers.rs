@@ -105,20 +105,21 @@ pub(super) fn api_server(
     .on_connect(move |connection, data| accepted.on_connect(connection, data))
     // Headers must arrive within this (actix's default, said here): slow-header clients are cut.
     .client_request_timeout(Duration::from_secs(5))
-    // Graceful stop waits this long for in-flight requests, then closes what is left: the
-    // shutdown budget less the last steps' reserve (app/shutdown.rs).
-    .shutdown_timeout(
-        settings
-            .shutdown
-            .timeout
-            .saturating_sub(super::shutdown::LAST_STEPS)
-            .as_secs()
-            .max(1),
-    );
+    .shutdown_timeout(drain_seconds(settings));
     Ok(server
         .bind((settings.server.host, settings.server.port))
         .map_err(|e| anyhow::anyhow!("binding the API port {}: {e}", settings.server.port))?
         .run())
+}
+
+/// How long a graceful stop waits for in-flight requests before it closes what is left: the
+/// shutdown budget less the last steps' reserve (app/shutdown.rs).
+fn drain_seconds(settings: &Settings) -> u64 {
+    let budget = settings.shutdown.timeout;
+    budget
+        .saturating_sub(super::shutdown::LAST_STEPS)
+        .as_secs()
+        .max(1)
 }
 
 /// Open API connections allowed: `APP__SERVER__MAX_CONNECTIONS`, at most what the file limit

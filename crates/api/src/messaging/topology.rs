@@ -2,9 +2,9 @@
 
 use crate::settings::RabbitMqSettings;
 use bootstrap::broker::Topology;
-use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ExchangeKind};
 use std::sync::Arc;
 
 /// Routing pattern of the events the consumer handles.
@@ -23,63 +23,51 @@ pub fn declare(settings: &RabbitMqSettings) -> Topology {
     let exchange = settings.exchange.clone();
     let queue = settings.queue.clone();
     Arc::new(move |connection| {
-        let exchange = exchange.clone();
-        let queue = queue.clone();
-        Box::pin(async move {
-            let channel = connection.create_channel().await?;
-            let durable = ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            channel
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
-            let dead_letters = format!("{queue}.dlq");
-            let queue_options = QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            };
-            channel
-                .queue_declare(
-                    dead_letters.as_str().into(),
-                    queue_options,
-                    FieldTable::default(),
-                )
-                .await?;
-            // Rejected (requeue=false) messages go to the DLQ.
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    queue_options,
-                    dead_letters_to(&dead_letters),
-                )
-                .await?;
-            // Expired messages go back to the consumer's queue.
-            channel
-                .queue_declare(
-                    retry_queue(&queue).as_str().into(),
-                    queue_options,
-                    dead_letters_to(&queue),
-                )
-                .await?;
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    exchange.as_str().into(),
-                    ITEM_EVENTS.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            channel.close(200, "topology declared".into()).await?;
-            Ok(())
-        })
+        let (exchange, queue) = (exchange.clone(), queue.clone());
+        Box::pin(async move { declare_on(&connection, &exchange, &queue).await })
     })
+}
+
+async fn declare_on(connection: &Connection, exchange: &str, queue: &str) -> lapin::Result<()> {
+    let channel = connection.create_channel().await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let dead_letters = format!("{queue}.dlq");
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    // Rejected (requeue=false) messages go to the DLQ; expired ones in the retry queue go back
+    // to the consumer's queue.
+    for (name, arguments) in [
+        (dead_letters.clone(), FieldTable::default()),
+        (queue.to_owned(), dead_letters_to(&dead_letters)),
+        (retry_queue(queue), dead_letters_to(queue)),
+    ] {
+        channel
+            .queue_declare(name.as_str().into(), options, arguments)
+            .await?;
+    }
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            ITEM_EVENTS.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel.close(200, "topology declared".into()).await
 }
 
 /// Queue arguments that send a queue's dead letters (rejected or expired messages) through the
