@@ -33,27 +33,16 @@ const BACKGROUND_CONNECTIONS: usize = 3;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// `APP__SERVICE__*`.
     pub service: ServiceSettings,
-    /// The API server.
     pub server: ServerSettings,
-    /// The management server (probes, metrics).
     pub management: ManagementSettings,
-    /// PostgreSQL.
     pub database: DatabaseSettings,
-    /// Schema migrations.
     pub migrations: MigrationSettings,
-    /// RabbitMQ. // @rabbitmq
     pub rabbitmq: RabbitMqSettings, // @rabbitmq
-    /// Startup.
     pub startup: StartupSettings,
-    /// Shutdown.
     pub shutdown: ShutdownSettings,
-    /// Check tuning.
     pub health: HealthSettings,
-    /// The outbox relay. // @rabbitmq
     pub outbox: OutboxSettings, // @rabbitmq
-    /// How long bookkeeping rows are kept.
     pub retention: RetentionSettings,
 }
 
@@ -198,11 +187,8 @@ impl RabbitMqSettings {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthSettings {
-    /// The PostgreSQL check.
     pub postgres: CheckTuning,
-    /// The RabbitMQ check. // @rabbitmq
     pub rabbitmq: CheckTuning, // @rabbitmq
-    /// `APP__HEALTH__LIVENESS__*`.
     pub liveness: LivenessSettings,
 }
 

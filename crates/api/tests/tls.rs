@@ -56,7 +56,7 @@ impl TlsServers {
     }
 
     /// Env for a service on these servers: the database at `sslmode`, with `extra` on top.
-    /// The broker is reached over plain TCP. // @rabbitmq
+    // The broker is reached over plain TCP. // @rabbitmq
     fn env(&self, sslmode: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = vec![
             (

@@ -20,7 +20,7 @@ use testkit::{Postgres, Service};
 /// Load of every throughput run: 64 keep-alive connections for this long.
 pub const CONNECTIONS: u32 = 64;
 pub const RUN: Duration = Duration::from_secs(10);
-/// The machine's shared broker, for the service and the naive handler. // @rabbitmq
+// The machine's shared broker, for the service and the naive handler. // @rabbitmq
 const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f"; // @rabbitmq
 
 /// One measured server.
@@ -50,7 +50,7 @@ pub struct Results {
     pub binary_size: u64,
     /// The API's routes against the floor handler.
     pub request_path: Vec<request_path::Comparison>,
-    /// The relay and the consumer against their floors. // @rabbitmq
+    // The relay and the consumer against their floors. // @rabbitmq
     pub pipeline: pipeline::Pipeline, // @rabbitmq
     /// Memory over ten minutes of mixed load; tracing exported against not.
     pub soak: soak::Soak,
