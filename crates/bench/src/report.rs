@@ -427,8 +427,9 @@ Fixed since (2026-12-04), in four steps:
    medians): a line's ids are again put ahead of it after it is formatted into a buffer (the
    hand-written writer that slipped them in after serde_json's first `{` is gone); the read at
    `info` took 0.65x the floor in both runs since, against 0.67x with the writer in the last
-   full `make bench` (2026-12-05): within the rounds' spread (0.62-0.69). The page of `GET /v1/items` was cut by a running sum in
-   SQL (a window over the rows, added to bound a page's bytes): `pgbench -M prepared -c4 -T6`
+   full `make bench` (2026-12-05): within the rounds' spread (0.62-0.69). The page of
+   `GET /v1/items` was cut by a running sum in SQL (a window over the rows, added to bound a
+   page's bytes): `pgbench -M prepared -c4 -T6`
    on 10,000 rows ran that query at 35,000 per second against 65,000 for the plain read, and the
    route fell to 0.58x the floor (p99 4.8x). The rows are now read as they arrive and the page
    cut in Rust: 0.82x, p99 1.19x.

@@ -115,8 +115,9 @@ pub(super) fn api_server(
 /// How long a graceful stop waits for in-flight requests before it closes what is left: the
 /// shutdown budget less the last steps' reserve (app/shutdown.rs).
 fn drain_seconds(settings: &Settings) -> u64 {
-    let budget = settings.shutdown.timeout;
-    budget
+    settings
+        .shutdown
+        .timeout
         .saturating_sub(super::shutdown::LAST_STEPS)
         .as_secs()
         .max(1)
