@@ -46,6 +46,29 @@ fn rabbitmq_kill9_warns_by_default_and_recovers() {
 }
 
 #[test]
+fn a_dropped_broker_connection_is_reported_within_a_second() {
+    let shared = Shared::new("rmqevent");
+    let rabbit = RabbitMq::start();
+    // The rabbitmq check's default tuning (every 2 s, 1 s timeout, 2 failures).
+    let service = spawn(&env_for(
+        &shared.database_url(),
+        &rabbit.url(),
+        &[
+            ("APP__HEALTH__RABBITMQ__INTERVAL", "2s"),
+            ("APP__HEALTH__RABBITMQ__TIMEOUT", "1s"),
+        ],
+    ));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    let killed = Instant::now();
+    rabbit.kill9();
+    service.wait_for("/readyz/rabbitmq", 503, DETECTION);
+    let took = killed.elapsed();
+    println!("broker connection dropped -> rabbitmq failing after {took:?}");
+    // The poll path alone takes up to 2 x 2 s + 1 s.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
 fn rabbitmq_kill9_fails_readiness_when_critical() {
     let (_shared, rabbit, service) = on_throwaway_rabbitmq("rmqcrit", true);
     let watch = service.watch_liveness();

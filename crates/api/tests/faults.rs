@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const RECOVERY: Duration = Duration::from_secs(20);
@@ -24,6 +25,14 @@ fn on_throwaway_postgres(test: &str, proxy: Option<&FaultProxy>) -> (Shared, Pos
     (shared, postgres, service)
 }
 
+/// Keeps an outage going until liveness has been polled through a second of it: detection now
+/// takes a fraction of that.
+fn hold_for_liveness(watch: &testkit::LivenessWatch) {
+    testkit::wait_until("liveness polled during the outage", RECOVERY, || {
+        watch.polls() > 10
+    });
+}
+
 #[test]
 fn postgres_kill9_fails_readiness_and_recovers() {
     let (_shared, postgres, service) = on_throwaway_postgres("pgkill", None);
@@ -31,11 +40,83 @@ fn postgres_kill9_fails_readiness_and_recovers() {
     postgres.kill9();
     let detected = service.wait_for("/readyz", 503, DETECTION);
     println!("postgres kill -9 detected after {detected:?}");
+    hold_for_liveness(&watch);
     postgres.start_again();
     let recovered = service.wait_for("/readyz", 200, RECOVERY);
     println!("recovered after {recovered:?}");
     service.wait_for_status("pass", RECOVERY);
     assert_alive(&service, watch);
+}
+
+/// The postgres check's own default tuning (every 2 s, 1 s timeout, 2 failures), in place of
+/// the tests' short one: event-driven detection must hold where users run it.
+const DEFAULT_TUNING: [(&str, &str); 2] = [
+    ("APP__HEALTH__POSTGRES__INTERVAL", "2s"),
+    ("APP__HEALTH__POSTGRES__TIMEOUT", "1s"),
+];
+
+#[test]
+fn postgres_death_fails_readiness_within_a_second_every_time() {
+    let shared = Shared::new("pgevent");
+    let postgres = Postgres::start();
+    postgres.create_database("app");
+    let service = spawn(&shared.env_with(&postgres.url("app"), &DEFAULT_TUNING));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    let watch = service.watch_liveness();
+    let mut detections = Vec::new();
+    for _ in 0..5 {
+        // From before the kill: the time kill9 takes to clear the processes counts too.
+        let killed = Instant::now();
+        postgres.kill9();
+        service.wait_for("/readyz", 503, DETECTION);
+        detections.push(killed.elapsed());
+        postgres.start_again();
+        service.wait_for_status("pass", RECOVERY);
+    }
+    println!("postgres kill -9 -> /readyz 503 (default tuning): {detections:?}");
+    // The poll path alone takes 2 x 2 s + 1 s at this tuning; the event path about 250 ms.
+    let bound = Duration::from_secs(2);
+    assert!(
+        detections.iter().all(|took| *took < bound),
+        "detections {detections:?}, bound {bound:?}"
+    );
+    assert_alive(&service, watch);
+}
+
+#[test]
+fn dropped_connections_of_a_live_server_never_change_readiness() {
+    let shared = Shared::new("pgdrops");
+    let service = spawn(&shared.env_with(&shared.database_url(), &DEFAULT_TUNING));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    let readiness = service.watch_probe("/readyz");
+    let drop_all = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        shared.name
+    );
+    for round in 0..5 {
+        let created = post(&service, &json!({"name": format!("round {round}")}), None);
+        assert_eq!(created.status().as_u16(), 201, "round {round}");
+        // Every connection of the replica, the check's and the pools', at once, every 2 s:
+        // each raises the postgres alarm; each triggered run reconnects and passes.
+        let dropped: u32 = psql(&drop_all).parse().unwrap();
+        assert!(dropped >= 2, "round {round}: dropped {dropped} connections");
+        let check_back = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'health-check'",
+            shared.name
+        );
+        testkit::wait_until("the check reconnected", Duration::from_secs(5), || {
+            psql(&check_back) == "1"
+        });
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let (polls, failures) = readiness.finish();
+    assert!(polls > 50, "readiness polled only {polls} times");
+    assert!(
+        failures.is_empty(),
+        "/readyz failed {} of {polls} polls while only connections dropped: {failures:?}",
+        failures.len()
+    );
 }
 
 #[test]
@@ -45,6 +126,7 @@ fn postgres_restart_fails_readiness_and_recovers() {
     postgres.stop();
     service.wait_for("/readyz", 503, DETECTION);
     assert_eq!(service.probe("/readyz/postgres").0, 503);
+    hold_for_liveness(&watch);
     postgres.start_again();
     service.wait_for("/readyz", 200, RECOVERY);
     assert_alive(&service, watch);

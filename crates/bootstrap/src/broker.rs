@@ -10,6 +10,7 @@
 use crate::Backoff;
 use crate::config::SecretUrl;
 use futures_util::future::BoxFuture;
+use health::Alarm;
 use health::checks::rabbitmq::BrokerLink;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
@@ -41,6 +42,7 @@ pub struct BrokerConnection {
 #[derive(Debug)]
 pub struct BrokerSupervisor {
     link: BrokerLink,
+    alarm: Alarm,
     task: JoinHandle<()>,
     stop: CancellationToken,
 }
@@ -58,20 +60,33 @@ impl BrokerSupervisor {
         let tls = crate::tls::amqp(settings)?;
         let (publish, link) = watch::channel(None);
         let stop = CancellationToken::new();
+        let alarm = Alarm::default();
         let task = tokio::spawn(supervise(
             settings.clone(),
             tls,
             name,
             topology,
-            publish,
+            (publish, alarm.clone()),
             stop.clone(),
         ));
-        Ok(Self { link, task, stop })
+        Ok(Self {
+            link,
+            alarm,
+            task,
+            stop,
+        })
     }
 
     /// Follows the current connection (`None` while reconnecting).
     pub fn link(&self) -> BrokerLink {
         self.link.clone()
+    }
+
+    /// Raised when the connection drops and when the broker blocks or unblocks it (a resource
+    /// alarm): hand it to the rabbitmq check (`RabbitMqCheck::with_alarm`), which then runs at
+    /// once instead of at its next poll.
+    pub fn alarm(&self) -> Alarm {
+        self.alarm.clone()
     }
 
     /// Waits until a connection with its topology is up.
@@ -105,7 +120,7 @@ async fn supervise(
     tls: OwnedTLSConfig,
     name: String,
     topology: Topology,
-    publish: watch::Sender<Option<Arc<Connection>>>,
+    (publish, alarm): (watch::Sender<Option<Arc<Connection>>>, Alarm),
     stop: CancellationToken,
 ) {
     let url = &settings.url;
@@ -120,10 +135,11 @@ async fn supervise(
                 tracing::info!(broker = %url, attempts = backoff.attempts() + 1, "broker connected, topology declared");
                 backoff.reset();
                 publish.send_replace(Some(connection.clone()));
-                if !until_lost(&connection, &stop).await {
+                if !until_lost(&connection, &stop, &alarm).await {
                     return;
                 }
                 publish.send_replace(None);
+                alarm.raise();
                 tracing::warn!(broker = %url, "broker connection lost, reconnecting");
             }
             Err(error) => {
@@ -209,17 +225,24 @@ async fn connect(
         .map_err(|e| crate::config::redact(&e.to_string()))
 }
 
-/// Waits until `connection` is lost (`true`) or `stop` is cancelled (`false`). Polling a status
-/// flag is cheap and catches every way a connection ends.
-async fn until_lost(connection: &Connection, stop: &CancellationToken) -> bool {
+/// Waits until `connection` is lost (`true`) or `stop` is cancelled (`false`), raising `alarm`
+/// when the broker blocks or unblocks it. Polling a status flag is cheap and catches every way
+/// a connection ends, within 200 ms.
+async fn until_lost(connection: &Connection, stop: &CancellationToken, alarm: &Alarm) -> bool {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut blocked = connection.status().blocked();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return false,
             _ = tick.tick() => {}
         }
-        if !connection.status().connected() {
+        let status = connection.status();
+        if !status.connected() {
             return true;
+        }
+        if status.blocked() != blocked {
+            blocked = !blocked;
+            alarm.raise();
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The `Check` trait: one async probe of one dependency.
 
 use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// What a successful check observed.
 ///
@@ -70,6 +72,56 @@ pub trait Check: Send + Sync + 'static {
         "connectivity"
     }
 
+    /// The alarm that runs this check at once, when the check's own connection (or code
+    /// beside it) learns of a failure between runs. `None`: the health handle makes one, which
+    /// [`Health::alarm`](crate::Health::alarm) hands out.
+    fn alarm(&self) -> Option<Alarm> {
+        None
+    }
+
     /// Runs the probe once.
     async fn run(&self) -> Result<Observation, CheckFailure>;
+}
+
+/// A signal that a dependency may have just failed: a driver's connection ended, a query failed
+/// on a closed connection, the broker dropped the link. Raising it runs the dependency's check
+/// at once and, while a failure is not yet confirmed, again every
+/// [`CheckPolicy::recheck_after`](crate::CheckPolicy::recheck_after), so the thresholds still
+/// decide and readiness follows a death in well under a poll interval. Raising it costs one
+/// atomic operation; raises while a run is under way collapse into one more run.
+///
+/// ```
+/// use health::{Alarm, Check, CheckFailure, CheckPolicy, Health, Observation};
+///
+/// struct Cache { alarm: Alarm }
+///
+/// #[async_trait::async_trait]
+/// impl Check for Cache {
+///     fn alarm(&self) -> Option<Alarm> { Some(self.alarm.clone()) }
+///     async fn run(&self) -> Result<Observation, CheckFailure> { Ok(Observation::default()) }
+/// }
+///
+/// let alarm = Alarm::default();
+/// // Handed to whatever sees the cache's connection die, before the check is registered.
+/// let on_disconnect = alarm.clone();
+/// let health = Health::builder("demo", "1.0.0")
+///     .check("cache", CheckPolicy::default(), Cache { alarm })
+///     .build()?;
+/// on_disconnect.raise();
+/// assert!(health.alarm("cache").is_some());
+/// # Ok::<(), health::HealthError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Alarm(Arc<Notify>);
+
+impl Alarm {
+    /// Asks for a run of the check now (one pending request at most).
+    pub fn raise(&self) {
+        self.0.notify_one();
+    }
+
+    /// Resolves once the alarm has been raised (at once if it was raised since the last time).
+    pub(crate) async fn raised(&self) {
+        self.0.notified().await;
+    }
 }

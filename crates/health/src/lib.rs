@@ -16,7 +16,7 @@ mod scheduler;
 mod snapshot;
 mod status;
 
-pub use check::{Check, CheckFailure, Observation};
+pub use check::{Alarm, Check, CheckFailure, Observation};
 pub use lifecycle::LifecycleState;
 pub use listener::StatusListener;
 pub use policy::{CheckPolicy, CheckPolicyBuilder, PolicyError};

@@ -114,7 +114,17 @@ impl CheckPolicy {
         self.interval.saturating_mul(3)
     }
 
-    /// Worst-case time from a dependency dying to this check reporting it.
+    /// After an [`Alarm`](crate::Alarm), the spacing of the runs that confirm or clear the
+    /// failure: an eighth of the interval (250 ms at the default 2 s). The failure threshold
+    /// still counts runs, so a death the process hears of is reported after
+    /// `(failure_threshold - 1) x recheck_after` plus the runs themselves, while one dropped
+    /// connection (the next run reconnects and passes) changes nothing.
+    pub fn recheck_after(&self) -> Duration {
+        self.interval / 8
+    }
+
+    /// Worst-case time from a dependency dying to this check reporting it when nothing tells
+    /// the process (a black hole, a frozen server): the poll path.
     pub fn detection_bound(&self) -> Duration {
         self.interval
             .saturating_mul(self.failure_threshold.get())

@@ -290,6 +290,12 @@ impl Health {
         }
     }
 
+    /// The [`Alarm`](crate::Alarm) that runs the check `selector` (its name or key) at once;
+    /// `None` when no check has that name.
+    pub fn alarm(&self, selector: &str) -> Option<crate::Alarm> {
+        self.slot(selector).map(|slot| slot.alarm.clone())
+    }
+
     /// Follows the status of the check `selector` (its name or key); `None` when no check has
     /// that name. See [`StatusListener`].
     pub fn listen(&self, selector: &str) -> Option<StatusListener> {

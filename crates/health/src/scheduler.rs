@@ -1,7 +1,7 @@
 //! The background tasks: one loop per check, and the liveness watchdog.
 
-use crate::Health;
 use crate::snapshot::CheckSlot;
+use crate::{Health, Status};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use tokio::task::JoinSet;
@@ -31,8 +31,9 @@ impl Health {
         })
     }
 
-    /// Starts one task per check. Each runs its check every `interval` under `timeout` and
-    /// publishes the result to the snapshot; the tasks stop when `shutdown` is cancelled.
+    /// Starts one task per check. Each runs its check every `interval` under `timeout`, and
+    /// at once when its [`Alarm`](crate::Alarm) is raised, and publishes the result to the
+    /// snapshot; the tasks stop when `shutdown` is cancelled.
     pub fn spawn_scheduler(&self, shutdown: CancellationToken) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
         for index in 0..self.slots().len() {
@@ -43,19 +44,47 @@ impl Health {
                 let mut ticker = interval(slot.policy.interval());
                 // After a slow run, wait a full interval rather than firing a burst.
                 ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                let mut last_run = Instant::now();
                 loop {
-                    tokio::select! {
+                    let alarmed = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = ticker.tick() => {}
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        () = run_once(&health, slot) => {}
+                        _ = ticker.tick() => false,
+                        () = slot.alarm.raised() => true,
+                    };
+                    let runs = run_until_decided(&health, slot, alarmed, &mut last_run);
+                    if shutdown.run_until_cancelled(runs).await.is_none() {
+                        break;
                     }
                 }
             });
         }
         tasks
+    }
+}
+
+/// One run; after an alarm, re-runs every `recheck_after` while a failure is seen but not yet
+/// confirmed by the threshold. However often the alarm rings, runs start at least
+/// `recheck_after` apart: a dependency that drops connections in a loop cannot turn its check
+/// into one.
+async fn run_until_decided(
+    health: &Health,
+    slot: &CheckSlot,
+    alarmed: bool,
+    last_run: &mut Instant,
+) {
+    let recheck = slot.policy.recheck_after();
+    if alarmed {
+        tokio::time::sleep_until(*last_run + recheck).await;
+    }
+    loop {
+        *last_run = Instant::now();
+        run_once(health, slot).await;
+        let state = slot.state.load();
+        let unconfirmed = state.status == Status::Pass && state.consecutive_failures > 0;
+        if !alarmed || !unconfirmed {
+            return;
+        }
+        tokio::time::sleep(recheck).await;
     }
 }
 
@@ -255,6 +284,80 @@ mod tests {
         up.store(true, Ordering::SeqCst);
         wait_for(&health, Status::Pass).await;
         assert_eq!(health.liveness(), Status::Pass);
+    }
+
+    /// A switch that counts its runs.
+    struct Counted(Arc<AtomicBool>, Arc<std::sync::atomic::AtomicU32>);
+
+    #[async_trait::async_trait]
+    impl Check for Counted {
+        async fn run(&self) -> Result<Observation, CheckFailure> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Switch(self.0.clone()).run().await
+        }
+    }
+
+    /// The default tuning (every 2 s, failing after 2 failures) on a `Counted` switch.
+    fn alarmed_health() -> (Health, Arc<AtomicBool>, Arc<std::sync::atomic::AtomicU32>) {
+        let up = Arc::new(AtomicBool::new(true));
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let health = Health::builder("t", "0")
+            .check(
+                "db",
+                CheckPolicy::default(),
+                Counted(up.clone(), runs.clone()),
+            )
+            .build()
+            .unwrap();
+        health.advance(LifecycleState::Ready);
+        (health, up, runs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_alarm_reports_a_death_after_a_recheck_not_after_polls() {
+        let (health, up, _runs) = alarmed_health();
+        let _tasks = health.spawn_scheduler(CancellationToken::new());
+        wait_for(&health, Status::Pass).await;
+        // Mid-way between two polls: only the alarm can explain a quick verdict.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        up.store(false, Ordering::SeqCst);
+        let raised = tokio::time::Instant::now();
+        health.alarm("db").unwrap().raise();
+        wait_for(&health, Status::Fail).await;
+        let took = raised.elapsed();
+        // Two failed runs (the threshold), the second one recheck_after (250 ms) later; the
+        // poll path alone would take two intervals (4 s).
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(300),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alarms_on_a_healthy_dependency_change_nothing_and_are_rate_limited() {
+        let (health, _up, runs) = alarmed_health();
+        let _tasks = health.spawn_scheduler(CancellationToken::new());
+        wait_for(&health, Status::Pass).await;
+        let changes = health.slot("db").unwrap().changes.subscribe();
+        let before = runs.load(Ordering::SeqCst);
+        let began = tokio::time::Instant::now();
+        // A connection dropping every 10 ms for a second: each alarm asks for a run.
+        for _ in 0..100 {
+            health.alarm("db").unwrap().raise();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ran = runs.load(Ordering::SeqCst) - before;
+        let allowed = began.elapsed().as_millis() / 250 + 2;
+        assert!(ran >= 2, "the alarms ran the check {ran} times");
+        assert!(
+            u128::from(ran) <= allowed,
+            "{ran} runs, at most {allowed} allowed"
+        );
+        assert_eq!(health.readiness(&ProbeQuery::default()), Status::Pass);
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the check's status changed"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The cached state of every check, read lock-free by the probe handlers.
 
-use crate::{Check, CheckPolicy, Observation, Status};
+use crate::{Alarm, Check, CheckPolicy, Observation, Status};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -79,6 +79,7 @@ pub(crate) struct CheckSlot {
     pub(crate) key: String,
     pub(crate) policy: CheckPolicy,
     pub(crate) check: Arc<dyn Check>,
+    pub(crate) alarm: Alarm,
     pub(crate) state: ArcSwap<CheckState>,
     /// Whether the current result has been reported stale (gauge and log), so that staleness
     /// is told once, like any other change.
@@ -104,6 +105,7 @@ impl CheckSlot {
             name,
             key,
             policy,
+            alarm: check.alarm().unwrap_or_default(),
             check,
             changes: tokio::sync::watch::Sender::new(pending.status),
             state: ArcSwap::from_pointee(pending),

@@ -350,6 +350,11 @@ impl LivenessWatch {
         }
     }
 
+    /// Polls so far.
+    pub fn polls(&self) -> usize {
+        self.polls.load(Ordering::SeqCst)
+    }
+
     /// Stops polling; returns (polls, failures).
     pub fn finish(mut self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);

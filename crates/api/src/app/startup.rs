@@ -15,7 +15,7 @@ use bootstrap::schema::Version;
 use bootstrap::{Startup, StartupPhase};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
 use health::checks::rabbitmq::RabbitMqCheck; // @rabbitmq
-use health::{CancellationToken, Health, ProbeQuery, Status};
+use health::{Alarm, CancellationToken, Health, ProbeQuery, Status};
 use std::sync::Arc; // @rabbitmq
 use std::time::{Duration, Instant};
 use tokio::sync::Notify; // @rabbitmq
@@ -88,20 +88,23 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
     ))?;
     registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
-    let (background_pool, request_pool) = database_pools(settings, &registry)?;
+    // Raised by every connection to PostgreSQL that ends with an error, the check's own and
+    // the pools': readiness follows a dead server within a second, not a poll interval.
+    let postgres_lost = Alarm::default();
+    let (background_pool, request_pool) = database_pools(settings, &registry, &postgres_lost)?;
     let health = Health::builder(settings.service.name.clone(), VERSION)
         .registry(registry.clone())
         .liveness_stall_after(settings.health.liveness.stall_after)
         .check("postgres", settings.health.postgres.policy(true)?, {
             let (config, tls) = bootstrap::tls::postgres(&settings.database)?;
-            PostgresCheck::new(config, tls)
+            PostgresCheck::new(config, tls).with_alarm(postgres_lost)
         })
         // @rabbitmq-begin
         .check(
             "rabbitmq",
             // Not critical by default: the outbox absorbs broker outages.
             settings.health.rabbitmq.policy(false)?,
-            RabbitMqCheck::new(broker.link()),
+            RabbitMqCheck::new(broker.link()).with_alarm(broker.alarm()),
         )
         // Never critical: a lagging relay means late events, not failing requests.
         .check(
@@ -147,6 +150,7 @@ fn warn_if_unverified(database: &bootstrap::config::DatabaseSettings) {
 fn database_pools(
     settings: &Settings,
     registry: &prometheus::Registry,
+    lost: &Alarm,
 ) -> anyhow::Result<(deadpool_postgres::Pool, deadpool_postgres::Pool)> {
     let budget = settings.connection_budget()?;
     tracing::info!(
@@ -175,10 +179,10 @@ fn database_pools(
     }
     registry.register(Box::new(gauges))?;
     registry.register(Box::new(db::CONNECTIONS_REFUSED.clone()))?;
-    let request_pool = db::request_pool(&settings.database, budget.requests)?;
+    let request_pool = db::request_pool(&settings.database, budget.requests, lost)?;
     registry.register(Box::new(PoolGauges::new(request_pool.clone())?))?;
     Ok((
-        db::background_pool(&settings.database, budget.background)?,
+        db::background_pool(&settings.database, budget.background, lost)?,
         request_pool,
     ))
 }

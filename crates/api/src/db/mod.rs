@@ -14,6 +14,7 @@ use deadpool_postgres::{
     TimeoutType,
 };
 use futures_util::future::BoxFuture;
+use health::Alarm;
 pub use health::checks::postgres::describe;
 use prometheus::IntCounter;
 use std::sync::LazyLock;
@@ -28,9 +29,12 @@ mod embedded {
 /// Opens a pool connection on the runtime that asks for it, with its driver task there too.
 ///
 /// deadpool-postgres' own connector does the same but logs a closed connection as a warning;
-/// a connection ending is routine here (a recycled broken one, a runtime stopping).
+/// a connection ending is routine here (a recycled broken one, a runtime stopping). One that
+/// ends with an error raises `lost`, the postgres check's alarm: the server may be gone, and
+/// the check runs now rather than at its next poll.
 struct Connector {
     tls: MakeRustlsConnect,
+    lost: Alarm,
 }
 
 impl Connect for Connector {
@@ -43,11 +47,13 @@ impl Connect for Connector {
     > {
         let config = config.clone();
         let tls = self.tls.clone();
+        let lost = self.lost.clone();
         Box::pin(async move {
             let (client, connection) = config.connect(tls).await?;
             let driver = tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(error = %describe(&error), "pool connection closed");
+                    lost.raise();
                 }
             });
             Ok((client, driver))
@@ -62,28 +68,40 @@ impl Connect for Connector {
 /// pool discards them at their next checkout. At shutdown, a worker that finishes first takes
 /// its connections with it, even one that a slower worker's request is using (that request
 /// fails; a known limit).
-pub fn request_pool(settings: &DatabaseSettings, size: usize) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape", size)
+pub fn request_pool(
+    settings: &DatabaseSettings,
+    size: usize,
+    lost: &Alarm,
+) -> anyhow::Result<Pool> {
+    build_pool(settings, "shipshape", size, lost)
 }
 
 /// The background pool, a few connections shared by every background task: each holds one
 /// only for a statement or a short transaction, never across a call to another service, so
 /// their number does not grow with the tasks. Build and use it on the main runtime, which
 /// outlives the API workers.
-pub fn background_pool(settings: &DatabaseSettings, size: usize) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape-background", size)
+pub fn background_pool(
+    settings: &DatabaseSettings,
+    size: usize,
+    lost: &Alarm,
+) -> anyhow::Result<Pool> {
+    build_pool(settings, "shipshape-background", size, lost)
 }
 
 fn build_pool(
     settings: &DatabaseSettings,
     application: &str,
     max_size: usize,
+    lost: &Alarm,
 ) -> anyhow::Result<Pool> {
     let (mut config, tls) = bootstrap::tls::postgres(settings)?;
     config.application_name(application);
     let manager = Manager::from_connect(
         config,
-        Connector { tls },
+        Connector {
+            tls,
+            lost: lost.clone(),
+        },
         ManagerConfig {
             // Fast: a connection that broke is noticed on use; a round trip per checkout
             // would add a query to every request.

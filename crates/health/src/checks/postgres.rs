@@ -1,6 +1,6 @@
 //! PostgreSQL: `SELECT 1` on a connection of the check's own, plus request-pool gauges.
 
-use crate::{Check, CheckFailure, Observation};
+use crate::{Alarm, Check, CheckFailure, Observation};
 use async_trait::async_trait;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -17,13 +17,19 @@ use tokio_postgres::{Client, Socket};
 /// make the check time out, readiness flip, and the load move to the other replicas, which
 /// then flip too (a cascade). Saturation is exported by [`PoolGauges`] instead.
 ///
+/// When that connection ends with an error (the server died, was restarted, or reset it),
+/// the check's [`Alarm`] is raised, so readiness does not wait for the next poll; give the same
+/// alarm to the pools' connections with [`PostgresCheck::with_alarm`].
+///
 /// ```no_run
-/// use health::{CheckPolicy, Health};
+/// use health::{Alarm, CheckPolicy, Health};
 /// use health::checks::postgres::PostgresCheck;
 ///
 /// let config: tokio_postgres::Config = "postgres://postgres@127.0.0.1/app".parse()?;
+/// let postgres_lost = Alarm::default(); // raised by the pool's connection tasks too
+/// let check = PostgresCheck::new(config, tokio_postgres::NoTls).with_alarm(postgres_lost);
 /// let health = Health::builder("demo", "1.0.0")
-///     .check("postgres", CheckPolicy::default(), PostgresCheck::new(config, tokio_postgres::NoTls))
+///     .check("postgres", CheckPolicy::default(), check)
 ///     .build()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -32,6 +38,7 @@ pub struct PostgresCheck<T> {
     config: tokio_postgres::Config,
     tls: T,
     client: Mutex<Option<Client>>,
+    alarm: Alarm,
 }
 
 impl<T> PostgresCheck<T>
@@ -50,7 +57,15 @@ where
             config,
             tls,
             client: Mutex::new(None),
+            alarm: Alarm::default(),
         }
+    }
+
+    /// The same check, raising `alarm` (instead of one of its own) when its connection ends.
+    #[must_use]
+    pub fn with_alarm(mut self, alarm: Alarm) -> Self {
+        self.alarm = alarm;
+        self
     }
 
     /// A new connection; `None` when the server refused it as full (SQLSTATE 53300): a server
@@ -64,9 +79,13 @@ where
             }
             Err(error) => return Err(failure("connecting", &error)),
         };
+        let alarm = self.alarm.clone();
         tokio::spawn(async move {
-            // Ends when the server goes away or the client is dropped; the next run reconnects.
-            let _ = connection.await;
+            // Ends when the server goes away (an error: the check should run now) or the
+            // client is dropped; the next run reconnects.
+            if connection.await.is_err() {
+                alarm.raise();
+            }
         });
         Ok(Some(client))
     }
@@ -138,6 +157,10 @@ where
     T::TlsConnect: Send,
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
+    fn alarm(&self) -> Option<Alarm> {
+        Some(self.alarm.clone())
+    }
+
     async fn run(&self) -> Result<Observation, CheckFailure> {
         let mut slot = self.client.lock().await;
         // Taken out for the duration of the run: if the scheduler's timeout cancels us

@@ -1,6 +1,6 @@
 //! RabbitMQ: the state of the supervised connection, proven with one round trip.
 
-use crate::{Check, CheckFailure, Observation};
+use crate::{Alarm, Check, CheckFailure, Observation};
 use async_trait::async_trait;
 use lapin::options::BasicQosOptions;
 use lapin::{Channel, Connection};
@@ -14,17 +14,21 @@ pub type BrokerLink = watch::Receiver<Option<Arc<Connection>>>;
 
 /// Passes when the supervised connection is open and a channel on it answers a `basic.qos`
 /// round trip (a black-holed broker keeps a connection "open" until heartbeats time out; the
-/// round trip notices at once).
+/// round trip notices at once). The supervisor that publishes the link raises the check's
+/// [`Alarm`] when the connection drops, so the check runs at once rather than at its next poll.
 ///
 /// ```
+/// use health::Alarm;
 /// use health::checks::rabbitmq::RabbitMqCheck;
 /// let (_tx, link) = tokio::sync::watch::channel(None);
-/// let _check = RabbitMqCheck::new(link);
+/// let dropped = Alarm::default(); // raised by the connection supervisor
+/// let _check = RabbitMqCheck::new(link).with_alarm(dropped);
 /// ```
 #[derive(Debug)]
 pub struct RabbitMqCheck {
     link: BrokerLink,
     channel: Mutex<Option<Channel>>,
+    alarm: Option<Alarm>,
 }
 
 impl RabbitMqCheck {
@@ -33,7 +37,15 @@ impl RabbitMqCheck {
         Self {
             link,
             channel: Mutex::new(None),
+            alarm: None,
         }
+    }
+
+    /// The same check, run at once whenever whoever holds `alarm` raises it.
+    #[must_use]
+    pub fn with_alarm(mut self, alarm: Alarm) -> Self {
+        self.alarm = Some(alarm);
+        self
     }
 }
 
@@ -46,6 +58,10 @@ fn failure(step: &str, error: &lapin::Error) -> CheckFailure {
 
 #[async_trait]
 impl Check for RabbitMqCheck {
+    fn alarm(&self) -> Option<Alarm> {
+        self.alarm.clone()
+    }
+
     async fn run(&self) -> Result<Observation, CheckFailure> {
         let connection = self
             .link

@@ -171,7 +171,7 @@ mod tests {
             .migrate(&settings, &MigrationSettings::default(), |_, _| {})
             .await
             .unwrap();
-        let pool = crate::db::request_pool(&settings, 2).unwrap();
+        let pool = crate::db::request_pool(&settings, 2, &health::Alarm::default()).unwrap();
         crate::db::Database::new(pool, Duration::from_secs(5))
     }
 
