@@ -5,6 +5,7 @@
 //! little; the ratios against the bare actix-web handler measured minutes apart are the result.
 
 mod chart;
+mod overload;
 mod pipeline; // @rabbitmq
 mod report;
 mod request_path;
@@ -70,8 +71,8 @@ fn main() -> anyhow::Result<()> {
     }
     let database = format!("bench_{}", std::process::id());
     psql("postgres", &format!("CREATE DATABASE {database}"))?;
-    // `bench request-path`, `bench detection` and `bench pipeline`: one section, printed,
-    // nothing written.
+    // `bench request-path`, `bench detection`, `bench overload` and `bench pipeline`: one
+    // section, printed, nothing written.
     let env = service_env(&database);
     let env = borrowed(&env);
     let section = std::env::args().nth(1);
@@ -85,6 +86,13 @@ fn main() -> anyhow::Result<()> {
             report::request_path_rows(&routes),
             report::request_path_figures(&routes)
         );
+        return Ok(());
+    }
+    if section.as_deref() == Some("overload") {
+        let outcome = migrate(&service_binary, &env)
+            .and_then(|()| overload::measure(&service_binary, &database, &env));
+        drop_database(&database);
+        println!("{}", report::overload_rows(&outcome?));
         return Ok(());
     }
     if section.as_deref() == Some("detection") {

@@ -546,3 +546,38 @@ pub fn detection_rows(detections: &[Duration], recoveries: &[Duration]) -> Strin
         n = detections.len(),
     )
 }
+
+/// The overload table: per route and offered load, what came back (`bench overload`).
+pub fn overload_rows(routes: &[crate::overload::Route]) -> String {
+    use crate::overload::p99;
+    let mut out = String::from(
+        "| route | offered | 2xx/s vs saturation | p99 of 2xx (vs at 0.5x) | 503s, p99 | other failures / unsent | probe non-200 |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for route in routes {
+        let half = route
+            .runs
+            .first()
+            .map(|run| p99(&run.ok))
+            .unwrap_or_default();
+        for run in &route.runs {
+            out.push_str(&format!(
+                "| {} | {:.1}x ({:.0}/s) | {:.2}x ({:.0}/s) | {} ({:.1}x) | {}, {} | {} / {} | {} of {} |\n",
+                route.route,
+                run.offered / route.saturation,
+                run.offered,
+                run.goodput() / route.saturation,
+                run.goodput(),
+                ms(p99(&run.ok)),
+                crate::ratio(p99(&run.ok), half),
+                run.rejected.len(),
+                ms(p99(&run.rejected)),
+                run.failed,
+                run.unsent,
+                run.probe_failures,
+                run.probes,
+            ));
+        }
+    }
+    out
+}

@@ -66,7 +66,8 @@ impl BrokerSupervisor {
             tls,
             name,
             topology,
-            (publish, alarm.clone()),
+            publish,
+            alarm.clone(),
             stop.clone(),
         ));
         Ok(Self {
@@ -120,7 +121,8 @@ async fn supervise(
     tls: OwnedTLSConfig,
     name: String,
     topology: Topology,
-    (publish, alarm): (watch::Sender<Option<Arc<Connection>>>, Alarm),
+    publish: watch::Sender<Option<Arc<Connection>>>,
+    alarm: Alarm,
     stop: CancellationToken,
 ) {
     let url = &settings.url;

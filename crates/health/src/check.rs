@@ -87,29 +87,62 @@ pub trait Check: Send + Sync + 'static {
 /// on a closed connection, the broker dropped the link. Raising it runs the dependency's check
 /// at once and, while a failure is not yet confirmed, again every
 /// [`CheckPolicy::recheck_after`](crate::CheckPolicy::recheck_after), so the thresholds still
-/// decide and readiness follows a death in well under a poll interval. Raising it costs one
-/// atomic operation; raises while a run is under way collapse into one more run.
+/// decide and readiness follows a death in well under a poll interval. Raising never waits;
+/// raises during a run collapse into one more run, and raises while the check is failing are
+/// ignored (recovery keeps the poll's pace). An alarm belongs to one check: share it among the
+/// things that can see that dependency fail, not among checks.
 ///
 /// ```
-/// use health::{Alarm, Check, CheckFailure, CheckPolicy, Health, Observation};
+/// use health::{Alarm, Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation};
+/// use health::{ProbeQuery, Status};
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::time::Duration;
 ///
-/// struct Cache { alarm: Alarm }
+/// struct Cache {
+///     up: Arc<AtomicBool>,
+///     alarm: Alarm,
+/// }
 ///
 /// #[async_trait::async_trait]
 /// impl Check for Cache {
-///     fn alarm(&self) -> Option<Alarm> { Some(self.alarm.clone()) }
-///     async fn run(&self) -> Result<Observation, CheckFailure> { Ok(Observation::default()) }
+///     fn alarm(&self) -> Option<Alarm> {
+///         Some(self.alarm.clone())
+///     }
+///     async fn run(&self) -> Result<Observation, CheckFailure> {
+///         match self.up.load(Ordering::SeqCst) {
+///             true => Ok(Observation::default()),
+///             false => Err(CheckFailure::new("cache gone")),
+///         }
+///     }
 /// }
 ///
-/// let alarm = Alarm::default();
-/// // Handed to whatever sees the cache's connection die, before the check is registered.
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (up, alarm) = (Arc::new(AtomicBool::new(true)), Alarm::default());
+/// // Handed to whatever sees the cache's connection die.
 /// let on_disconnect = alarm.clone();
-/// let health = Health::builder("demo", "1.0.0")
-///     .check("cache", CheckPolicy::default(), Cache { alarm })
+/// // Polled once an hour: only the alarm can make it notice within five seconds.
+/// let policy = CheckPolicy::builder()
+///     .interval(Duration::from_secs(3600))
+///     .failure_threshold(1)
 ///     .build()?;
+/// let health = Health::builder("demo", "1.0.0")
+///     .check("cache", policy, Cache { up: up.clone(), alarm })
+///     .build()?;
+/// health.advance(LifecycleState::Ready);
+/// let _scheduler = health.spawn_scheduler(health::CancellationToken::new());
+/// let health = &health;
+/// let readiness_is = |wanted| async move {
+///     while health.readiness(&ProbeQuery::default()) != wanted {
+///         tokio::time::sleep(Duration::from_millis(5)).await;
+///     }
+/// };
+/// readiness_is(Status::Pass).await;
+/// up.store(false, Ordering::SeqCst);
 /// on_disconnect.raise();
-/// assert!(health.alarm("cache").is_some());
-/// # Ok::<(), health::HealthError>(())
+/// tokio::time::timeout(Duration::from_secs(5), readiness_is(Status::Fail)).await?;
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Alarm(Arc<Notify>);

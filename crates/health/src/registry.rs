@@ -4,7 +4,7 @@ use crate::lifecycle::LifecycleCell;
 use crate::liveness::Heartbeat;
 use crate::metrics::HealthMetrics;
 use crate::snapshot::{CheckSlot, CheckState};
-use crate::{Check, CheckPolicy, LifecycleState, ProbeQuery, Status, StatusListener};
+use crate::{Alarm, Check, CheckPolicy, LifecycleState, ProbeQuery, Status, StatusListener};
 use prometheus::Registry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -292,7 +292,7 @@ impl Health {
 
     /// The [`Alarm`](crate::Alarm) that runs the check `selector` (its name or key) at once;
     /// `None` when no check has that name.
-    pub fn alarm(&self, selector: &str) -> Option<crate::Alarm> {
+    pub fn alarm(&self, selector: &str) -> Option<Alarm> {
         self.slot(selector).map(|slot| slot.alarm.clone())
     }
 

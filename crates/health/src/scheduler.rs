@@ -44,14 +44,14 @@ impl Health {
                 let mut ticker = interval(slot.policy.interval());
                 // After a slow run, wait a full interval rather than firing a burst.
                 ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                let mut last_run = Instant::now();
+                let mut last_alarm: Option<Instant> = None;
                 loop {
                     let alarmed = tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = ticker.tick() => false,
                         () = slot.alarm.raised() => true,
                     };
-                    let runs = run_until_decided(&health, slot, alarmed, &mut last_run);
+                    let runs = run_until_decided(&health, slot, alarmed, &mut last_alarm);
                     if shutdown.run_until_cancelled(runs).await.is_none() {
                         break;
                     }
@@ -63,21 +63,27 @@ impl Health {
 }
 
 /// One run; after an alarm, re-runs every `recheck_after` while a failure is seen but not yet
-/// confirmed by the threshold. However often the alarm rings, runs start at least
+/// confirmed by the threshold. However often the alarm rings, alarms are answered at least
 /// `recheck_after` apart: a dependency that drops connections in a loop cannot turn its check
-/// into one.
+/// into one. An alarm while the check is failing is ignored: alarms hasten bad
+/// news only, and recovery keeps the poll's pace.
 async fn run_until_decided(
     health: &Health,
     slot: &CheckSlot,
     alarmed: bool,
-    last_run: &mut Instant,
+    last_alarm: &mut Option<Instant>,
 ) {
     let recheck = slot.policy.recheck_after();
     if alarmed {
-        tokio::time::sleep_until(*last_run + recheck).await;
+        if slot.state.load().status != Status::Pass {
+            return;
+        }
+        if let Some(last) = *last_alarm {
+            tokio::time::sleep_until(last + recheck).await;
+        }
+        *last_alarm = Some(Instant::now());
     }
     loop {
-        *last_run = Instant::now();
         run_once(health, slot).await;
         let state = slot.state.load();
         let unconfirmed = state.status == Status::Pass && state.consecutive_failures > 0;
@@ -124,7 +130,7 @@ mod tests {
         Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation, ProbeQuery, Status,
     };
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
@@ -287,26 +293,29 @@ mod tests {
     }
 
     /// A switch that counts its runs.
-    struct Counted(Arc<AtomicBool>, Arc<std::sync::atomic::AtomicU32>);
+    struct Counted {
+        up: Arc<AtomicBool>,
+        runs: Arc<AtomicU32>,
+    }
 
     #[async_trait::async_trait]
     impl Check for Counted {
         async fn run(&self) -> Result<Observation, CheckFailure> {
-            self.1.fetch_add(1, Ordering::SeqCst);
-            Switch(self.0.clone()).run().await
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            Switch(self.up.clone()).run().await
         }
     }
 
     /// The default tuning (every 2 s, failing after 2 failures) on a `Counted` switch.
-    fn alarmed_health() -> (Health, Arc<AtomicBool>, Arc<std::sync::atomic::AtomicU32>) {
+    fn alarmed_health() -> (Health, Arc<AtomicBool>, Arc<AtomicU32>) {
         let up = Arc::new(AtomicBool::new(true));
-        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = Counted {
+            up: up.clone(),
+            runs: runs.clone(),
+        };
         let health = Health::builder("t", "0")
-            .check(
-                "db",
-                CheckPolicy::default(),
-                Counted(up.clone(), runs.clone()),
-            )
+            .check("db", CheckPolicy::default(), counted)
             .build()
             .unwrap();
         health.advance(LifecycleState::Ready);
@@ -357,6 +366,27 @@ mod tests {
         assert!(
             !changes.has_changed().unwrap(),
             "the check's status changed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alarms_while_failing_leave_recovery_to_the_poll() {
+        let (health, up, runs) = alarmed_health();
+        let _tasks = health.spawn_scheduler(CancellationToken::new());
+        wait_for(&health, Status::Pass).await;
+        up.store(false, Ordering::SeqCst);
+        health.alarm("db").unwrap().raise();
+        wait_for(&health, Status::Fail).await;
+        let before = runs.load(Ordering::SeqCst);
+        // Well inside the 2 s interval: only an alarm could run the check.
+        for _ in 0..10 {
+            health.alarm("db").unwrap().raise();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            before,
+            "an alarm ran a failing check"
         );
     }
 

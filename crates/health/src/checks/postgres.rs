@@ -165,26 +165,40 @@ where
         let mut slot = self.client.lock().await;
         // Taken out for the duration of the run: if the scheduler's timeout cancels us
         // mid-query the connection is dropped, never reused in an unknown state.
-        let client = match slot.take() {
-            Some(client) if !client.is_closed() => client,
-            _ => match self.connect().await? {
+        let kept = slot.take().filter(|client| !client.is_closed());
+        let reconnect_on_error = kept.is_some();
+        let mut client = match kept {
+            Some(client) => client,
+            None => match self.connect().await? {
                 Some(client) => client,
-                None => {
-                    return Ok(Observation {
-                        output: Some("server full (too many clients): up, not reached".into()),
-                        ..Observation::default()
-                    });
-                }
+                None => return Ok(server_full()),
             },
         };
-        let started = Instant::now();
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| failure("SELECT 1", &e))?;
+        let mut started = Instant::now();
+        let mut answer = client.simple_query("SELECT 1").await;
+        // A kept connection that the server dropped since the last run (a restart, a reset
+        // whose news has not reached the driver yet) says nothing of the server: a fresh
+        // connection decides.
+        if reconnect_on_error && answer.is_err() {
+            client = match self.connect().await? {
+                Some(client) => client,
+                None => return Ok(server_full()),
+            };
+            started = Instant::now();
+            answer = client.simple_query("SELECT 1").await;
+        }
+        answer.map_err(|e| failure("SELECT 1", &e))?;
         let observation = Observation::latency(started.elapsed());
         *slot = Some(client);
         Ok(observation)
+    }
+}
+
+/// A server that refused the check's connection as full is up: pressure, not an outage.
+fn server_full() -> Observation {
+    Observation {
+        output: Some("server full (too many clients): up, not reached".into()),
+        ..Observation::default()
     }
 }
 
