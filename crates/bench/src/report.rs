@@ -498,9 +498,16 @@ made both routes worse: the read delivered 0.39x and 0.56x of saturation at 2x a
 0.93x, 0.95x), the write 0.35x and 0.32x (control 1.07x, 0.97x), and it shed 2 945 reads at
 half load, where the generator's CPU had starved the server's workers past the 100 ms queue.
 24 in flight is also below what the write needs: at its unloaded latency, 1 838 writes per
-second need about 55 requests in flight. Measuring the goal honestly needs a generator that
-does not share the server's cores (or costs far less than reqwest per request), and a limit
-derived from measured latency rather than from the pool.
+second need about 55 requests in flight. Two more runs the same day, with 64 in flight (the
+bench's own closed loop) and no queue: the write at 2x delivered 0.53x, its refusals' p99 270 ms,
+because a refused `POST` left its body unread and actix closed the connection, so every refusal
+cost a reconnect; with the body drained first, 0.61x at 2x (p99 of the 2xx 87 ms, 1.7x the
+half-load p99; refusals' p99 20 ms) and 0.45x at 4x. The read fell to 0.33x in both. On this
+machine the refusals are not cheap enough: the generator, PostgreSQL and RabbitMQ share the
+server's two cores, each fast refusal lets the generator send sooner, and what the generator
+spends the server loses, where the control's queue had throttled the generator instead.
+Measuring the goal honestly needs a generator on cores of its own, which this machine does not
+have; no admission control ships until a run shows it better than this control.
 
 Detection (`target/release/bench detection`, 2026-12-06, ten trials, default tuning): PostgreSQL
 `kill -9` -> `/readyz` 503 in 262 / **267** / 282 ms (min / median / max), where polling alone
