@@ -85,6 +85,81 @@ fn postgres_death_fails_readiness_within_a_second_every_time() {
 }
 
 #[test]
+fn a_request_whose_query_fails_does_not_change_readiness() {
+    let shared = Shared::new("pgonequery");
+    let mut env = DEFAULT_TUNING.to_vec();
+    env.push(("APP__DATABASE__QUERY_TIMEOUT", "20s"));
+    let service = spawn(&shared.env_with(&shared.database_url(), &env));
+    service.wait_for_status("pass", Duration::from_secs(30));
+    // Another session holds a lock on the items: the next read waits on it, in flight.
+    let mut locker = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            &shared.name,
+            "-Xqc",
+        ])
+        .arg("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)")
+        .env("PGAPPNAME", "locker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock_held = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'locker' AND l.mode = 'AccessExclusiveLock' AND l.granted \
+         AND a.datname = '{}'",
+        shared.name
+    );
+    testkit::wait_until("the lock held", Duration::from_secs(10), || {
+        psql(&lock_held) != "0"
+    });
+    let waiting_read = format!(
+        "FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'shipshape' \
+         AND wait_event_type = 'Lock'",
+        shared.name
+    );
+    let readiness = service.watch_probe("/readyz");
+    let path = format!("/v1/items/{}", uuid::Uuid::now_v7());
+    let (status, _, body) = std::thread::scope(|scope| {
+        let read = scope.spawn(|| service.api(&path));
+        testkit::wait_until(
+            "the read waits on the lock",
+            Duration::from_secs(10),
+            || psql(&format!("SELECT count(*) {waiting_read}")) == "1",
+        );
+        // The read's own connection dies under it: one failed request-path query.
+        psql(&format!("SELECT pg_terminate_backend(pid) {waiting_read}"));
+        read.join().unwrap()
+    });
+    assert_eq!(status, 503, "the read whose connection died: {body}");
+    // Its connection's end raised the postgres alarm; the check ran and passed. Watched for a
+    // second more before the lock goes.
+    let failed_at = readiness.polls();
+    testkit::wait_until("readiness watched after the failure", RECOVERY, || {
+        readiness.polls() >= failed_at + 10
+    });
+    psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'locker'",
+    );
+    let _ = locker.wait();
+    let (polls, failures) = readiness.finish();
+    assert!(
+        failures.is_empty(),
+        "/readyz failed {} of {polls} polls after one failed query: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(
+        service.api(&path).0,
+        404,
+        "reads work on a fresh connection"
+    );
+}
+
+#[test]
 fn dropped_connections_of_a_live_server_never_change_readiness() {
     let shared = Shared::new("pgdrops");
     let service = spawn(&shared.env_with(&shared.database_url(), &DEFAULT_TUNING));

@@ -503,8 +503,8 @@ bench's own closed loop) and no queue: the write at 2x delivered 0.53x, its refu
 because a refused `POST` left its body unread and actix closed the connection, so every refusal
 cost a reconnect; with the body drained first, 0.61x at 2x (p99 of the 2xx 87 ms, 1.7x the
 half-load p99; refusals' p99 20 ms) and 0.45x at 4x. The read fell to 0.33x in both. On this
-machine the refusals are not cheap enough: the generator, PostgreSQL and RabbitMQ share the
-server's two cores, each fast refusal lets the generator send sooner, and what the generator
+machine the refusals are not cheap enough: the generator and the service's dependencies share
+the server's two cores, each fast refusal lets the generator send sooner, and what the generator
 spends the server loses, where the control's queue had throttled the generator instead.
 Measuring the goal honestly needs a generator on cores of its own, which this machine does not
 have; no admission control ships until a run shows it better than this control.

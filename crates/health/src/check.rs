@@ -84,7 +84,7 @@ pub trait Check: Send + Sync + 'static {
 }
 
 /// A signal that a dependency may have just failed: a driver's connection ended, a query failed
-/// on a closed connection, the broker dropped the link. Raising it runs the dependency's check
+/// on a closed connection, a client library reported its link down. Raising it runs the check
 /// at once and, while a failure is not yet confirmed, again every
 /// [`CheckPolicy::recheck_after`](crate::CheckPolicy::recheck_after), so the thresholds still
 /// decide and readiness follows a death in well under a poll interval. Raising never waits;
