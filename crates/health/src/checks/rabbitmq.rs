@@ -28,7 +28,7 @@ pub type BrokerLink = watch::Receiver<Option<Arc<Connection>>>;
 pub struct RabbitMqCheck {
     link: BrokerLink,
     channel: Mutex<Option<Channel>>,
-    alarm: Option<Alarm>,
+    alarm: Alarm,
 }
 
 impl RabbitMqCheck {
@@ -37,14 +37,14 @@ impl RabbitMqCheck {
         Self {
             link,
             channel: Mutex::new(None),
-            alarm: None,
+            alarm: Alarm::default(),
         }
     }
 
     /// The same check, run at once whenever whoever holds `alarm` raises it.
     #[must_use]
     pub fn with_alarm(mut self, alarm: Alarm) -> Self {
-        self.alarm = Some(alarm);
+        self.alarm = alarm;
         self
     }
 }
@@ -59,7 +59,7 @@ fn failure(step: &str, error: &lapin::Error) -> CheckFailure {
 #[async_trait]
 impl Check for RabbitMqCheck {
     fn alarm(&self) -> Option<Alarm> {
-        self.alarm.clone()
+        Some(self.alarm.clone())
     }
 
     async fn run(&self) -> Result<Observation, CheckFailure> {
