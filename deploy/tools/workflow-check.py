@@ -11,7 +11,7 @@ Checks, for every file in .github/workflows:
 - `make image-check` builds through `make image`, so the image checked here is the one shipped;
 - a workflow that builds an image on path-filtered events runs when the image's inputs outside
   crates/ and deploy/ (Makefile, .dockerignore, Cargo.toml, Cargo.lock) or the workflow change;
-- every container image a job or a step runs is pinned by digest;
+- every container image a job or a step runs is pinned by digest, every action by a commit SHA;
 - release.yml publishes only what passed ci.yml and e2e.yml (called as reusable workflows, some
   workflow running `make image-check`), for linux/amd64 and linux/arm64, from a binary built with
   cargo auditable.
@@ -38,6 +38,8 @@ HASHFILES_RE = re.compile(r"hashFiles\(([^)]*)\)")
 MAKE_RE = re.compile(r"(?:^|[;&|(]\s*|\bsudo\s+(?:-\S+\s+)*|\benv\s+(?:\S+=\S*\s+)*)make\s+([^;&|#\n]*)", re.M)
 IMAGE_BUILD_RE = re.compile(r"\b(?:docker|podman)\s+(?:buildx\s+)?build\b|\bbuildah\s+(?:bud|build)\b")
 BUILD_PUSH_ACTION = "docker/build-push-action"
+# An action by a full commit SHA: a moved tag cannot change what a workflow runs.
+PINNED_RE = re.compile(r"@[0-9a-f]{40}$")
 # A container image a step runs (`kubectl run|create ... --image=...`): pinned by digest, or a
 # re-pushed tag changes what CI tests.
 RUN_IMAGE_RE = re.compile(r"--image[= ]([^\s'\"]+)")
@@ -165,7 +167,10 @@ def check(root: Path) -> list[str]:
             for line in script.splitlines():
                 if IMAGE_BUILD_RE.search(line):
                     findings.append(f"{label} builds an image by hand ({line.strip()[:60]}); use `make image`")
-            if str(step.get("uses", "")).startswith(BUILD_PUSH_ACTION + "@"):
+            action = str(step.get("uses", ""))
+            if action and not action.startswith(("./", "docker://")) and not PINNED_RE.search(action):
+                findings.append(f"{label} uses {action}, not pinned by a commit SHA")
+            if action.startswith(BUILD_PUSH_ACTION + "@"):
                 image_builds[file.name] += 1
                 used = inputs.get("file")
                 if used != makefile.image_file:

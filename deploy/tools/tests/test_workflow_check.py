@@ -47,6 +47,12 @@ def test_a_workflow_naming_a_missing_file_fails(repo: Path):
     assert any("deploy/tools/chart-check.sh, which does not exist" in f for f in findings), findings
 
 
+def test_an_action_by_tag_fails(repo: Path):
+    edit(repo / ".github/workflows/ci.yml", "actions/checkout@34e114876b0b11c390a56381ad16ebd13914f8d5", "actions/checkout@v4")
+    findings = workflow_check.check(repo)
+    assert any("uses actions/checkout@v4, not pinned by a commit SHA" in f for f in findings), findings
+
+
 def test_the_script_exits_1_on_a_finding(repo: Path):
     edit(repo / ".github/workflows/ci.yml", "run: make chart-check", "run: make chart-lint")
     result = subprocess.run(
