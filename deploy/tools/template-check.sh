@@ -223,6 +223,26 @@ update_to_b() { # $1: project, $2: rabbitmq choice
     echo "an update from B to B changed the project:" >&2; git -C "$project" status --short >&2; exit 1
   fi
   echo "an update from B to B changes nothing"
+
+  # The weekly workflow's job, from the project as it was before the update, against a local
+  # origin and a stand-in for gh that records its arguments.
+  local origin=$work/origin-$rabbitmq.git calls=$work/gh-$rabbitmq.txt bin=$work/bin-$rabbitmq
+  local branch=template-update/template-v1.1.0 job=(env "PATH=$bin:$PATH" CARGO_GENERATE="$CARGO_GENERATE" TO=)
+  git clone -q --bare "$project" "$origin"
+  git -C "$project" remote add origin "$origin"
+  mkdir -p "$bin" && printf '#!/bin/sh\necho "$@" >>"%s"\n' "$calls" >"$bin/gh" && chmod +x "$bin/gh"
+  git -C "$project" switch -q -c weekly HEAD~1
+  (cd "$project" && "${job[@]}" deploy/tools/template-update-pr.sh) >"$out"
+  git -C "$origin" show "$branch:crates/api/src/main.rs" | grep -q '^<<<<<<< '
+  git -C "$origin" show "$branch:.template.toml" | grep -q '^tag = "template-v1.1.0"$'
+  grep -q -- "^pr create --head $branch --title Template update to template-v1.1.0 (conflicts to resolve) " "$calls"
+  grep -q -- '--draft$' "$calls"
+  # A second run leaves the branch (the team's now) alone and opens nothing.
+  git -C "$project" switch -q weekly
+  (cd "$project" && "${job[@]}" deploy/tools/template-update-pr.sh) >"$out"
+  grep -q 'on origin already' "$out"
+  if (($(grep -c '^pr create' "$calls") != 1)); then echo "gh was called again:" >&2; cat "$calls" >&2; exit 1; fi
+  echo "the workflow's job pushed $branch with the conflict marked and opened one draft pull request"
 }
 
 for rabbitmq in true false; do
