@@ -150,7 +150,8 @@ same_schema() { # $1: the generated binary
 
 # Release B of the template, published as a tag only (the `template` branch stays at A, so that
 # both variants are generated from A): a changed chart default, a changed line in a Rust file, a
-# new file, a removed file, a changed workflow, and a change to a doc the project removed.
+# new file, a removed file, a changed workflow, a change to a doc the project removed, and a new
+# dependency in a manifest (its lock file left as it was: the update resolves it).
 release_b() {
   local template=$repository/template
   sed -i 's/^revisionHistoryLimit: 5$/revisionHistoryLimit: 7/' "$template/helm/{{project-name}}/values.yaml"
@@ -158,6 +159,7 @@ release_b() {
   printf '# Upgrading\n\nRelease B of the template added this guide.\n' >"$template/docs/upgrading.md"
   rm "$template/docs/api.md"
   printf '\nRelease B added this paragraph.\n' >>"$template/docs/health.md"
+  sed -i '/^\[dependencies\]$/a itoa = "1"' "$template/crates/api/Cargo.toml"
   sed -i '0,/timeout-minutes: 20/s//timeout-minutes: 25/' "$template/.github/workflows/ci.yml"
   source_b=$(source_commit "source B")
   sed -i -e "s/^commit = .*/commit = \"$source_b\"/" -e 's/^tag = .*/tag = "template-v1.1.0"/' "$template/.template.toml"
@@ -204,6 +206,13 @@ update_to_b() { # $1: project, $2: rabbitmq choice
   grep -q 'timeout-minutes: 25' "$project/.github/workflows/ci.yml"
   grep -q '^tag = "template-v1.1.0"$' "$project/.template.toml"
   grep -q "^commit = \"$source_b\"$" "$project/.template.toml"
+  # The lock file resolved for B's manifests: the service package depends on itoa now.
+  grep -q '^itoa = "1"$' "$project/crates/api/Cargo.toml"
+  python3 -c 'import sys, tomllib
+lock = tomllib.load(open(sys.argv[1], "rb"))
+package = next(p for p in lock["package"] if p["name"] == sys.argv[2])
+sys.exit(0 if any(d.split()[0] == "itoa" for d in package["dependencies"]) else "Cargo.lock: no itoa")' \
+    "$project/Cargo.lock" "$name"
   echo "B's changes arrived, the local edits stayed, the conflict is marked, B is recorded"
 
   # The team resolves the conflict with B's line, commits; the project builds and its chart lints.

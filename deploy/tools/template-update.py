@@ -245,15 +245,15 @@ class Update:
 
     def lock(self) -> None:
         """Cargo.lock regenerated, never merged: the template's new one when the project's is still
-        the template's old one; otherwise the project's own, resolved against the merged manifests."""
+        the template's old one, the project's own otherwise; either resolved against the merged
+        manifests (`cargo update --workspace` keeps every other pin)."""
         lock = pathlib.Path("Cargo.lock")
         if self.new_lock is not None and lock.exists() and lock.read_bytes() == self.old_lock:
             lock.write_bytes(self.new_lock)
-        else:
-            done = subprocess.run(["cargo", "update", "--workspace", "--quiet"], capture_output=True, text=True)
-            if done.returncode != 0:
-                print("Cargo.lock: not resolved (the manifests do not parse yet?);"
-                      " run `cargo update --workspace` once the conflicts are resolved")
+        done = subprocess.run(["cargo", "update", "--workspace", "--quiet"], capture_output=True, text=True)
+        if done.returncode != 0:
+            print("Cargo.lock: not resolved (a manifest with conflict markers, or no registry);"
+                  " run `cargo update --workspace` once the manifests are resolved")
         if lock.exists():
             git("add", "Cargo.lock")
 
