@@ -190,7 +190,7 @@ update_to_b() { # $1: project, $2: rabbitmq choice
   if "${make[@]}" template-update TO=template-v1.1.0 2>"$out"; then echo "an update ran on a dirty tree" >&2; exit 1; fi
   grep -q 'uncommitted changes' "$out"
   rm "$project/scratch.txt"
-  "${make[@]}" template-update TO=template-v1.1.0 >"$out" || status=$?
+  "${make[@]}" template-update TO=template-v1.1.0 >"$out" 2>&1 || status=$?
   cat "$out"
   # make fails while a conflict is left (the script exits 1; 2 is an error, which lists none).
   if ((status == 0)); then echo "template-update succeeded; expected a conflict" >&2; exit 1; fi
@@ -241,14 +241,14 @@ sys.exit(0 if any(d.split()[0] == "itoa" for d in package["dependencies"]) else 
   git -C "$project" remote add origin "$origin"
   mkdir -p "$bin" && printf '#!/bin/sh\necho "$@" >>"%s"\n' "$calls" >"$bin/gh" && chmod +x "$bin/gh"
   git -C "$project" switch -q -c weekly HEAD~1
-  (cd "$project" && "${job[@]}" deploy/tools/template-update-pr.sh) >"$out"
+  (cd "$project" && "${job[@]}" deploy/tools/template-update-pr.sh) >"$out" 2>&1
   git -C "$origin" show "$branch:crates/api/src/main.rs" | grep -q '^<<<<<<< '
   git -C "$origin" show "$branch:.template.toml" | grep -q '^tag = "template-v1.1.0"$'
   grep -q -- "^pr create --head $branch --title Template update to template-v1.1.0 (conflicts to resolve) " "$calls"
   grep -q -- '--draft$' "$calls"
   # A second run leaves the branch (the team's now) alone and opens nothing.
   git -C "$project" switch -q weekly
-  (cd "$project" && "${job[@]}" deploy/tools/template-update-pr.sh) >"$out"
+  (cd "$project" && "${job[@]}" deploy/tools/template-update-pr.sh) >"$out" 2>&1
   grep -q 'on origin already' "$out"
   if (($(grep -c '^pr create' "$calls") != 1)); then echo "gh was called again:" >&2; cat "$calls" >&2; exit 1; fi
   echo "the workflow's job pushed $branch with the conflict marked and opened one draft pull request"
