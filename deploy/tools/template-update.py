@@ -172,15 +172,20 @@ class Update:
         print(f"recorded: {describe(self.record['template'])}")
         print(f"target:   {self.target_ref} (template commit {self.new[:12]})")
 
-    def status(self) -> int:
+    def changed_renders(self) -> tuple[str, str] | None:
+        """The two renders as commits, or None when the target renders as the recorded version."""
         self.header()
         if self.old == self.new:
-            print("up to date: the update would change nothing")
-            return 0
+            return None
         old, new = self.renders()
-        if git("rev-parse", f"{old}^{{tree}}") == git("rev-parse", f"{new}^{{tree}}"):
+        return None if git("rev-parse", f"{old}^{{tree}}") == git("rev-parse", f"{new}^{{tree}}") else (old, new)
+
+    def status(self) -> int:
+        renders = self.changed_renders()
+        if renders is None:
             print("up to date: the update would change nothing")
             return 0
+        old, new = renders
         # git 2.40 or later; exit 1 means conflicts, more is an error.
         merged = subprocess.run(["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", "-z",
                                  f"--merge-base={old}", "HEAD", new], capture_output=True, text=True)
@@ -197,19 +202,16 @@ class Update:
         return 0
 
     def update(self) -> int:
-        self.header()
-        if self.old == self.new:
-            print("up to date: nothing changed")
-            return 0
-        old, new = self.renders()
-        if git("rev-parse", f"{old}^{{tree}}") == git("rev-parse", f"{new}^{{tree}}"):
-            if self.new_record == self.record["template"]:
+        renders = self.changed_renders()
+        if renders is None:
+            if self.old != self.new and self.new_record != self.record["template"]:
+                pathlib.Path(RECORD).write_text(self.new_record_text)
+                git("add", RECORD)
+                print(f"no file changes; {RECORD} now records {describe(self.new_record)}")
+            else:
                 print("up to date: nothing changed")
-                return 0
-            pathlib.Path(RECORD).write_text(self.new_record_text)
-            git("add", RECORD)
-            print(f"no file changes; {RECORD} now records {describe(self.new_record)}")
             return 0
+        old, new = renders
         picked = subprocess.run(["git", "cherry-pick", "--no-commit", new], capture_output=True, text=True)
         unmerged = [path for path in git("diff", "--name-only", "-z", "--diff-filter=U").split("\0") if path]
         git("cherry-pick", "--quit", check=False)

@@ -29,12 +29,12 @@ use std::io::IsTerminal;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{self, LevelFilter};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -99,7 +99,7 @@ fn subscriber(
     pretty: bool,
     tracer: opentelemetry_sdk::trace::SdkTracer,
 ) -> impl Subscriber + Send + Sync + 'static {
-    let most_verbose = filter.max_level_hint();
+    let most_verbose = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let logs = if pretty {
         tracing_subscriber::fmt::layer().pretty().boxed()
     } else {
@@ -111,11 +111,7 @@ fn subscriber(
                     .with_current_span(false)
                     .with_span_list(false),
             ))
-            .with_filter(Shown {
-                spans: false,
-                events: LevelFilter::TRACE,
-                most_verbose,
-            })
+            .with_filter(shown(false, LevelFilter::TRACE, most_verbose))
             .boxed()
     };
     // Nothing here reads `opentelemetry::Context::current()` (spans are parented through the
@@ -127,11 +123,7 @@ fn subscriber(
         .with_threads(false)
         .with_location(false)
         .with_tracer(tracer)
-        .with_filter(Shown {
-            spans: true,
-            events: LevelFilter::WARN,
-            most_verbose,
-        });
+        .with_filter(shown(true, LevelFilter::WARN, most_verbose));
     tracing_subscriber::registry()
         .with(ClientProtocolErrors)
         .with(filter)
@@ -139,59 +131,24 @@ fn subscriber(
         .with(traces)
 }
 
-/// Which of the spans and events that `RUST_LOG` lets through a layer is shown. Not
-/// tracing-subscriber's `filter_fn`: it answers "always" for its call sites, which leaks one
-/// layer's answer to the other (tokio-rs/tracing#2519).
+/// What a layer shows of what `RUST_LOG` lets through: the JSON log layer no spans (it would
+/// format every span's fields for lines that never print them), the trace layer spans and the
+/// events from WARN up (the INFO lines are in the log with their trace id already).
 ///
-/// - The JSON log layer sees no spans: it would format every span's fields into JSON for lines
-///   that never print them (a line's context is its trace and span id).
-/// - The trace layer sees the spans and only the events from WARN up: every line is in the log
-///   with its trace id already, so copying the INFO lines into spans would store them twice.
-#[derive(Debug, Clone, Copy)]
-struct Shown {
-    spans: bool,
-    events: LevelFilter,
-    /// `RUST_LOG`'s most verbose level, the hint this filter gives. A stack with a per-layer
-    /// filter takes its level hint from those filters, and without one it has none: every
-    /// disabled `debug!` in every dependency would run the filter chain instead of being
-    /// skipped at its call site. `RUST_LOG` gates every layer, so the hint holds.
-    most_verbose: Option<LevelFilter>,
-}
-
-impl Shown {
-    fn shows(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        if metadata.is_span() {
-            self.spans
+/// A dynamic filter answers "sometimes" per call site, never "always", which would leak one
+/// layer's answer to the other (tokio-rs/tracing#2519). `RUST_LOG`'s most verbose level is its
+/// hint: without one, every disabled `debug!` in every dependency would run the filters.
+fn shown<S>(spans: bool, events: LevelFilter, most_verbose: LevelFilter) -> impl Filter<S> {
+    filter::dynamic_filter_fn(move |metadata: &Metadata<'_>, _: &Context<'_, S>| {
+        let level = LevelFilter::from_level(*metadata.level());
+        let wanted = if metadata.is_span() {
+            spans
         } else {
-            *metadata.level() <= self.events
-        }
-    }
-}
-
-impl<S> tracing_subscriber::layer::Filter<S> for Shown {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: &Context<'_, S>) -> bool {
-        self.shows(metadata)
-    }
-
-    fn callsite_enabled(
-        &self,
-        metadata: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        // "Sometimes", not "always", though the answer depends on the call site alone: the
-        // per-layer filters pass their answers to the layers in a thread-local that only
-        // `enabled` writes, and an "always" call site skips `enabled`. After an
-        // `enabled!(INFO)` (the access log asks before the handler runs) a WARN event would
-        // reach the trace layer judged as that INFO was (tokio-rs/tracing#2519).
-        if self.shows(metadata) {
-            tracing::subscriber::Interest::sometimes()
-        } else {
-            tracing::subscriber::Interest::never()
-        }
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        self.most_verbose
-    }
+            level <= events
+        };
+        level <= most_verbose && wanted
+    })
+    .with_max_level_hint(most_verbose)
 }
 
 /// A provider that exports over OTLP when an endpoint is configured, and otherwise only gives
