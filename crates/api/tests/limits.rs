@@ -102,11 +102,12 @@ fn stalled_uploads_under_a_small_file_limit_never_starve_the_probes() {
         (probe, polls, failures)
     });
 
+    // Those past the limit of requests in flight are refused (503) a second after their headers.
     assert!(
-        answers
-            .keys()
-            .all(|status| status.contains("408") || status.starts_with("(closed")),
-        "every upload is closed by the server (408 or a bare close): {answers:?}"
+        answers.keys().all(|status| status.contains("408")
+            || status.contains("503")
+            || status.starts_with("(closed")),
+        "every upload is closed by the server (408, 503 or a bare close): {answers:?}"
     );
     for (probe, polls, failures) in probes {
         assert!(polls > 50, "{probe} polled only {polls} times");
@@ -225,4 +226,108 @@ fn a_flood_of_idle_management_connections_leaves_the_api_its_descriptors() {
         "the process ran out of descriptors:\n{}",
         service.logs()
     );
+}
+
+/// Reads one answer (status line, headers and a `Content-Length` body) from `stream`.
+fn read_answer(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed mid-answer");
+        answer.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&answer),
+        String::from_utf8_lossy(&body)
+    )
+}
+
+#[test]
+fn past_the_limit_of_requests_in_flight_requests_are_refused_at_once_and_probes_stay_200() {
+    let shared = Shared::new("admission");
+    let mut env = shared.env();
+    env.push(("APP__SERVER__MAX_IN_FLIGHT".into(), "2".into()));
+    env.push(("APP__SERVER__BODY_TIMEOUT".into(), "60s".into()));
+    let service = spawn(&env);
+    service.wait_for("/readyz", 200, Duration::from_secs(30));
+    let liveness = service.watch_probe("/livez");
+    let readiness = service.watch_probe("/readyz");
+
+    // Two uploads whose body never comes hold both places until they are dropped.
+    let head = b"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    let mut held = Vec::new();
+    for n in 1..=2 {
+        let mut stream = TcpStream::connect(("127.0.0.1", service.api_port)).unwrap();
+        stream.write_all(head).unwrap();
+        held.push(stream);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.metric("http_requests_in_flight") < f64::from(n) {
+            assert!(Instant::now() < deadline, "upload {n} never admitted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Many more requests than the limit, on one connection, reads and writes: every one refused
+    // at once, and a refused write's body read so that its connection serves on.
+    let mut stream = TcpStream::connect(("127.0.0.1", service.api_port)).unwrap();
+    let mut answers = Vec::new();
+    let body = r#"{"name":"shed"}"#;
+    let write = format!(
+        "POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let began = Instant::now();
+    for _ in 0..20 {
+        stream.write_all(write.as_bytes()).unwrap();
+        answers.push(read_answer(&mut stream));
+        stream
+            .write_all(b"GET /v1/items HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        answers.push(read_answer(&mut stream));
+    }
+    let took = began.elapsed();
+    for answer in &answers {
+        let lower = answer.to_ascii_lowercase();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(lower.contains("\r\nretry-after: 1\r\n"), "{answer}");
+        assert!(
+            lower.contains("content-type: application/problem+json"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""status":503"#), "{answer}");
+    }
+    // 40 refusals on one connection: a generous bound that a queued request would not meet.
+    assert!(took < Duration::from_secs(5), "40 refusals took {took:?}");
+    let shed = service.metric("http_requests_shed_total");
+    assert!(shed >= answers.len() as f64, "{shed} counted as shed");
+    assert_eq!(service.metric("http_requests_in_flight_limit"), 2.0);
+
+    // The places come back when the held requests end.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.api("/v1/items").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the held requests ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (probe, watch) in [("/livez", liveness), ("/readyz", readiness)] {
+        let (polls, failures) = watch.finish();
+        assert!(polls > 0, "{probe} never polled");
+        assert!(
+            failures.is_empty(),
+            "{probe} failed while shedding: {failures:?}"
+        );
+    }
 }

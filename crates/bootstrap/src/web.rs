@@ -4,17 +4,18 @@
 //!
 //! The management server mounts none of this: kubelet probes must not drown the logs.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{
-    CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING, USER_AGENT, X_FORWARDED_FOR,
+    CONTENT_LENGTH, HeaderName, HeaderValue, RETRY_AFTER, TRANSFER_ENCODING, USER_AGENT,
+    X_FORWARDED_FOR,
 };
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::FutureExt;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::future::Future;
 use std::net::IpAddr;
@@ -270,7 +271,8 @@ pub struct ApiConnections {
     write_timeout: Duration,
 }
 
-/// Uncounts its connection when actix drops the connection's data (the connection closed).
+/// Uncounts its connection when actix drops the connection's data (the connection closed), or
+/// its request when the request ends.
 struct Counted(IntGauge);
 
 impl Drop for Counted {
@@ -463,6 +465,109 @@ impl Stream for BodyDeadline {
             std::io::ErrorKind::TimedOut,
             "the request body did not arrive in time",
         )))))
+    }
+}
+
+/// The body of the answer to a request refused for overload (RFC 9457).
+const OVERLOADED_PROBLEM: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the service is at its limit of requests in flight, retry shortly"}"#;
+
+/// Body bytes a refused request may still send, and the time it gets, before its connection is
+/// closed instead: reading a small body keeps the connection for the client's retry (a close
+/// costs the client a new connection, and the server its accept), a large or slow one is not
+/// worth the work under overload.
+const REFUSED_BODY_MAX: usize = 64 * 1024;
+const REFUSED_BODY_WAIT: Duration = Duration::from_secs(1);
+
+/// Admission control for the API server: at most `limit` requests in flight, all workers
+/// together. The next one is answered at once with 503, `Retry-After: 1` and a problem document
+/// and counted in `http_requests_shed_total`, instead of waiting in a queue (in actix, then in
+/// the database pool) until every client times out. Mount [`AdmissionLimit::admit`] outermost,
+/// so a refusal costs no span, log line or routing, and never on the management server: the
+/// probes and /metrics answer however busy the API is. Shedding never fails readiness: taking a
+/// replica out for load only moves the load onto the others.
+///
+/// ```
+/// # #[actix_web::main] async fn main() {
+/// use actix_web::{App, HttpResponse, middleware::from_fn, test, web};
+/// use bootstrap::web::AdmissionLimit;
+///
+/// let limit = AdmissionLimit::register(&prometheus::Registry::new(), 0).unwrap();
+/// let app = test::init_service(
+///     App::new()
+///         .wrap(from_fn(move |req, next| limit.clone().admit(req, next)))
+///         .route("/", web::get().to(HttpResponse::Ok)),
+/// )
+/// .await;
+/// // No request may be in flight: every one is refused.
+/// let response = test::call_service(&app, test::TestRequest::get().uri("/").to_request()).await;
+/// assert_eq!(response.status(), 503);
+/// assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AdmissionLimit {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    in_flight: IntGauge,
+    shed: prometheus::IntCounter,
+}
+
+impl AdmissionLimit {
+    /// Creates `http_requests_in_flight`, `http_requests_in_flight_limit` and
+    /// `http_requests_shed_total` in `registry`.
+    pub fn register(registry: &Registry, limit: usize) -> prometheus::Result<Self> {
+        let shed = prometheus::IntCounter::new(
+            "http_requests_shed_total",
+            "API requests refused with 503 because the limit of requests in flight was reached.",
+        )?;
+        let cap = IntGauge::new(
+            "http_requests_in_flight_limit",
+            "API requests the server works on at once; past it, requests are refused.",
+        )?;
+        cap.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        let in_flight = IntGauge::new("http_requests_in_flight", "API requests being worked on.")?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(cap))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        let limit = limit.min(tokio::sync::Semaphore::MAX_PERMITS);
+        Ok(Self {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limit)),
+            in_flight,
+            shed,
+        })
+    }
+
+    /// Middleware (for `actix_web::middleware::from_fn`): passes `req` on while a place is free,
+    /// answers 503 otherwise.
+    pub async fn admit<B: MessageBody + 'static>(
+        self,
+        mut req: ServiceRequest,
+        next: Next<B>,
+    ) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+        if let Ok(_place) = self.permits.try_acquire_owned() {
+            self.in_flight.inc();
+            let _counted = Counted(self.in_flight);
+            return Ok(next.call(req).await?.map_into_left_body());
+        }
+        self.shed.inc();
+        let mut body = req.take_payload();
+        let read = actix_web::rt::time::timeout(REFUSED_BODY_WAIT, async {
+            let mut read = 0;
+            while let Some(chunk) = body.next().await {
+                read += chunk.map_err(|_| ())?.len();
+                if read > REFUSED_BODY_MAX {
+                    return Err(());
+                }
+            }
+            Ok(())
+        });
+        let mut response = HttpResponse::ServiceUnavailable();
+        response
+            .content_type("application/problem+json")
+            .insert_header((RETRY_AFTER, "1"));
+        if !matches!(read.await, Ok(Ok(()))) {
+            response.force_close();
+        }
+        Ok(req.into_response(response.body(OVERLOADED_PROBLEM).map_into_right_body()))
     }
 }
 

@@ -138,7 +138,7 @@ def test_the_config_map_sets_only_settings_the_app_has(render):
     # The app refuses an APP__ variable it does not know (exit 2): the chart sets nothing else.
     settings = {"APP_ENV", "RUST_LOG", "APP__SERVICE__NAME", "APP__SERVER__PORT", "APP__MANAGEMENT__PORT",
                 "APP__MANAGEMENT__WORKERS", "APP__SERVER__WORKERS", "APP__SERVER__BODY_TIMEOUT",
-                "APP__SERVER__MAX_CONNECTIONS", "APP__SERVER__TRUSTED_PROXIES", "APP__DATABASE__MAX_CONNECTIONS", "APP__DATABASE__QUERY_TIMEOUT",
+                "APP__SERVER__MAX_CONNECTIONS", "APP__SERVER__MAX_IN_FLIGHT", "APP__SERVER__TRUSTED_PROXIES", "APP__DATABASE__MAX_CONNECTIONS", "APP__DATABASE__QUERY_TIMEOUT",
                 "APP__MIGRATIONS__AT_STARTUP", "APP__MIGRATIONS__LOCK_TIMEOUT", "APP__MIGRATIONS__STATEMENT_TIMEOUT",
                 "APP__STARTUP__DEADLINE",
                 "APP__SHUTDOWN__DRAIN_DELAY", "APP__SHUTDOWN__TIMEOUT"}
@@ -469,9 +469,9 @@ def test_connections_and_workers_are_values(render):
 
 def test_body_timeout_and_connection_cap_are_values(render):
     data = render(INLINE).one("ConfigMap")["data"]
-    assert (data["APP__SERVER__BODY_TIMEOUT"], data["APP__SERVER__MAX_CONNECTIONS"]) == ("10s", "0")
-    data = render(INLINE, {"app": {"server": {"bodyTimeoutSeconds": 30, "maxConnections": 2048}}}).one("ConfigMap")["data"]
-    assert (data["APP__SERVER__BODY_TIMEOUT"], data["APP__SERVER__MAX_CONNECTIONS"]) == ("30s", "2048")
+    assert (data["APP__SERVER__BODY_TIMEOUT"], data["APP__SERVER__MAX_CONNECTIONS"], data["APP__SERVER__MAX_IN_FLIGHT"]) == ("10s", "0", "0")
+    data = render(INLINE, {"app": {"server": {"bodyTimeoutSeconds": 30, "maxConnections": 2048, "maxInFlight": 96}}}).one("ConfigMap")["data"]
+    assert (data["APP__SERVER__BODY_TIMEOUT"], data["APP__SERVER__MAX_CONNECTIONS"], data["APP__SERVER__MAX_IN_FLIGHT"]) == ("30s", "2048", "96")
 
 
 def test_pdb_lets_unhealthy_pods_be_evicted(render):

@@ -164,6 +164,7 @@ APP__MANAGEMENT__WORKERS: {{ .Values.app.managementWorkers | quote }}
 APP__SERVER__WORKERS: {{ .Values.app.server.workers | quote }}
 APP__SERVER__BODY_TIMEOUT: "{{ .Values.app.server.bodyTimeoutSeconds }}s"
 APP__SERVER__MAX_CONNECTIONS: {{ .Values.app.server.maxConnections | quote }}
+APP__SERVER__MAX_IN_FLIGHT: {{ .Values.app.server.maxInFlight | quote }}
 APP__SERVER__TRUSTED_PROXIES: {{ join "," .Values.app.server.trustedProxies | quote }}
 APP__DATABASE__MAX_CONNECTIONS: {{ .Values.app.database.maxConnections | quote }}
 APP__DATABASE__QUERY_TIMEOUT: "{{ .Values.app.database.queryTimeoutSeconds }}s"

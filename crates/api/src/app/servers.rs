@@ -5,7 +5,7 @@ use crate::settings::Settings;
 use crate::{openapi, problem, routes};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, middleware, web};
-use bootstrap::web::{ApiConnections, HttpMetrics};
+use bootstrap::web::{AdmissionLimit, ApiConnections, HttpMetrics};
 use health::Health;
 use std::time::Duration;
 use tracing_actix_web::TracingLogger;
@@ -77,10 +77,11 @@ pub(super) fn api_server(
         per_worker * workers,
         settings.server.write_timeout,
     )?;
+    let admission = AdmissionLimit::register(registry, max_in_flight(settings)?)?;
     let state = web::Data::new(state);
     let proxies = bootstrap::web::TrustedProxies::new(settings.server.trusted_proxies.clone());
     let server = HttpServer::new(move || {
-        let metrics = metrics.clone();
+        let (metrics, admission) = (metrics.clone(), admission.clone());
         App::new()
             .app_data(proxies.clone())
             .app_data(document.clone())
@@ -95,6 +96,11 @@ pub(super) fn api_server(
                 bootstrap::web::observe(metrics.clone(), req, next)
             }))
             .wrap(TracingLogger::<bootstrap::web::RequestSpan>::new())
+            // Outermost: a refusal must cost next to nothing, or refusing takes the capacity
+            // that the admitted requests need.
+            .wrap(middleware::from_fn(move |req, next| {
+                admission.clone().admit(req, next)
+            }))
             .route("/openapi.json", web::get().to(openapi::serve))
             .configure(|cfg| routes::configure(cfg, body_limit))
             .default_service(web::to(problem::not_found))
@@ -121,6 +127,20 @@ fn drain_seconds(settings: &Settings) -> u64 {
         .saturating_sub(super::shutdown::LAST_STEPS)
         .as_secs()
         .max(1)
+}
+
+/// Requests in flight per request connection by default: a request holds a connection only for
+/// its queries, so some more than the pool keep it busy; past that they would only queue for
+/// it. 8 (96 with the defaults) stays above what a 64-connection load is served well with, and
+/// bounds the queue (docs/benchmarks.md, "Overload").
+const IN_FLIGHT_PER_CONNECTION: usize = 8;
+
+/// `APP__SERVER__MAX_IN_FLIGHT`, or [`IN_FLIGHT_PER_CONNECTION`] per request connection.
+fn max_in_flight(settings: &Settings) -> anyhow::Result<usize> {
+    Ok(match settings.server.max_in_flight {
+        0 => settings.connection_budget()?.requests * IN_FLIGHT_PER_CONNECTION,
+        n => n,
+    })
 }
 
 /// Open API connections allowed: `APP__SERVER__MAX_CONNECTIONS`, at most what the file limit

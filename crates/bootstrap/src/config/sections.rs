@@ -39,6 +39,10 @@ pub struct ServerSettings {
     /// room for the management port, the pools and other dependencies (0).
     #[serde(deserialize_with = "count::<_, 0, 1_000_000>")]
     pub max_connections: usize,
+    /// API requests worked on at once, all workers together; past it a request is refused at
+    /// once with 503 and `Retry-After` instead of queueing; 0 derives it from the request pool.
+    #[serde(deserialize_with = "count::<_, 0, 1_000_000>")]
+    pub max_in_flight: usize,
     /// Proxies whose `X-Forwarded-For` names the client, comma-separated networks or addresses
     /// (the ingress controller's pods); none by default: the peer is the client.
     #[serde(deserialize_with = "networks")]
@@ -55,6 +59,7 @@ impl Default for ServerSettings {
             body_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             max_connections: 0,
+            max_in_flight: 0,
             trusted_proxies: Vec::new(),
         }
     }
