@@ -110,14 +110,25 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     // @rabbitmq-end
-    let outcome = measure(&release, &service_binary, &database);
+    // The overload section last: it pins this process (and what it starts) to the first CPU.
+    let outcome = measure(&release, &service_binary, &database).and_then(|results| {
+        eprintln!("bench: overload, with and without the admission limit");
+        Ok((
+            results,
+            overload::measure(&service_binary, &database, &env)?,
+        ))
+    });
     drop_database(&database);
-    let results = outcome?;
+    let (results, overload) = outcome?;
 
     let table = report::table(&results);
-    println!("{table}");
-    std::fs::write(root.join("docs/benchmarks.md"), report::document(&table))
-        .context("writing docs/benchmarks.md")?;
+    let overload = report::overload_rows(&overload);
+    println!("{table}\n{overload}");
+    std::fs::write(
+        root.join("docs/benchmarks.md"),
+        report::document(&table, &overload),
+    )
+    .context("writing docs/benchmarks.md")?;
     chart::render(&results, &root.join("docs/benchmarks.svg"))?;
     println!("wrote docs/benchmarks.md and docs/benchmarks.svg");
 

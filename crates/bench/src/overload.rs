@@ -8,7 +8,7 @@
 //! the generator took what it spent from the server, and the figures of cheap routes said as
 //! much about the generator as about the server (docs/benchmarks.md, "Overload").
 
-use crate::request_path::{WRITE, seed};
+use crate::request_path::{WRITE, seed, settle};
 use crate::{CONNECTIONS, RUN};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,6 +31,9 @@ const GENERATOR_CONNECTIONS: usize = 1_000;
 /// of magnitude): one that waited longer for a connection is counted failed, never sent.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An answer a user still waits for: slower ones count in the goodput, not in the prompt one.
+pub const PROMPT: Duration = Duration::from_secs(1);
+
 /// One open-loop run.
 #[derive(Debug, Clone, Default)]
 pub struct OpenLoop {
@@ -40,6 +43,8 @@ pub struct OpenLoop {
     pub took: Duration,
     /// Latencies of the 2xx answers, sorted.
     pub ok: Vec<Duration>,
+    /// How late the generator sent requests (from due to written), sorted: its own limit.
+    pub send_lag: Vec<Duration>,
     /// Latencies of the 503 answers, sorted.
     pub rejected: Vec<Duration>,
     /// Other statuses, transport errors and time-outs.
@@ -53,6 +58,12 @@ impl OpenLoop {
     /// 2xx answers per second of the run, until its last answer.
     pub fn goodput(&self) -> f64 {
         self.ok.len() as f64 / self.took.max(RUN).as_secs_f64()
+    }
+
+    /// 2xx answers within [`PROMPT`] of being due, per second of the run.
+    pub fn prompt_goodput(&self) -> f64 {
+        let prompt = self.ok.partition_point(|took| *took <= PROMPT);
+        prompt as f64 / self.took.max(RUN).as_secs_f64()
     }
 }
 
@@ -101,7 +112,8 @@ pub fn open_loop(address: SocketAddr, request: &str, rate: f64) -> anyhow::Resul
             ..OpenLoop::default()
         };
         for connection in connections {
-            for (status, took) in connection.await? {
+            for (status, took, lag) in connection.await? {
+                run.send_lag.push(lag);
                 match status {
                     200..=299 => run.ok.push(took),
                     503 => run.rejected.push(took),
@@ -112,25 +124,28 @@ pub fn open_loop(address: SocketAddr, request: &str, rate: f64) -> anyhow::Resul
         run.took = start.elapsed();
         run.ok.sort();
         run.rejected.sort();
+        run.send_lag.sort();
         Ok(run)
     })
 }
 
 /// One generator connection: takes the next due request, sends it, reads the answer, and
-/// returns each answer's status (0: a transport error, or none within [`CLIENT_TIMEOUT`]) and latency.
+/// returns each answer's status (0: a transport error, or none within [`CLIENT_TIMEOUT`]), its
+/// latency and how late it was sent.
 async fn connection(
     address: SocketAddr,
     request: Arc<[u8]>,
     due: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>,
-) -> Vec<(u16, Duration)> {
+) -> Vec<(u16, Duration, Duration)> {
     let mut answers = Vec::new();
     let mut stream = None;
     loop {
         let Some(at) = due.lock().await.recv().await else {
             return answers;
         };
-        let Some(left) = CLIENT_TIMEOUT.checked_sub(at.elapsed()) else {
-            answers.push((0, at.elapsed()));
+        let lag = at.elapsed();
+        let Some(left) = CLIENT_TIMEOUT.checked_sub(lag) else {
+            answers.push((0, lag, lag));
             continue;
         };
         let exchanged = tokio::time::timeout(left, exchange(&mut stream, address, &request)).await;
@@ -141,7 +156,7 @@ async fn connection(
                 0
             }
         };
-        answers.push((status, at.elapsed()));
+        answers.push((status, at.elapsed(), lag));
     }
 }
 
@@ -209,9 +224,12 @@ pub fn measure(
             if admission == "control" {
                 env.push(("APP__SERVER__MAX_IN_FLIGHT", "1000000"));
             }
+            settle(database);
             let service = Service::spawn_untuned(service_binary, &env);
             pin(service.pid(), 1)?;
             service.wait_for("/readyz", 200, Duration::from_secs(30));
+            // Again, ready: a thread started while the first pass ran may have escaped it.
+            pin(service.pid(), 1)?;
             let url = service.api_url(&path);
             if admission == "control" {
                 // Without the limit: wrk's connections would otherwise count refusals.
@@ -271,12 +289,14 @@ fn loads(
             run.probe_failures += failures.len();
         }
         eprintln!(
-            "bench: {route} at {multiple}x: {:.0} 2xx/s, p99 {:?}, {} 503s (p99 {:?}), {} failed",
+            "bench: {route} at {multiple}x: {:.0} 2xx/s ({:.0} within 1 s), p99 {:?}, {} 503s (p99 {:?}), {} failed, send lag p99 {:?}",
             run.goodput(),
+            run.prompt_goodput(),
             p99(&run.ok),
             run.rejected.len(),
             p99(&run.rejected),
             run.failed,
+            p99(&run.send_lag),
         );
         runs.push(run);
     }

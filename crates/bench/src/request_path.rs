@@ -257,7 +257,7 @@ pub fn measure(
 /// write runs' WAL) spread its writes over minutes and took CPU from whichever servers ran
 /// then: one round began the service's reads under it, at 0.84x and 0.72x the floor's
 /// throughput and 1.65x its p99.
-fn settle(database: &str) {
+pub fn settle(database: &str) {
     testkit::postgres::psql(5432, database, "VACUUM ANALYZE");
     testkit::postgres::psql(5432, database, "CHECKPOINT");
 }

@@ -17,11 +17,9 @@ use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::FutureExt;
 use futures_util::{Stream, StreamExt};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-use std::future::Future;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tracing::Span;
 use tracing::field::Empty;
@@ -398,11 +396,14 @@ pub async fn observe(
     Ok(response)
 }
 
-/// Middleware (for `actix_web::middleware::from_fn`) bounding the time a client may take to
-/// send a request body: past `timeout`, reading the body fails with an
-/// [`std::io::ErrorKind::TimedOut`] payload error, which the handler's extractor answers (the
-/// API maps it to 408 and closes the connection). Without it, a client that sends headers and
-/// no body holds a connection and a file descriptor for as long as it likes.
+/// Middleware (for `actix_web::middleware::from_fn`) that receives a request's body whole
+/// before the request goes on, within `timeout`, so a slow upload holds only its connection:
+/// no place under [`AdmissionLimit`], no span, no database connection. Past `timeout` the body
+/// ends with an [`std::io::ErrorKind::TimedOut`] payload error, which the handler's extractor
+/// answers (the API maps it to 408 and closes the connection); past `limit` bytes the rest is
+/// left to the extractor, which refuses it. Without a deadline, a client that sends headers and
+/// no body holds a connection and a file descriptor for as long as it likes. Mount it
+/// outermost.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {
@@ -411,7 +412,9 @@ pub async fn observe(
 ///
 /// let app = test::init_service(
 ///     App::new()
-///         .wrap(from_fn(|req, next| bootstrap::web::body_deadline(Duration::from_secs(10), req, next)))
+///         .wrap(from_fn(|req, next| {
+///             bootstrap::web::receive_body(Duration::from_secs(10), 64 * 1024, req, next)
+///         }))
 ///         .route("/", web::post().to(|body: String| async move { HttpResponse::Ok().body(body) })),
 /// )
 /// .await;
@@ -419,79 +422,75 @@ pub async fn observe(
 /// assert_eq!(test::call_and_read_body(&app, request).await, "hello");
 /// # }
 /// ```
-pub async fn body_deadline<B: MessageBody + 'static>(
+pub async fn receive_body<B: MessageBody + 'static>(
     timeout: Duration,
+    limit: usize,
     mut req: ServiceRequest,
     next: Next<B>,
 ) -> Result<ServiceResponse<B>, Error> {
-    // Bodiless requests (every GET) skip the timer.
-    let has_body =
-        req.headers().contains_key(CONTENT_LENGTH) || req.headers().contains_key(TRANSFER_ENCODING);
-    if has_body {
-        let body = BodyDeadline {
-            inner: req.take_payload(),
-            expires: Box::pin(actix_web::rt::time::sleep(timeout)),
-            expired: false,
-        };
-        let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(body);
-        req.set_payload(Payload::from(body));
+    // Bodiless requests (every GET) go on at once, and so does a body declared too large: the
+    // extractor refuses it by its length without reading it.
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    let chunked = req.headers().contains_key(TRANSFER_ENCODING);
+    if !(chunked || declared.is_some_and(|length| length > 0 && length <= limit)) {
+        return next.call(req).await;
     }
-    next.call(req).await
-}
-
-/// A request body that fails once its deadline passes.
-struct BodyDeadline {
-    inner: Payload,
-    expires: Pin<Box<actix_web::rt::time::Sleep>>,
-    expired: bool,
-}
-
-impl Stream for BodyDeadline {
-    type Item = Result<Bytes, PayloadError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // Once expired, every poll fails: a reader that goes on must not take a cut body
-        // for a complete one.
-        if !self.expired {
-            if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
-                return Poll::Ready(item);
+    let mut payload = req.take_payload();
+    let mut received = actix_web::web::BytesMut::new();
+    let read = actix_web::rt::time::timeout(timeout, async {
+        while let Some(chunk) = payload.next().await {
+            received.extend_from_slice(&chunk?);
+            if received.len() > limit {
+                return Ok(false);
             }
-            if self.expires.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.expired = true;
         }
-        Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the request body did not arrive in time",
-        )))))
-    }
+        Ok(true)
+    })
+    .await;
+    let head = futures_util::stream::once(std::future::ready(Ok(received.freeze())));
+    let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = match read {
+        Ok(Ok(true)) => Box::pin(head),
+        // Over the limit: the extractor reads on to its own refusal.
+        Ok(Ok(false)) => Box::pin(head.chain(payload)),
+        Ok(Err(error)) => {
+            Box::pin(head.chain(futures_util::stream::once(std::future::ready(Err(error)))))
+        }
+        Err(_) => Box::pin(
+            head.chain(futures_util::stream::once(std::future::ready(Err(
+                PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive in time",
+                )),
+            )))),
+        ),
+    };
+    req.set_payload(Payload::from(body));
+    next.call(req).await
 }
 
 /// The body of the answer to a request refused for overload (RFC 9457).
 const OVERLOADED_PROBLEM: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the service is at its limit of requests in flight, retry shortly"}"#;
 
-/// Body bytes a refused request may still send, and the time it gets, before its connection is
-/// closed instead: reading a small body keeps the connection for the client's retry (a close
-/// costs the client a new connection, and the server its accept), a large or slow one is not
-/// worth the work under overload.
-const REFUSED_BODY_MAX: usize = 64 * 1024;
-const REFUSED_BODY_WAIT: Duration = Duration::from_secs(1);
-
 /// Admission control for the API server: at most `limit` requests in flight, all workers
-/// together. The next one is answered at once with 503, `Retry-After: 1` and a problem document
-/// and counted in `http_requests_shed_total`, instead of waiting in a queue (in actix, then in
-/// the database pool) until every client times out. Mount [`AdmissionLimit::admit`] outermost,
-/// so a refusal costs no span, log line or routing, and never on the management server: the
-/// probes and /metrics answer however busy the API is. Shedding never fails readiness: taking a
-/// replica out for load only moves the load onto the others.
+/// together. The next one is answered at once with 503, `Retry-After: 1` and a problem document,
+/// counted in `http_requests_shed_total` and in [`HttpMetrics`]' `http_requests_total`, instead
+/// of waiting in a queue until every client times out. Mount [`AdmissionLimit::admit`] outside
+/// the telemetry, so a refusal costs no span or log line, and inside [`receive_body`], so a
+/// slow upload takes no place; never on the management server: the probes and /metrics answer
+/// however busy the API is. Shedding never fails readiness: taking a replica out for load only
+/// moves the load onto the others.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {
 /// use actix_web::{App, HttpResponse, middleware::from_fn, test, web};
-/// use bootstrap::web::AdmissionLimit;
+/// use bootstrap::web::{AdmissionLimit, HttpMetrics};
 ///
-/// let limit = AdmissionLimit::register(&prometheus::Registry::new(), 0).unwrap();
+/// let registry = prometheus::Registry::new();
+/// let metrics = HttpMetrics::register(&registry).unwrap();
+/// let limit = AdmissionLimit::register(&registry, 0, &metrics).unwrap();
 /// let app = test::init_service(
 ///     App::new()
 ///         .wrap(from_fn(move |req, next| limit.clone().admit(req, next)))
@@ -509,12 +508,17 @@ pub struct AdmissionLimit {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     in_flight: IntGauge,
     shed: prometheus::IntCounter,
+    requests: IntCounterVec,
 }
 
 impl AdmissionLimit {
     /// Creates `http_requests_in_flight`, `http_requests_in_flight_limit` and
     /// `http_requests_shed_total` in `registry`.
-    pub fn register(registry: &Registry, limit: usize) -> prometheus::Result<Self> {
+    pub fn register(
+        registry: &Registry,
+        limit: usize,
+        metrics: &HttpMetrics,
+    ) -> prometheus::Result<Self> {
         let shed = prometheus::IntCounter::new(
             "http_requests_shed_total",
             "API requests refused with 503 because the limit of requests in flight was reached.",
@@ -533,6 +537,7 @@ impl AdmissionLimit {
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limit)),
             in_flight,
             shed,
+            requests: metrics.requests.clone(),
         })
     }
 
@@ -540,7 +545,7 @@ impl AdmissionLimit {
     /// answers 503 otherwise.
     pub async fn admit<B: MessageBody + 'static>(
         self,
-        mut req: ServiceRequest,
+        req: ServiceRequest,
         next: Next<B>,
     ) -> Result<ServiceResponse<EitherBody<B>>, Error> {
         if let Ok(_place) = self.permits.try_acquire_owned() {
@@ -549,25 +554,19 @@ impl AdmissionLimit {
             return Ok(next.call(req).await?.map_into_left_body());
         }
         self.shed.inc();
-        let mut body = req.take_payload();
-        let read = actix_web::rt::time::timeout(REFUSED_BODY_WAIT, async {
-            let mut read = 0;
-            while let Some(chunk) = body.next().await {
-                read += chunk.map_err(|_| ())?.len();
-                if read > REFUSED_BODY_MAX {
-                    return Err(());
-                }
-            }
-            Ok(())
-        });
-        let mut response = HttpResponse::ServiceUnavailable();
-        response
+        let route = req.match_pattern();
+        self.requests
+            .with_label_values(&[
+                method_label(req.method()),
+                route.as_deref().unwrap_or(UNMATCHED),
+                "503",
+            ])
+            .inc();
+        let response = HttpResponse::ServiceUnavailable()
             .content_type("application/problem+json")
-            .insert_header((RETRY_AFTER, "1"));
-        if !matches!(read.await, Ok(Ok(()))) {
-            response.force_close();
-        }
-        Ok(req.into_response(response.body(OVERLOADED_PROBLEM).map_into_right_body()))
+            .insert_header((RETRY_AFTER, "1"))
+            .body(OVERLOADED_PROBLEM);
+        Ok(req.into_response(response.map_into_right_body()))
     }
 }
 

@@ -77,7 +77,7 @@ pub(super) fn api_server(
         per_worker * workers,
         settings.server.write_timeout,
     )?;
-    let admission = AdmissionLimit::register(registry, max_in_flight(settings)?)?;
+    let admission = AdmissionLimit::register(registry, max_in_flight(settings)?, &metrics)?;
     let state = web::Data::new(state);
     let proxies = bootstrap::web::TrustedProxies::new(settings.server.trusted_proxies.clone());
     let server = HttpServer::new(move || {
@@ -87,19 +87,20 @@ pub(super) fn api_server(
             .app_data(document.clone())
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(body_limit))
-            .wrap(middleware::from_fn(move |req, next| {
-                bootstrap::web::body_deadline(body_timeout, req, next)
-            }))
             // Innermost: a handler's panic becomes a 500 the metrics and the access log see.
             .wrap(middleware::from_fn(bootstrap::web::catch_panics))
             .wrap(middleware::from_fn(move |req, next| {
                 bootstrap::web::observe(metrics.clone(), req, next)
             }))
             .wrap(TracingLogger::<bootstrap::web::RequestSpan>::new())
-            // Outermost: a refusal must cost next to nothing, or refusing takes the capacity
-            // that the admitted requests need.
+            // Outside the telemetry: a refusal must cost next to nothing, or refusing takes the
+            // capacity that the admitted requests need.
             .wrap(middleware::from_fn(move |req, next| {
                 admission.clone().admit(req, next)
+            }))
+            // Outermost: a body still on its way takes no place, span or connection.
+            .wrap(middleware::from_fn(move |req, next| {
+                bootstrap::web::receive_body(body_timeout, body_limit, req, next)
             }))
             .route("/openapi.json", web::get().to(openapi::serve))
             .configure(|cfg| routes::configure(cfg, body_limit))
@@ -131,8 +132,8 @@ fn drain_seconds(settings: &Settings) -> u64 {
 
 /// Requests in flight per request connection by default: a request holds a connection only for
 /// its queries, so some more than the pool keep it busy; past that they would only queue for
-/// it. 8 (96 with the defaults) stays above what a 64-connection load is served well with, and
-/// bounds the queue (docs/benchmarks.md, "Overload").
+/// it. At the default pool, 8 stays above the 64 requests a 64-connection client keeps in
+/// flight, which the replica serves in milliseconds (docs/benchmarks.md, "Overload").
 const IN_FLIGHT_PER_CONNECTION: usize = 8;
 
 /// `APP__SERVER__MAX_IN_FLIGHT`, or [`IN_FLIGHT_PER_CONNECTION`] per request connection.
