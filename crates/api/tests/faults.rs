@@ -92,31 +92,7 @@ fn a_request_whose_query_fails_does_not_change_readiness() {
     let service = spawn(&shared.env_with(&shared.database_url(), &env));
     service.wait_for_status("pass", Duration::from_secs(30));
     // Another session holds a lock on the items: the next read waits on it, in flight.
-    let mut locker = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            &shared.name,
-            "-Xqc",
-        ])
-        .arg("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)")
-        .env("PGAPPNAME", "locker")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lock_held = format!(
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-         WHERE a.application_name = 'locker' AND l.mode = 'AccessExclusiveLock' AND l.granted \
-         AND a.datname = '{}'",
-        shared.name
-    );
-    testkit::wait_until("the lock held", Duration::from_secs(10), || {
-        psql(&lock_held) != "0"
-    });
+    let locker = lock_items(&shared.name);
     let waiting_read = format!(
         "FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'shipshape' \
          AND wait_event_type = 'Lock'",
@@ -142,10 +118,7 @@ fn a_request_whose_query_fails_does_not_change_readiness() {
     testkit::wait_until("readiness watched after the failure", RECOVERY, || {
         readiness.polls() >= failed_at + 10
     });
-    psql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'locker'",
-    );
-    let _ = locker.wait();
+    release_items(&shared.name, locker);
     let (polls, failures) = readiness.finish();
     assert!(
         failures.is_empty(),

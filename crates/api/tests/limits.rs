@@ -271,30 +271,7 @@ fn past_the_limit_of_requests_in_flight_requests_are_refused_at_once_and_probes_
     let readiness = service.watch_probe("/readyz");
 
     // A session holding the items table: two reads of it wait, each holding a place.
-    let mut lock = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            &shared.name,
-            "-q",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut session = lock.stdin.take().unwrap();
-    session
-        .write_all(b"BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE;\n")
-        .unwrap();
-    testkit::wait_until("the items table locked", Duration::from_secs(10), || {
-        psql_in(
-            &shared.name,
-            "SELECT count(*) FROM pg_locks WHERE relation = 'items'::regclass AND granted AND mode = 'AccessExclusiveLock'",
-        ) == "1"
-    });
+    let locker = lock_items(&shared.name);
     let path = format!("/v1/items/{id}");
     std::thread::scope(|scope| {
         let held: Vec<_> = (0..2)
@@ -305,13 +282,11 @@ fn past_the_limit_of_requests_in_flight_requests_are_refused_at_once_and_probes_
         });
         refusals_while_full(&service);
         // The places come back when the held requests end.
-        session.write_all(b"COMMIT;\n").unwrap();
+        release_items(&shared.name, locker);
         for read in held {
             assert_eq!(read.join().unwrap(), 200, "a held read failed");
         }
     });
-    drop(session);
-    lock.wait().unwrap();
     assert_eq!(service.api(&path).0, 200);
     for (probe, watch) in [("/livez", liveness), ("/readyz", readiness)] {
         let (polls, failures) = watch.finish();

@@ -177,6 +177,37 @@ pub fn psql_in(database: &str, sql: &str) -> String {
     testkit::postgres::psql(5432, database, sql)
 }
 
+/// A psql session holding `items` in `database` exclusively (for at most 60 s), returned once
+/// the lock is granted: every read of the table waits on it until [`release_items`].
+pub fn lock_items(database: &str) -> std::process::Child {
+    let locker = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", database, "-Xqc"])
+        .arg("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)")
+        .env("PGAPPNAME", "locker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock_held = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'locker' AND l.mode = 'AccessExclusiveLock' AND l.granted \
+         AND a.datname = '{database}'"
+    );
+    testkit::wait_until("the lock held", std::time::Duration::from_secs(10), || {
+        psql(&lock_held) != "0"
+    });
+    locker
+}
+
+/// Ends the session of [`lock_items`]: the reads waiting on it go on.
+pub fn release_items(database: &str, mut locker: std::process::Child) {
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'locker' AND datname = '{database}'"
+    ));
+    let _ = locker.wait();
+}
+
 // @rabbitmq-begin
 fn rabbitmqctl(args: &[&str]) {
     let output = Command::new("rabbitmqctl").args(args).output().unwrap();
