@@ -150,14 +150,15 @@ same_schema() { # $1: the generated binary
 
 # Release B of the template, published as a tag only (the `template` branch stays at A, so that
 # both variants are generated from A): a changed chart default, a changed line in a Rust file, a
-# new file, a removed file, a changed workflow, a change to a doc the project removed, and a new
-# dependency in a manifest (its lock file left as it was: the update resolves it).
+# new file, two removed files (one the project edited), a changed workflow, a change to a doc the
+# project removed, and a new dependency in a manifest (its lock file left as it was: the update
+# resolves it).
 release_b() {
   local template=$repository/template
   sed -i 's/^revisionHistoryLimit: 5$/revisionHistoryLimit: 7/' "$template/helm/{{project-name}}/values.yaml"
   sed -i '1s/$/ Updated by release B./' "$template/crates/api/src/main.rs"
   printf '# Upgrading\n\nRelease B of the template added this guide.\n' >"$template/docs/upgrading.md"
-  rm "$template/docs/api.md"
+  rm "$template/docs/api.md" "$template/docs/rolling-updates.md"
   printf '\nRelease B added this paragraph.\n' >>"$template/docs/health.md"
   sed -i '/^\[dependencies\]$/a itoa = "1"' "$template/crates/api/Cargo.toml"
   sed -i '0,/timeout-minutes: 20/s//timeout-minutes: 25/' "$template/.github/workflows/ci.yml"
@@ -172,8 +173,9 @@ update_to_b() { # $1: project, $2: rabbitmq choice
   local make=(make --no-print-directory -C "$project" CARGO_GENERATE="$CARGO_GENERATE")
   git -C "$project" init -q -b main && git -C "$project" add -A && git -C "$project" commit -q -m generated
   # A file B leaves alone, a hunk of a file B changes elsewhere, the line of main.rs B changes,
-  # and a doc B changes that the team removed.
+  # a doc B changes that the team removed, and a doc B removes that the team edited.
   printf '\nOwned by the orders team.\n' >>"$project/README.md"
+  printf '\nOur own rollout notes.\n' >>"$project/docs/rolling-updates.md"
   sed -i 's/^replicaCount: 3$/replicaCount: 2/' "$project/helm/$name/values.yaml"
   sed -i '1s/$/ Edited by the orders team./' "$project/crates/api/src/main.rs"
   git -C "$project" rm -q docs/health.md
@@ -194,7 +196,10 @@ update_to_b() { # $1: project, $2: rabbitmq choice
   cat "$out"
   # make fails while a conflict is left (the script exits 1; 2 is an error, which lists none).
   if ((status == 0)); then echo "template-update succeeded; expected a conflict" >&2; exit 1; fi
-  grep -A1 '^CONFLICTS' "$out" | grep -q 'crates/api/src/main.rs'
+  grep -A2 '^CONFLICTS' "$out" | grep -q 'crates/api/src/main.rs'
+  # Removed by B, edited here: a conflict, the team's text still in place to decide on.
+  grep -A2 '^CONFLICTS' "$out" | grep -q 'docs/rolling-updates.md'
+  grep -q 'Our own rollout notes.' "$project/docs/rolling-updates.md"
   grep -q '^<<<<<<< ' "$project/crates/api/src/main.rs"
   grep -q '^revisionHistoryLimit: 7$' "$project/helm/$name/values.yaml"
   grep -q '^replicaCount: 2$' "$project/helm/$name/values.yaml"
@@ -215,9 +220,10 @@ sys.exit(0 if any(d.split()[0] == "itoa" for d in package["dependencies"]) else 
     "$project/Cargo.lock" "$name"
   echo "B's changes arrived, the local edits stayed, the conflict is marked, B is recorded"
 
-  # The team resolves the conflict with B's line, commits; the project builds and its chart lints.
+  # The team resolves the conflicts with B's side, commits; the project builds and its chart lints.
   git -C "$project" checkout --theirs -- crates/api/src/main.rs
   git -C "$project" add crates/api/src/main.rs
+  git -C "$project" rm -q docs/rolling-updates.md
   head -n1 "$project/crates/api/src/main.rs" | grep -q 'Updated by release B.'
   git -C "$project" commit -q -m "template-v1.1.0"
   (cd "$project" && cargo build --workspace --locked --quiet)
