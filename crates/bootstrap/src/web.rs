@@ -450,22 +450,18 @@ pub async fn receive_body<B: MessageBody + 'static>(
         Ok(true)
     })
     .await;
-    let head = futures_util::stream::once(std::future::ready(Ok(received.freeze())));
+    let head = futures_util::stream::iter([Ok(received.freeze())]);
     let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = match read {
         Ok(Ok(true)) => Box::pin(head),
         // Over the limit: the extractor reads on to its own refusal.
         Ok(Ok(false)) => Box::pin(head.chain(payload)),
-        Ok(Err(error)) => {
-            Box::pin(head.chain(futures_util::stream::once(std::future::ready(Err(error)))))
-        }
-        Err(_) => Box::pin(
-            head.chain(futures_util::stream::once(std::future::ready(Err(
-                PayloadError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the request body did not arrive in time",
-                )),
-            )))),
-        ),
+        Ok(Err(error)) => Box::pin(head.chain(futures_util::stream::iter([Err(error)]))),
+        Err(_) => Box::pin(head.chain(futures_util::stream::iter([Err(PayloadError::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request body did not arrive in time",
+            ),
+        ))]))),
     };
     req.set_payload(Payload::from(body));
     next.call(req).await
