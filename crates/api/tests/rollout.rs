@@ -315,7 +315,9 @@ struct Sessions(std::sync::Mutex<SessionSamples>);
 
 impl Sessions {
     /// One look at `pg_stat_activity`; tolerant: the server may be full, or restarting (the
-    /// blip). The replicas running before and after the query bound what it may see.
+    /// blip). The replicas running before and after the query bound what it may see. Client
+    /// backends only: an autovacuum worker on `items` (the writes scenario) has the database's
+    /// name but no `application_name`, and takes no `max_connections` slot.
     fn sample(&self, postgres: &Postgres, alive: &std::sync::atomic::AtomicUsize, per_pod: usize) {
         let before = alive.load(std::sync::atomic::Ordering::SeqCst);
         let out = std::process::Command::new("psql")
@@ -323,7 +325,8 @@ impl Sessions {
             .args(["-U", "postgres", "-XAtqc"])
             .arg(
                 "SELECT application_name || '=' || count(*) FROM pg_stat_activity \
-                 WHERE datname = 'app' GROUP BY application_name ORDER BY 1",
+                 WHERE datname = 'app' AND backend_type = 'client backend' \
+                 GROUP BY application_name ORDER BY 1",
             )
             .arg("postgres")
             .output();
