@@ -1,9 +1,6 @@
-//! Who is calling: the hook where authentication plugs in (docs/extending.md).
-//!
-//! Nothing authenticates yet, so every request is [`Caller::Anonymous`]. An authentication
-//! middleware (a JWT, a client certificate, a gateway's verified header) inserts the [`Caller`]
-//! it verified into the request's extensions; a handler takes a `Caller` argument. What belongs
-//! to one caller, such as its idempotency keys, is scoped by it.
+//! Who is calling: where authentication plugs in (docs/extending.md). Nothing authenticates yet,
+//! so every request is [`Caller::Anonymous`]; a middleware (JWT, client certificate, a gateway's
+//! verified header) puts the verified [`Caller`] in the request's extensions for handlers.
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};

@@ -8,8 +8,7 @@
 // //! responses older than their retention (`APP__RETENTION__IDEMPOTENCY_KEYS`).
 // @rabbitmq-end
 //!
-//! Every replica prunes; batches are small, skip rows another replica holds, and each
-//! statement is bounded, so pruning never competes with requests for long.
+//! Every replica prunes, in small time-bounded batches that skip rows another replica holds.
 
 use crate::settings::RetentionSettings;
 use deadpool_postgres::Pool;

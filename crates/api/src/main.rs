@@ -34,8 +34,7 @@ fn main() -> ExitCode {
         eprintln!("usage: shipshape [migrate [--check]]");
         return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
     };
-    // Settings first, before a runtime or a socket exists: a bad value must stop the process
-    // with exit code 2 and one line naming the variable.
+    // Before any runtime or socket: a bad setting exits 2 with one line naming the variable.
     let settings = match settings::Settings::load(&bootstrap::config::Sources::from_env()) {
         Ok(settings) => settings,
         Err(error) => {
@@ -61,8 +60,7 @@ fn main() -> ExitCode {
             Command::Migrate { check } => app::migrate::run(&settings, check).await,
         }
     });
-    // The shutdown deadline has been kept; do not wait on a blocking task (a trace flush cut
-    // short) when the runtime drops.
+    // Shutdown kept its deadline: the drop must not wait on a blocking task (a trace flush).
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
 }

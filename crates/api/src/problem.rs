@@ -24,8 +24,7 @@ pub struct Problem {
     pub detail: Option<String>,
 }
 
-/// Everything a handler can fail with. `Display` is the detail shown to the client, so the
-/// `Internal` variant keeps its cause out of it (logged instead).
+/// What a handler can fail with. `Display` is the client's detail: `Internal` only logs its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -70,8 +69,7 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(error: tokio_postgres::Error) -> Self {
-        // Text PostgreSQL cannot store (a NUL, 22021; a character outside the server's
-        // encoding, 22P05) came from the client, whatever field it was in: 422, in this one place.
+        // Text PostgreSQL can't store (NUL 22021, outside its encoding 22P05) is the client's: 422.
         let code = error.code().map(tokio_postgres::error::SqlState::code);
         if matches!(code, Some("22021" | "22P05")) {
             return ApiError::Unprocessable(
@@ -131,8 +129,7 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Maps the JSON extractor's failures: wrong media type 415, too large 413, broken JSON 400,
-/// well-formed JSON of the wrong shape 422.
+/// Maps the JSON extractor's failures; well-formed JSON of the wrong shape is a 422.
 pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
     use actix_web::error::JsonPayloadError as E;
     match error {
@@ -149,8 +146,7 @@ pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> Ap
     }
 }
 
-/// `text` cut to `max` characters (with an ellipsis), for reflecting client input in a problem
-/// or a log line without echoing kilobytes back.
+/// `text` cut to `max` characters (plus `...`), to quote client input without echoing kilobytes.
 pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(max) {
         None => std::borrow::Cow::Borrowed(text),

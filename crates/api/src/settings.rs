@@ -17,6 +17,7 @@ use bootstrap::config::{
 };
 use bootstrap::config::{SecretUrl, check_ca_file, constant_url, require_scheme}; // @rabbitmq
 use serde::Deserialize;
+use smart_default::SmartDefault;
 use std::path::PathBuf; // @rabbitmq
 use std::time::Duration;
 
@@ -47,127 +48,98 @@ pub struct Settings {
 }
 
 /// `APP__SERVICE__*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceSettings {
     /// Name reported as `serviceId` and OTel `service.name` (shipshape).
     #[serde(deserialize_with = "name")]
+    #[default("shipshape".into())]
     pub name: String,
 }
 
-impl Default for ServiceSettings {
-    fn default() -> Self {
-        Self {
-            name: "shipshape".into(),
-        }
-    }
-}
-
 /// `APP__RETENTION__*`: bookkeeping tables pruned in bounded batches, so none only grows.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionSettings {
     /// Stored `Idempotency-Key` responses: a retry after this long creates anew (24 h).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(24 * 3600))]
     pub idempotency_keys: Duration,
     // @rabbitmq-begin
     /// Ids of processed events: a redelivery older than this would be processed again (7 d).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(7 * 24 * 3600))]
     pub processed_events: Duration,
     // @rabbitmq-end
     /// How often a replica prunes (10 min).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(600))]
     pub prune_every: Duration,
-}
-
-impl Default for RetentionSettings {
-    fn default() -> Self {
-        Self {
-            idempotency_keys: Duration::from_secs(24 * 3600),
-            processed_events: Duration::from_secs(7 * 24 * 3600), // @rabbitmq
-            prune_every: Duration::from_secs(600),
-        }
-    }
 }
 
 // @rabbitmq-begin
 /// `APP__OUTBOX__*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboxSettings {
     /// Rows a relay loop claims and publishes at once (100).
     #[serde(deserialize_with = "count::<_, 1, 10_000>")]
+    #[default(100)]
     pub batch_size: usize,
     /// Relay loops publishing at once, each on its own channel (4): one loop waiting for its
     /// confirms falls behind a write load. They claim disjoint batches and share the
     /// background pool's connections, so they add none.
     #[serde(deserialize_with = "count::<_, 1, 16>")]
+    #[default(4)]
     pub publishers: usize,
     /// How long sent rows are kept before they are pruned (24 h).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(24 * 3600))]
     pub retention: Duration,
     /// The outbox check warns when the oldest pending event is older than this (30 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(30))]
     pub lag_warn_after: Duration,
     /// Bound on publishing one batch and receiving its confirms (10 s): a stalled broker
     /// makes the relay give the batch up and retry, instead of holding its row locks.
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(10))]
     pub publish_timeout: Duration,
 }
 
-impl Default for OutboxSettings {
-    fn default() -> Self {
-        Self {
-            batch_size: 100,
-            publishers: 4,
-            retention: Duration::from_secs(24 * 3600),
-            lag_warn_after: Duration::from_secs(30),
-            publish_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// `APP__RABBITMQ__*`: the broker connection, and the exchange and queue of the example.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct RabbitMqSettings {
     /// Connection URL; `amqps://` for TLS.
+    #[default(constant_url("amqp://guest:guest@127.0.0.1:5672/%2f"))]
     pub url: SecretUrl,
     /// PEM bundle added to the system roots to verify the broker (`amqps://` only).
     #[serde(deserialize_with = "optional_file")]
     pub ca_file: Option<PathBuf>,
     /// Topic exchange the events go to.
     #[serde(deserialize_with = "name")]
+    #[default("shipshape.events".into())]
     pub exchange: String,
     /// The consumer's durable queue.
     #[serde(deserialize_with = "name")]
+    #[default("shipshape.items".into())]
     pub queue: String,
     /// Consumers of the queue in this replica, each on its own channel with its own prefetch
     /// (4): one alone falls behind the relay under write load. Each batch is one transaction
     /// on a connection of the background pool, so they add no connections.
     #[serde(deserialize_with = "count::<_, 1, 16>")]
+    #[default(4)]
     pub consumers: usize,
     /// Longest pause between two reconnection attempts (10 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(10))]
     pub reconnect_max_backoff: Duration,
     /// Bound on one connection attempt, handshake and topology included (5 s): a black-holed
     /// broker accepts TCP and never answers.
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(5))]
     pub connect_timeout: Duration,
-}
-
-impl Default for RabbitMqSettings {
-    fn default() -> Self {
-        Self {
-            url: constant_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            ca_file: None,
-            exchange: "shipshape.events".into(),
-            queue: "shipshape.items".into(),
-            consumers: 4,
-            reconnect_max_backoff: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-        }
-    }
 }
 
 impl RabbitMqSettings {

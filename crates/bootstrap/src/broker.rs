@@ -1,11 +1,7 @@
-//! The RabbitMQ connection supervisor: one connection per process that comes back by itself.
-//!
-//! It connects in the background (the broker may be down when the service starts), declares
-//! the topology on every new connection, publishes the live connection to everybody who
-//! follows it (the health check, publishers, consumers) and, when the connection dies, publishes
-//! `None` and reconnects with capped, jittered backoff. lapin's own automatic recovery is left
-//! off: it does not cover the first connect nor tell the rest of the process that the link is
-//! down, and two recovery mechanisms fighting over one connection is worse than one.
+//! The RabbitMQ connection supervisor: one connection per process, connected in the background
+//! (the broker may be down at startup), published to its followers (`None` while down) and
+//! reconnected with backoff. lapin's own recovery stays off: it skips the first connect, does not
+//! tell the process the link is down, and would fight this one over the connection.
 
 use crate::Backoff;
 use crate::config::SecretUrl;
@@ -24,11 +20,10 @@ use tokio_util::sync::CancellationToken;
 pub type Topology =
     Arc<dyn Fn(Arc<Connection>) -> BoxFuture<'static, Result<(), lapin::Error>> + Send + Sync>;
 
-/// Where and how to connect: the URL (`amqps://` for TLS), the CA bundle for it, and the
-/// reconnection tuning.
+/// Where and how to connect to the broker.
 #[derive(Debug, Clone)]
 pub struct BrokerConnection {
-    /// `amqp://` or `amqps://` URL.
+    /// `amqp://`, or `amqps://` for TLS.
     pub url: SecretUrl,
     /// PEM bundle added to the system roots (`amqps://` only).
     pub ca_file: Option<std::path::PathBuf>,
@@ -48,10 +43,8 @@ pub struct BrokerSupervisor {
 }
 
 impl BrokerSupervisor {
-    /// Starts supervising a connection to `settings.url`; `topology` runs on every new
-    /// connection before it is published.
-    ///
-    /// Fails only when the TLS settings cannot be used (an unreadable `CA_FILE`).
+    /// Starts supervising; `topology` runs on every new connection before it is published. Fails
+    /// only when the TLS settings cannot be used (an unreadable `CA_FILE`).
     pub fn spawn(
         settings: &BrokerConnection,
         name: String,
@@ -83,9 +76,8 @@ impl BrokerSupervisor {
         self.link.clone()
     }
 
-    /// Raised when the connection drops and when the broker blocks or unblocks it (a resource
-    /// alarm): hand it to the rabbitmq check (`RabbitMqCheck::with_alarm`), which then runs at
-    /// once instead of at its next poll.
+    /// Raised when the connection drops or the broker (un)blocks it (a resource alarm); give it to
+    /// `RabbitMqCheck::with_alarm` so the check runs at once instead of at its next poll.
     pub fn alarm(&self) -> Alarm {
         self.alarm.clone()
     }
@@ -156,10 +148,8 @@ async fn supervise(
 }
 
 /// The connection `link` holds now, or the next one published: `None` when `stop` comes first.
-///
-/// The value is read with `borrow_and_update`, so a wait is a wait: a receiver that never
-/// marks what it read sees the link "changed" at once, forever, and its loop spins a core for
-/// as long as the broker is away.
+/// Reads with `borrow_and_update`: a receiver that never marks what it read sees "changed" at
+/// once, forever, and spins a core while the broker is away.
 ///
 /// ```
 /// # async fn example(supervisor: bootstrap::broker::BrokerSupervisor) {
@@ -193,9 +183,8 @@ pub async fn next_connection(
     }
 }
 
-/// One connection attempt, handshake and topology included, bounded by the connect timeout: a
-/// black-holed broker accepts the TCP connection and never answers the handshake. The error is
-/// redacted.
+/// One attempt, handshake and topology included, bounded by the connect timeout: a black-holed
+/// broker accepts TCP and never answers the handshake. The error is redacted.
 async fn connect(
     settings: &BrokerConnection,
     tls: &OwnedTLSConfig,
@@ -228,8 +217,7 @@ async fn connect(
 }
 
 /// Waits until `connection` is lost (`true`) or `stop` is cancelled (`false`), raising `alarm`
-/// when the broker blocks or unblocks it. Polling a status flag is cheap and catches every way
-/// a connection ends, within 200 ms.
+/// when the broker (un)blocks it. Polling the status is cheap and catches every way a link ends.
 async fn until_lost(connection: &Connection, stop: &CancellationToken, alarm: &Alarm) -> bool {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut blocked = connection.status().blocked();

@@ -1,17 +1,13 @@
 //! How many connections the API may hold, from the process's open-file limit.
 //!
-//! Every connection costs a file descriptor. When a flood of slow clients takes the last one,
-//! `accept` fails on every port: the kubelet's probes time out and the pod is restarted
-//! because of one client. The API therefore holds at most what the file limit leaves after the
-//! descriptors the rest of the process needs; further clients wait in the kernel's accept
-//! queue, which costs the process nothing.
+//! When slow clients take the last descriptor, `accept` fails on every port and failed probes
+//! restart the pod. So the API holds what the limit leaves; more clients wait in the accept queue.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
-/// Descriptors kept for everything but API connections, on top of the database pools:
-/// management connections (kubelet, Prometheus; the example caps them at 256), and 128 for other
-/// dependencies, the health checks' own connections, runtimes (epoll, eventfd per worker),
-/// listeners, log and trace exporters.
+/// Descriptors kept for all but API connections, on top of the database pools: 256 for management
+/// connections (kubelet, Prometheus; the example's cap), 128 for other dependencies, the health
+/// checks' connections, runtimes (epoll, eventfd per worker), listeners and exporters.
 pub const RESERVED_FILES: u64 = 384;
 
 /// The open-file limit of the process.

@@ -6,9 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// One step of a service's startup, as data: its name in logs, the dependency it waits for
-/// (named when the deadline passes), and the backoff between its attempts. The service
-/// declares its own phases and runs them in order through [`Startup`].
+/// One step of a service's startup: its name in logs, the dependency it waits for and the backoff
+/// between attempts. A service declares its phases and runs them in order through [`Startup`].
 ///
 /// ```
 /// use bootstrap::StartupPhase;
@@ -131,8 +130,7 @@ impl Startup {
         self.began.elapsed()
     }
 
-    /// Runs `attempt` until it succeeds, backing off between failures, each attempt bounded by
-    /// the time left; fails when the deadline passes.
+    /// Runs `attempt` until it succeeds, with backoff, each attempt bounded by the time left.
     pub async fn run<T, E, F, Fut>(
         &self,
         phase: StartupPhase,

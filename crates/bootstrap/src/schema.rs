@@ -1,9 +1,7 @@
-//! The database schema a release needs: its migrations applied safely during a rolling update,
-//! and a database's history compared with them.
-//!
-//! Migrations are embedded with refinery and recorded in its history table; applying them is
-//! done here, one migration per transaction, so that each statement runs with a lock timeout
-//! and is retried when another transaction holds the lock (docs/migrations.md).
+//! A release's schema: migrations applied safely during a rolling update, and a database's
+//! history compared with them. refinery embeds and records them; they are applied here, one per
+//! transaction, so each statement runs under a lock timeout and is retried when another
+//! transaction holds the lock (docs/migrations.md).
 
 use crate::Backoff;
 use crate::config::{DatabaseSettings, MigrationSettings};
@@ -21,9 +19,8 @@ const HISTORY: &str = "refinery_schema_history";
 /// Arbitrary constant naming the migration lock among the advisory locks of the database.
 const LOCK: i64 = 0x5348_4950_5348_4150; // "SHIPSHAP"
 
-/// The first line of a migration that must run outside a transaction, such as `CREATE INDEX
-/// CONCURRENTLY`. Such a file holds one statement, written so that running it twice is
-/// harmless (`IF NOT EXISTS`).
+/// First line of a migration that must run outside a transaction (`CREATE INDEX CONCURRENTLY`).
+/// Such a file holds one statement, harmless to run twice (`IF NOT EXISTS`).
 pub const NO_TRANSACTION: &str = "-- shipshape:no-transaction";
 
 /// One migration as the history names it: `V2__items_priority`.
@@ -46,9 +43,8 @@ impl fmt::Display for Version {
 pub struct SchemaStatus {
     /// Migrations of the release not applied yet, in order.
     pub pending: Vec<Version>,
-    /// Applied migrations the release does not have: a later release ran them (the release
-    /// is a rollback, or an old pod during a rollout). Expand/contract keeps those schemas
-    /// working for the release before them, so they are reported, not refused.
+    /// Applied migrations of a later release (this one is a rollback, or an old pod mid-rollout).
+    /// Expand/contract keeps them working for this release, so they are reported, not refused.
     pub unknown: Vec<Version>,
 }
 
@@ -85,9 +81,8 @@ impl Schema {
         Self { migrations }
     }
 
-    /// Compares the database's history with this release. A migration of the release that was
-    /// applied with another name or content is an error: the history diverged (a migration
-    /// was edited or renumbered after it ran), and no code can tell which schema is right.
+    /// Compares the database's history with this release. A migration applied with another name
+    /// or content (edited or renumbered after it ran) is an error: no code can tell which is right.
     pub async fn status(&self, database: &DatabaseSettings) -> anyhow::Result<SchemaStatus> {
         let (client, driver) = connect(database).await?;
         let applied = history(&client).await;
@@ -132,11 +127,10 @@ impl Schema {
         Ok(status)
     }
 
-    /// Applies the pending migrations on a connection of its own, under an advisory lock (so
-    /// replicas or jobs starting together take turns), each statement bounded by the lock and
-    /// statement timeouts of `tuning`. A migration refused its lock is rolled back and retried
-    /// with backoff: meanwhile the queries it made wait behind it get through. Calls `applied`
-    /// after each migration; returns the status afterwards. Bound it with a deadline.
+    /// Applies pending migrations under an advisory lock (replicas starting together take turns),
+    /// statements bounded by `tuning`'s timeouts; one refused a lock is rolled back (letting
+    /// queries queued behind it through) and retried with backoff, so bound the call with a
+    /// deadline. Calls `applied` after each.
     pub async fn migrate(
         &self,
         database: &DatabaseSettings,

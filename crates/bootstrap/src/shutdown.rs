@@ -6,10 +6,8 @@ use tokio_util::sync::CancellationToken;
 /// Exit code when a second signal cuts the graceful shutdown short (128 + SIGINT, by convention).
 pub const FORCED_EXIT_CODE: i32 = 130;
 
-/// Listens for SIGTERM and SIGINT.
-///
-/// The first signal cancels the returned token: the service starts draining. A second signal
-/// exits the process at once, for the operator who does not want to wait.
+/// Listens for SIGTERM and SIGINT: the first cancels the returned token (the service drains), a
+/// second exits at once, for an operator who does not want to wait.
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> std::io::Result<()> {
@@ -39,10 +37,9 @@ pub fn listen() -> std::io::Result<CancellationToken> {
     Ok(token)
 }
 
-/// The one budget that everything after the drain delay shares (`shutdown.timeout`): stopping
-/// the API, the workers, the connections to dependencies, the trace flush. Each step runs bounded by what
-/// is left of it, and a step cut short is logged by name, so the total never exceeds the
-/// budget the chart's `terminationGracePeriodSeconds` is derived from.
+/// The budget (`shutdown.timeout`) shared by every step after the drain delay: stopping the API,
+/// the workers, dependency connections, the trace flush. Each step gets only what is left, so the
+/// total stays within the budget the chart's `terminationGracePeriodSeconds` is derived from.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -76,9 +73,8 @@ impl ShutdownDeadline {
             .saturating_duration_since(tokio::time::Instant::now())
     }
 
-    /// Runs `work` until it finishes or the deadline passes; `None` (and a log line naming the
-    /// step) when it was cut short. Work that is already finished completes even after the
-    /// deadline.
+    /// Runs `work` until it finishes or the deadline passes; `None`, logged by step name, when cut
+    /// short. Work already finished completes even after the deadline.
     pub async fn step<T>(
         &self,
         name: &'static str,

@@ -4,9 +4,8 @@
 // //! TLS to PostgreSQL: rustls with the ring provider.
 // @rabbitmq-end
 //!
-//! What is checked of the server's certificate follows libpq's `sslmode`; which authorities are
-//! trusted follows the dependency's `CA_FILE` (a PEM bundle), or the system's roots when unset.
-//! Managed databases (RDS, Cloud SQL, Azure) hand out such a bundle.
+//! Certificate checks follow libpq's `sslmode`; trusted authorities are the dependency's `CA_FILE`
+//! (a PEM bundle, as RDS, Cloud SQL and Azure hand out), else the system roots.
 
 use crate::broker::BrokerConnection; // @rabbitmq
 use crate::config::{DatabaseSettings, SslMode};
@@ -104,8 +103,7 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A rustls client configuration trusting `ca_file` (or the system roots) and verifying as
-/// `verification` says.
+/// A rustls client configuration trusting `ca_file` (or the system roots), per `verification`.
 ///
 /// ```no_run
 /// use bootstrap::tls::{Verification, client_config};

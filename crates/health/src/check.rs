@@ -33,8 +33,7 @@ impl Observation {
     }
 }
 
-/// Why a check failed. The message ends up in `output` of the verbose probe body and in logs,
-/// so it must never contain credentials.
+/// Why a check failed. Shown in the verbose probe body and in logs: never put credentials in it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct CheckFailure(pub String);
@@ -48,10 +47,9 @@ impl CheckFailure {
 
 /// An async probe of one dependency.
 ///
-/// The scheduler runs it on its own interval and under its own timeout; probe handlers never
-/// call it. An implementation should do the cheapest real round trip that proves the
-/// dependency can do its job (e.g. `SELECT 1`), and must not borrow capacity from the request
-/// path (its own connection, not one from the request pool).
+/// The scheduler runs it under its own interval and timeout; probe handlers never call it. Do the
+/// cheapest real round trip that proves the dependency works (e.g. `SELECT 1`), on a connection
+/// of its own, never one from the request pool.
 ///
 /// ```
 /// use health::{Check, CheckFailure, Observation};
@@ -72,9 +70,8 @@ pub trait Check: Send + Sync + 'static {
         "connectivity"
     }
 
-    /// The alarm that runs this check at once, when the check's own connection (or code
-    /// beside it) learns of a failure between runs. `None`: the health handle makes one, which
-    /// [`Health::alarm`](crate::Health::alarm) hands out.
+    /// The alarm that runs this check at once when its connection sees a failure between runs.
+    /// `None`: the handle makes one, which [`Health::alarm`](crate::Health::alarm) hands out.
     fn alarm(&self) -> Option<Alarm> {
         None
     }
@@ -83,14 +80,12 @@ pub trait Check: Send + Sync + 'static {
     async fn run(&self) -> Result<Observation, CheckFailure>;
 }
 
-/// A signal that a dependency may have just failed: a driver's connection ended, a query failed
-/// on a closed connection, a client library reported its link down. Raising it runs the check
-/// at once and, while a failure is not yet confirmed, again every
-/// [`CheckPolicy::recheck_after`](crate::CheckPolicy::recheck_after), so the thresholds still
-/// decide and readiness follows a death in well under a poll interval. Raising never waits;
-/// raises during a run collapse into one more run, and raises while the check is failing are
-/// ignored (recovery keeps the poll's pace). An alarm belongs to one check: share it among the
-/// things that can see that dependency fail, not among checks.
+/// A signal that a dependency may have just failed (a driver's connection ended, a client library
+/// reported its link down). Raising it runs the check at once and, while the failure is not yet
+/// confirmed, every [`CheckPolicy::recheck_after`](crate::CheckPolicy::recheck_after), so
+/// readiness follows a death in well under a poll interval. Raising never waits; raises during a
+/// run collapse into one more run; raises while the check is failing are ignored. An alarm belongs
+/// to one check: share it among whatever can see that dependency fail, not among checks.
 ///
 /// ```
 /// use health::{Alarm, Check, CheckFailure, CheckPolicy, Health, Observation};

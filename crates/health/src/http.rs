@@ -1,7 +1,5 @@
-//! The management endpoints for actix-web (feature `actix`).
-//!
-//! Every handler reads the cached snapshot: no I/O, no lock, and the common (non-verbose)
-//! answer is a static body.
+//! The management endpoints for actix-web (feature `actix`). Handlers only read the cached
+//! snapshot; the common (non-verbose) answer is a static body.
 
 use crate::report::{HEALTH_JSON, minimal_body};
 use crate::{Health, ProbeQuery, Status};

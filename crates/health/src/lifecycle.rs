@@ -1,7 +1,5 @@
-//! The process lifecycle as the probes see it.
-//!
-//! The transitions are driven by `bootstrap`; this crate only stores the current state in one
-//! atomic so probe handlers can read it without a lock.
+//! The process lifecycle as the probes see it. `bootstrap` drives the transitions; this crate
+//! keeps the state in one atomic so probe handlers read it without a lock.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -5,11 +5,9 @@ use tokio::sync::watch;
 
 /// Follows the status of one check; made by [`crate::Health::listen`].
 ///
-/// The status is the check's own (after its thresholds), whether or not it is critical; a
-/// result gone stale (its scheduler task stopped) is heard as a failure, as readiness counts
-/// it. Code
-/// that needs a dependency can wait for it instead of failing against it: a background worker
-/// pauses while the `postgres` check fails, rather than hammering a database that is away.
+/// The status is the check's own after thresholds, critical or not; a stale result (its
+/// scheduler task stopped) reads as a failure, as readiness counts it. E.g. a background worker
+/// pauses while `postgres` fails, rather than hammering a database that is away.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {

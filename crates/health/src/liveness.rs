@@ -1,8 +1,6 @@
-//! The liveness watchdog: proof that the process itself still makes progress.
-//!
-//! Liveness must never depend on a dependency (a database outage restarting every pod turns a
-//! blip into an outage). It fails only when the async runtime stops ticking: a deadlock, a
-//! blocked executor thread, a runaway loop.
+//! The liveness watchdog: proof the process itself makes progress. Liveness never depends on a
+//! dependency (a database outage restarting every pod turns a blip into an outage); it fails only
+//! when the async runtime stops ticking: a deadlock, a blocked executor thread, a runaway loop.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,7 +30,6 @@ impl Heartbeat {
         self.last_ms.store(self.now_ms(), Ordering::Release);
     }
 
-    /// Time since the last beat.
     pub(crate) fn age(&self) -> Duration {
         let last = self.last_ms.load(Ordering::Acquire);
         Duration::from_millis(self.now_ms().saturating_sub(last))

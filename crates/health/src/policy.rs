@@ -3,13 +3,9 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// Tuning of one check, valid by construction: built through [`CheckPolicy::builder`], it
-/// cannot have a zero interval, a timeout longer than its interval, or a zero threshold.
-///
-/// A failing dependency is reported after `failure_threshold` consecutive failures, so
-/// detection takes at most `failure_threshold x interval + timeout`; a recovered one after
-/// `success_threshold` consecutive successes. Thresholds above 1 keep a single lost packet from
-/// pulling a pod out of its Service.
+/// Tuning of one check, valid by construction: [`CheckPolicy::builder`] refuses a zero interval,
+/// a timeout longer than the interval, or a zero threshold. Thresholds above 1 keep a single lost
+/// packet from pulling a pod out of its Service.
 ///
 /// ```
 /// use health::CheckPolicy;
@@ -114,17 +110,16 @@ impl CheckPolicy {
         self.interval.saturating_mul(3)
     }
 
-    /// After an [`Alarm`](crate::Alarm), the spacing of the runs that confirm or clear the
-    /// failure: an eighth of the interval (250 ms at the default 2 s). The failure threshold
-    /// still counts runs, so a death the process hears of is reported after
-    /// `(failure_threshold - 1) x recheck_after` plus the runs themselves, while one dropped
-    /// connection (the next run reconnects and passes) changes nothing.
+    /// After an [`Alarm`](crate::Alarm), the spacing (interval / 8) of the runs that confirm or
+    /// clear the failure. Thresholds still count runs: a death is reported after
+    /// `(failure_threshold - 1) x recheck_after` plus the runs, while one dropped connection (the
+    /// next run reconnects and passes) changes nothing.
     pub fn recheck_after(&self) -> Duration {
         self.interval / 8
     }
 
-    /// Worst-case time from a dependency dying to this check reporting it when nothing tells
-    /// the process (a black hole, a frozen server): the poll path.
+    /// Worst case from a dependency dying to this check reporting it when no alarm rings (a
+    /// black hole, a frozen server): `failure_threshold x interval + timeout`.
     pub fn detection_bound(&self) -> Duration {
         self.interval
             .saturating_mul(self.failure_threshold.get())

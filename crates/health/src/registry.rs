@@ -52,8 +52,7 @@ impl HealthBuilder {
         self
     }
 
-    /// Registers the health metrics in `registry` instead of a fresh one, so `/metrics` can
-    /// expose the service's own metrics next to them.
+    /// Registers the health metrics in `registry`, so `/metrics` shows the service's own too.
     #[must_use]
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
@@ -86,9 +85,8 @@ impl HealthBuilder {
     }
 }
 
-/// Cheap-to-clone handle to the health state of the process.
-///
-/// Probe handlers only read it: every read is a few atomic loads, no lock, no I/O.
+/// Cheap-to-clone handle to the health state of the process. Probe handlers only read it: a few
+/// atomic loads, no lock, no I/O.
 ///
 /// ```
 /// use health::{Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation, ProbeQuery, Status};
@@ -155,18 +153,16 @@ impl Health {
         self.0.lifecycle.get()
     }
 
-    /// Moves the lifecycle forward. Returns the previous state, or `None` if `next` is not
-    /// later than the current state (the lifecycle never goes back).
+    /// Moves the lifecycle forward; returns the previous state, or `None` if `next` is not later.
     pub fn advance(&self, next: LifecycleState) -> Option<LifecycleState> {
         let previous = self.0.lifecycle.advance(next)?;
         self.0.metrics.lifecycle_changed(next);
         Some(previous)
     }
 
-    /// `/livez`: pass while the runtime keeps ticking and every check's result is fresh. Never
-    /// looks at a dependency: a run is bounded by its timeout, which is at most its interval,
-    /// so a result goes stale (3 intervals) only when the check's scheduler task is gone or
-    /// stuck, which only a restart mends.
+    /// `/livez`: pass while the runtime ticks and every check's result is fresh. Never looks at a
+    /// dependency: a run's timeout is at most its interval, so a result goes stale (3 intervals)
+    /// only when its scheduler task is gone or stuck, which only a restart mends.
     pub fn liveness(&self) -> Status {
         let now = tokio::time::Instant::now();
         let checks_fresh = self
@@ -194,8 +190,7 @@ impl Health {
         }
     }
 
-    /// `/readyz`: fail unless the lifecycle is `ready`; otherwise fail if a critical check
-    /// fails, warn if only non-critical ones do.
+    /// `/readyz`: fail outside lifecycle `ready` or if a critical check fails; warn if others do.
     pub fn readiness(&self, query: &ProbeQuery<'_>) -> Status {
         if self.lifecycle() != LifecycleState::Ready {
             return Status::Fail;
@@ -243,9 +238,8 @@ impl Health {
         &self.0.metrics
     }
 
-    /// Tells staleness like any other change: a result older than 3 x interval fails readiness
-    /// already; this makes the `health_check_status` gauge and the log say so too (once), and
-    /// undoes it when a fresh result arrives. Run by the watchdog on every beat.
+    /// Stale results already fail readiness; this makes the `health_check_status` gauge and the
+    /// log say so once, and undoes it on a fresh result. Run by the watchdog on every beat.
     pub(crate) fn report_staleness(&self) {
         use std::sync::atomic::Ordering;
         let now = tokio::time::Instant::now();
@@ -290,14 +284,12 @@ impl Health {
         }
     }
 
-    /// The [`Alarm`](crate::Alarm) that runs the check `selector` (its name or key) at once;
-    /// `None` when no check has that name.
+    /// The [`Alarm`](crate::Alarm) that runs the check `selector` (name or key) at once, if any.
     pub fn alarm(&self, selector: &str) -> Option<Alarm> {
         self.slot(selector).map(|slot| slot.alarm.clone())
     }
 
-    /// Follows the status of the check `selector` (its name or key); `None` when no check has
-    /// that name. See [`StatusListener`].
+    /// Follows the status of the check `selector` (name or key); `None` when there is none.
     pub fn listen(&self, selector: &str) -> Option<StatusListener> {
         self.slot(selector)
             .map(|slot| StatusListener(slot.changes.subscribe()))

@@ -9,10 +9,8 @@ use tokio::time::Instant;
 /// Media type of every probe body.
 pub const HEALTH_JSON: &str = "application/health+json";
 
-/// Options of one probe request: `?verbose` and `?exclude=a,b` (repeatable).
-///
-/// Parsed from the raw query string without allocating, so a probe stays as cheap as a
-/// constant handler.
+/// Options of one probe request: `?verbose` and `?exclude=a,b` (repeatable), parsed from the raw
+/// query string without allocating so a probe stays as cheap as a constant handler.
 ///
 /// ```
 /// use health::ProbeQuery;
@@ -93,8 +91,7 @@ struct Body<'a> {
 }
 
 impl Health {
-    /// The verbose body of a probe whose overall status is `status`, listing the checks the
-    /// query does not exclude (or only `only`, for `/readyz/{check}`).
+    /// Verbose probe body: the checks `query` does not exclude, or only `only` (`/readyz/{check}`).
     pub(crate) fn verbose_body(
         &self,
         status: Status,

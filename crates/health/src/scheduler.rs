@@ -10,10 +10,8 @@ use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
 impl Health {
-    /// Starts the liveness watchdog: a task that beats on the runtime it runs on. If that
-    /// runtime stalls, `/livez` starts failing after the stall bound.
-    ///
-    /// Start it before anything else so `/livez` passes during the whole startup.
+    /// Starts the liveness watchdog, a task beating on the current runtime: if it stalls, `/livez`
+    /// fails after the stall bound. Start it first so `/livez` passes throughout startup.
     pub fn spawn_watchdog(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let health = self.clone();
         tokio::spawn(async move {
@@ -31,9 +29,8 @@ impl Health {
         })
     }
 
-    /// Starts one task per check. Each runs its check every `interval` under `timeout`, and
-    /// at once when its [`Alarm`](crate::Alarm) is raised, and publishes the result to the
-    /// snapshot; the tasks stop when `shutdown` is cancelled.
+    /// Starts one task per check, running it every `interval` under `timeout` and at once when
+    /// its [`Alarm`](crate::Alarm) is raised; the tasks stop when `shutdown` is cancelled.
     pub fn spawn_scheduler(&self, shutdown: CancellationToken) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
         for index in 0..self.slots().len() {
@@ -62,11 +59,10 @@ impl Health {
     }
 }
 
-/// One run; after an alarm, re-runs every `recheck_after` while a failure is seen but not yet
-/// confirmed by the threshold. However often the alarm rings, alarms are answered at least
-/// `recheck_after` apart: a dependency that drops connections in a loop cannot turn its check
-/// into one. An alarm while the check is failing is ignored: alarms hasten bad
-/// news only, and recovery keeps the poll's pace.
+/// One run; after an alarm, re-runs every `recheck_after` while a failure is not yet confirmed.
+/// Alarms are answered at least `recheck_after` apart, so a dependency dropping connections in a
+/// loop cannot make its check loop too. Alarms while failing are ignored: they hasten bad news
+/// only, and recovery keeps the poll's pace.
 async fn run_until_decided(
     health: &Health,
     slot: &CheckSlot,
@@ -96,8 +92,7 @@ async fn run_until_decided(
 
 async fn run_once(health: &Health, slot: &CheckSlot) {
     let started = Instant::now();
-    // A panic in a check is a bug in that check, not a reason to stop checking: caught here,
-    // it is one failed run, and the check's task lives on.
+    // A panicking check has a bug, but checking goes on: the panic counts as one failed run.
     let run = AssertUnwindSafe(slot.check.run()).catch_unwind();
     let outcome = match timeout(slot.policy.timeout(), run).await {
         Ok(Ok(Ok(observation))) => Ok(observation),

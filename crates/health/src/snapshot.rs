@@ -17,7 +17,6 @@ pub(crate) struct CheckState {
     pub(crate) time: SystemTime,
     /// Monotonic time of the last run, for staleness.
     pub(crate) at: Instant,
-    /// False until the first run finished.
     pub(crate) has_run: bool,
     pub(crate) consecutive_failures: u32,
     pub(crate) consecutive_successes: u32,
@@ -39,7 +38,6 @@ impl CheckState {
         }
     }
 
-    /// The next state after one run, applying the thresholds of `policy`.
     pub(crate) fn after_run(
         &self,
         policy: &CheckPolicy,
@@ -81,8 +79,7 @@ pub(crate) struct CheckSlot {
     pub(crate) check: Arc<dyn Check>,
     pub(crate) alarm: Alarm,
     pub(crate) state: ArcSwap<CheckState>,
-    /// Whether the current result has been reported stale (gauge and log), so that staleness
-    /// is told once, like any other change.
+    /// Whether the current result has been reported stale (gauge and log).
     pub(crate) stale_reported: std::sync::atomic::AtomicBool,
     /// Tells [`crate::StatusListener`]s about every change of status.
     pub(crate) changes: tokio::sync::watch::Sender<Status>,

@@ -2,9 +2,8 @@
 
 use serde::Serialize;
 
-/// `pass`, `warn` or `fail`, as in draft-inadarei-api-health-check.
-///
-/// Ordered by severity so the status of a set of checks is the maximum.
+/// `pass`, `warn` or `fail`, as in draft-inadarei-api-health-check; ordered by severity so the
+/// status of a set of checks is the maximum.
 ///
 /// ```
 /// use health::Status;

@@ -117,11 +117,7 @@ async fn serve(
         stop_workers.cancel();
         stop_health.cancel();
         let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
-        // @rabbitmq-begin
-        deadline
-            .step("broker connection", parts.broker.close())
-            .await;
-        // @rabbitmq-end
+        deadline.step("broker", parts.messaging.close()).await; // @rabbitmq
         management.stop(&deadline).await;
         return Ok((Ok(()), deadline));
     };
@@ -138,10 +134,6 @@ async fn serve(
         stop_workers: &stop_workers,
         stop_health: &stop_health,
     };
-    // @rabbitmq-begin
     let deadline = shutdown.run(serving, parts, management).await;
-    // @rabbitmq-else
-    // let deadline = shutdown.run(serving, management).await;
-    // @rabbitmq-end
     Ok((result, deadline))
 }

@@ -1,14 +1,9 @@
 //! The graceful shutdown: not ready at once, keep serving through the drain delay, then stop
-// @rabbitmq-begin
-//! the API, the workers, the broker and the pools under one deadline, probes last.
-// @rabbitmq-else
-// //! the API, the workers and the pool under one deadline, probes last.
-// @rabbitmq-end
+//! the API, the background work and the pools under one deadline, probes last.
 
 use super::Failure;
 use super::servers::stop_server;
-use super::startup::Parts; // @rabbitmq
-use super::startup::Running;
+use super::startup::{Parts, Running};
 use actix_web::dev::ServerHandle;
 use bootstrap::Lifecycle;
 use bootstrap::config::ShutdownSettings;
@@ -36,8 +31,6 @@ impl Management {
 
 /// The service while it serves: what startup produced, with the API running.
 pub(super) struct Serving {
-    request_pool: deadpool_postgres::Pool,
-    background_pool: deadpool_postgres::Pool,
     workers: JoinSet<()>,
     scheduler: JoinSet<()>,
     api_handle: ServerHandle,
@@ -48,15 +41,11 @@ pub(super) struct Serving {
 impl Serving {
     pub(super) fn start(running: Running) -> Serving {
         let Running {
-            request_pool,
-            background_pool,
             workers,
             scheduler,
             api,
         } = running;
         Serving {
-            request_pool,
-            background_pool,
             workers,
             scheduler,
             api_handle: api.handle(),
@@ -100,12 +89,10 @@ impl Shutdown<'_> {
     pub(super) async fn run(
         self,
         serving: Serving,
-        parts: Parts, // @rabbitmq
+        parts: Parts,
         management: Management,
     ) -> ShutdownDeadline {
         let Serving {
-            request_pool,
-            background_pool,
             mut workers,
             scheduler,
             api_handle,
@@ -128,7 +115,6 @@ impl Shutdown<'_> {
                     .await;
             }
         };
-        // The consumers settle the batch in hand, the relay finishes its batch. // @rabbitmq
         self.stop_workers.cancel();
         let background = async {
             side_by_side
@@ -136,15 +122,11 @@ impl Shutdown<'_> {
                     while workers.join_next().await.is_some() {}
                 })
                 .await;
-            // @rabbitmq-begin
-            side_by_side
-                .step("broker connection", parts.broker.close())
-                .await;
-            // @rabbitmq-end
+            side_by_side.step("broker", parts.messaging.close()).await; // @rabbitmq
         };
         tokio::join!(api, background);
-        background_pool.close();
-        request_pool.close();
+        parts.background_pool.close();
+        parts.request_pool.close();
         self.lifecycle.stopped();
         self.stop_health.cancel();
         deadline

@@ -3,22 +3,16 @@
 use super::servers::api_server;
 use super::{Failure, VERSION};
 use crate::db;
-use crate::messaging; // @rabbitmq
-use crate::messaging::consumer::Consumer; // @rabbitmq
-use crate::messaging::relay::{Backlog, OutboxLagCheck, Relay}; // @rabbitmq
+use crate::messaging::Messaging; // @rabbitmq
 use crate::routes::AppState;
 use crate::settings::Settings;
 use actix_web::dev::Server;
-use bootstrap::broker::BrokerSupervisor; // @rabbitmq
 use bootstrap::config::ConnectionBudget;
 use bootstrap::schema::Version;
 use bootstrap::{Startup, StartupPhase};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
-use health::checks::rabbitmq::RabbitMqCheck; // @rabbitmq
 use health::{Alarm, CancellationToken, Health, ProbeQuery, Status};
-use std::sync::Arc; // @rabbitmq
 use std::time::{Duration, Instant};
-use tokio::sync::Notify; // @rabbitmq
 use tokio::task::JoinSet;
 
 /// Logs and traces installed.
@@ -29,13 +23,7 @@ pub const MANAGEMENT_SERVER: StartupPhase = StartupPhase::new("management server
 const POSTGRES_POOL: StartupPhase = StartupPhase::new("postgres pool").waiting_for("postgres");
 /// Schema migrations applied (or, when a release step applies them, waited for).
 const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("postgres");
-// @rabbitmq-begin
-/// Broker connection and topology (only when the broker is critical).
-const RABBITMQ: StartupPhase = StartupPhase::new("rabbitmq").waiting_for("rabbitmq");
-/// Relay, consumer, housekeeping, health scheduler.
-// @rabbitmq-else
-// /// Housekeeping, health scheduler.
-// @rabbitmq-end
+/// The background tasks and the health scheduler.
 const BACKGROUND_WORKERS: StartupPhase = StartupPhase::new("background workers");
 /// The first verdict of every critical check.
 const WARM_UP: StartupPhase = StartupPhase::new("warm-up");
@@ -46,11 +34,7 @@ const API_SERVER: StartupPhase = StartupPhase::new("api server");
 pub(super) struct Parts {
     pub(super) health: Health,
     pub(super) registry: prometheus::Registry,
-    // @rabbitmq-begin
-    pub(super) broker: BrokerSupervisor,
-    pub(super) backlog: Arc<Backlog>,
-    pub(super) outbox_written: Arc<Notify>,
-    // @rabbitmq-end
+    pub(super) messaging: Messaging, // @rabbitmq
     /// Shared by the background tasks.
     pub(super) background_pool: deadpool_postgres::Pool,
     /// Shared by the API workers.
@@ -59,13 +43,7 @@ pub(super) struct Parts {
 
 /// What startup produced.
 pub(super) struct Running {
-    pub(super) request_pool: deadpool_postgres::Pool,
-    pub(super) background_pool: deadpool_postgres::Pool,
-    // @rabbitmq-begin
-    /// The relay and the consumer.
-    // @rabbitmq-else
-    // /// Housekeeping and the service's own background tasks.
-    // @rabbitmq-end
+    /// Every background task.
     pub(super) workers: JoinSet<()>,
     /// One task per check; stopped last.
     pub(super) scheduler: JoinSet<()>,
@@ -74,16 +52,6 @@ pub(super) struct Running {
 
 pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     let registry = prometheus::Registry::new();
-    // @rabbitmq-begin
-    // The supervisor exists from the start so the rabbitmq check can follow it; it connects in
-    // the background and declares the topology on every connection.
-    let broker = BrokerSupervisor::spawn(
-        &settings.rabbitmq.connection(),
-        settings.service.name.clone(),
-        messaging::topology::declare(&settings.rabbitmq),
-    )?;
-    let backlog = Backlog::register(&registry)?;
-    // @rabbitmq-end
     registry.register(Box::new(
         bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
     ))?;
@@ -98,34 +66,13 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         .check("postgres", settings.health.postgres.policy(true)?, {
             let (config, tls) = bootstrap::tls::postgres(&settings.database)?;
             PostgresCheck::new(config, tls).with_alarm(postgres_lost)
-        })
-        // @rabbitmq-begin
-        .check(
-            "rabbitmq",
-            // Not critical by default: the outbox absorbs broker outages.
-            settings.health.rabbitmq.policy(false)?,
-            RabbitMqCheck::new(broker.link()).with_alarm(broker.alarm()),
-        )
-        // Never critical: a lagging relay means late events, not failing requests.
-        .check(
-            "outbox",
-            settings.health.postgres.policy(false)?.critical(false),
-            OutboxLagCheck::new(
-                background_pool.clone(),
-                backlog.clone(),
-                settings.outbox.lag_warn_after,
-            ),
-        )
-        // @rabbitmq-end
-        .build()?;
+        });
+    let messaging = Messaging::new(settings, &registry, &background_pool)?; // @rabbitmq
+    let health = messaging.checks(health)?; // @rabbitmq
     Ok(Parts {
-        health,
+        health: health.build()?,
         registry,
-        // @rabbitmq-begin
-        broker,
-        backlog,
-        outbox_written: Arc::new(Notify::new()),
-        // @rabbitmq-end
+        messaging, // @rabbitmq
         background_pool,
         request_pool,
     })
@@ -195,19 +142,7 @@ pub(super) async fn start(
     stop_health: &CancellationToken,
 ) -> Result<Running, Failure> {
     database(settings, startup, parts).await?;
-    // @rabbitmq-begin
-    // A critical broker holds startup; a non-critical one is connected in the background.
-    if settings.health.rabbitmq.critical == Some(true) {
-        startup
-            .run(RABBITMQ, || async {
-                tokio::time::timeout(Duration::from_secs(5), parts.broker.connected())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("broker not connected yet"))
-            })
-            .await?;
-    }
-    // @rabbitmq-end
-
+    parts.messaging.connected(startup).await?; // @rabbitmq
     let began = Instant::now();
     let scheduler = parts.health.spawn_scheduler(stop_health.clone());
     let workers = background_workers(settings, parts, stop_workers)?;
@@ -229,16 +164,13 @@ pub(super) async fn start(
         .await?;
 
     let began = Instant::now();
-    let outbox_written = parts.outbox_written.clone(); // @rabbitmq
     let state = AppState {
         db: db::Database::new(parts.request_pool.clone(), settings.database.query_timeout),
-        outbox_written, // @rabbitmq
+        outbox_written: parts.messaging.outbox_written.clone(), // @rabbitmq
     };
     let api = api_server(settings, state, &parts.registry)?;
     startup.record(API_SERVER, began.elapsed());
     Ok(Running {
-        request_pool: parts.request_pool.clone(),
-        background_pool: parts.background_pool.clone(),
         workers,
         scheduler,
         api,
@@ -287,11 +219,7 @@ async fn database(settings: &Settings, startup: &Startup, parts: &Parts) -> Resu
     Ok(())
 }
 
-// @rabbitmq-begin
-/// The outbox relay, the consumer and housekeeping, each stopped by `stop`.
-// @rabbitmq-else
-// /// Housekeeping (and the service's own tasks), each stopped by `stop`.
-// @rabbitmq-end
+/// The background tasks, each stopped by `stop`.
 fn background_workers(
     settings: &Settings,
     parts: &Parts,
@@ -299,36 +227,7 @@ fn background_workers(
 ) -> anyhow::Result<JoinSet<()>> {
     let pool = &parts.background_pool;
     let mut workers = JoinSet::new();
-    // @rabbitmq-begin
-    let relay = Relay {
-        pool: pool.clone(),
-        link: parts.broker.link(),
-        exchange: settings.rabbitmq.exchange.clone(),
-        settings: settings.outbox.clone(),
-        written: parts.outbox_written.clone(),
-        backlog: parts.backlog.clone(),
-    };
-    for _ in 0..settings.outbox.publishers {
-        workers.spawn(relay.clone().run(stop.clone()));
-    }
-    let database = parts
-        .health
-        .listen("postgres")
-        .ok_or_else(|| anyhow::anyhow!("the postgres check is not registered"))?;
-    for n in 0..settings.rabbitmq.consumers {
-        let consumer = Consumer {
-            db: db::Database::new(pool.clone(), settings.database.query_timeout),
-            database: database.clone(),
-            link: parts.broker.link(),
-            queue: settings.rabbitmq.queue.clone(),
-            tag: format!("{}-{}-{n}", settings.service.name, std::process::id()),
-            // Six attempts' worth of the query timeout (30 s at the defaults): longer than a
-            // failover takes to show in the postgres check.
-            hold_limit: settings.database.query_timeout * 6,
-        };
-        workers.spawn(consumer.run(stop.clone()));
-    }
-    // @rabbitmq-end
+    parts.messaging.spawn(&parts.health, &mut workers, stop)?; // @rabbitmq
     workers.spawn(crate::housekeeping::run(
         pool.clone(),
         settings.retention.clone(),

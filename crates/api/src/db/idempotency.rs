@@ -3,9 +3,8 @@
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 
-/// An `Idempotency-Key` in the scope it was sent to: the method, the route pattern and the
-/// caller (`POST /v1/items`, `POST /v1/items as alice`), so one key sent to two endpoints, or
-/// by two callers, is two keys.
+/// An `Idempotency-Key` scoped by method, route pattern and caller (`POST /v1/items`,
+/// `POST /v1/items as alice`): one key sent to two endpoints, or by two callers, is two keys.
 #[derive(Debug, Clone)]
 pub struct ScopedKey {
     pub scope: String,
@@ -22,11 +21,9 @@ pub struct Stored {
     pub location: Option<String>,
 }
 
-/// Serialises requests that carry the same key until the end of the transaction, so 20
-/// parallel retries produce one item and 19 replays.
-///
-/// The lock is on the key alone, as in the previous release: replicas of both releases
-/// serialise on the same lock during a rollout (a key sent to two routes at once merely waits).
+/// Serialises requests with the same key until the transaction ends (20 parallel retries: one
+/// item, 19 replays). It locks the unscoped key, as the previous release does, so both releases
+/// share the lock during a rollout; a key sent to two routes at once merely waits.
 pub async fn lock(db: &impl GenericClient, key: &ScopedKey) -> Result<(), tokio_postgres::Error> {
     let statement = db
         .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")

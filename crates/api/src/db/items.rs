@@ -7,8 +7,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-/// Fallible on purpose: a column whose type or nullability changed under a running replica (a
-/// rolling migration) is an error answered 500, not a panic.
+/// Fallible: a column changed by a migration under a running replica is a 500, not a panic.
 fn from_row(row: &Row) -> Result<Item, tokio_postgres::Error> {
     Ok(Item {
         id: row.try_get("id")?,
@@ -47,11 +46,9 @@ pub async fn find(
         .transpose()
 }
 
-/// Up to `limit` items after `cursor`, in creation order (UUIDv7 ids sort by time), cut once
-/// their text as JSON writes it (escapes included) passes `budget` bytes (the row that crosses
-/// it included, so a page is never empty); and whether more rows of the `limit` were left out.
-/// The rows are read as they arrive and the rest dropped: a running sum in SQL (a window) cost
-/// PostgreSQL twice the CPU of the read itself (docs/benchmarks.md).
+/// Up to `limit` items after `after` in creation (UUIDv7) order, cut once their JSON text
+/// (escapes included) passes `budget` bytes, keeping the crossing row so a page is never empty;
+/// and whether it was cut. Summed while streaming: a SQL window sum cost more (docs/benchmarks.md).
 pub async fn page(
     db: &impl GenericClient,
     after: Option<Uuid>,

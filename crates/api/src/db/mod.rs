@@ -1,5 +1,4 @@
-//! PostgreSQL: the request pool and the background pool, migrations, and the queries of the
-//! example.
+//! PostgreSQL: the request and background pools, migrations, and the example's queries.
 
 pub mod idempotency;
 pub mod items;
@@ -26,12 +25,9 @@ mod embedded {
     refinery::embed_migrations!("src/db/migrations");
 }
 
-/// Opens a pool connection on the runtime that asks for it, with its driver task there too.
-///
-/// deadpool-postgres' own connector does the same but logs a closed connection as a warning;
-/// a connection ending is routine here (a recycled broken one, a runtime stopping). One that
-/// ends with an error raises `lost`, the postgres check's alarm: the server may be gone, and
-/// the check runs now rather than at its next poll.
+/// Opens a pool connection, its driver task on the calling runtime. Unlike deadpool-postgres'
+/// connector it does not warn on a close (routine: recycling, a runtime stopping); a close with an
+/// error raises `lost`, so the postgres check runs now rather than at its next poll.
 struct Connector {
     tls: MakeRustlsConnect,
     lost: Alarm,
@@ -61,13 +57,10 @@ impl Connect for Connector {
     }
 }
 
-/// The request pool, shared by every API worker: no request waits for a connection while
-/// another of the replica's request connections is idle. A connection's driver task runs on
-/// the worker that opened it, as deadpool's own connector does (docs/architecture.md), so it
-/// lives only as long as that worker: connections of a worker that stopped are closed, and the
-/// pool discards them at their next checkout. At shutdown, a worker that finishes first takes
-/// its connections with it, even one that a slower worker's request is using (that request
-/// fails; a known limit).
+/// The request pool, shared by every API worker so no request waits while a connection is idle.
+/// Driver tasks live on the worker that opened them (docs/architecture.md): a stopped worker's
+/// connections close and are discarded at next checkout. Known limit: at shutdown, a worker that
+/// stops first fails a slower worker's request using one of its connections.
 pub fn request_pool(
     settings: &DatabaseSettings,
     size: usize,
@@ -76,10 +69,8 @@ pub fn request_pool(
     build_pool(settings, "shipshape", size, lost)
 }
 
-/// The background pool, a few connections shared by every background task: each holds one
-/// only for a statement or a short transaction, never across a call to another service, so
-/// their number does not grow with the tasks. Build and use it on the main runtime, which
-/// outlives the API workers.
+/// The background pool: few connections, as a task holds one only for a statement or short
+/// transaction, never across a call out. Use it on the main runtime, which outlives the workers.
 pub fn background_pool(
     settings: &DatabaseSettings,
     size: usize,
@@ -103,8 +94,7 @@ fn build_pool(
             lost: lost.clone(),
         },
         ManagerConfig {
-            // Fast: a connection that broke is noticed on use; a round trip per checkout
-            // would add a query to every request.
+            // A broken connection is noticed on use; verifying it would cost a query per checkout.
             recycling_method: RecyclingMethod::Fast,
         },
     );
@@ -123,9 +113,8 @@ pub fn schema() -> Schema {
     Schema::new(embedded::migrations::runner().get_migrations().clone())
 }
 
-/// Whether `error` says nothing about the work itself, only that the database could not do it
-/// now: lost connections and the server going away (shutdown, restart, failover, too many
-/// clients), and the conflicts a retry resolves (serialization failures, deadlocks).
+/// Whether `error` says only that the database could not do the work now (connection lost,
+/// server away or full, a conflict), not that the work is wrong: a retry may succeed.
 pub fn is_transient(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
@@ -137,11 +126,9 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
             .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
     };
     let code = db.code().code();
-    // What a later retry of the same work can fix: 08 connection exception, 53 insufficient
-    // resources, 57 operator intervention (a shutdown, or a statement cancelled by a timeout
-    // while the server was slow); 40001 serialization failure, 40P01 deadlock; 25006 a write in
-    // a read-only transaction (a failover: the server answering is no longer the primary);
-    // 55P03 a lock not granted in time.
+    // 08 connection exception, 53 insufficient resources, 57 operator intervention (shutdown, or
+    // a statement timeout while the server was slow); 40001 serialization failure, 40P01
+    // deadlock; 25006 write in a read-only transaction (after a failover); 55P03 lock timeout.
     matches!(&code[..2], "08" | "53" | "57")
         || matches!(code, "40001" | "40P01" | "25006" | "55P03")
 }
@@ -158,11 +145,9 @@ pub static CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
 /// First pause between two checkouts while the server is full (then doubling, jittered).
 const FULL_SERVER_RETRY: Duration = Duration::from_millis(20);
 
-/// The request path's only way to PostgreSQL: every use runs on one pooled connection and is
-/// bounded by the query timeout, so a frozen or black-holed database costs a request at most
-/// that long (then 503), never a connection held for the TCP timeout.
-///
-/// Handlers get this, not the pool: an unbounded query is not something they can write.
+/// The request path's only way to PostgreSQL (handlers never get the pool): every use runs on
+/// one pooled connection bounded by the query timeout, so a frozen or black-holed database
+/// costs a request at most that long (then 503), not the TCP timeout.
 #[derive(Debug, Clone)]
 pub struct Database {
     pool: Pool,
@@ -175,11 +160,8 @@ impl Database {
         Self { pool, limit }
     }
 
-    /// Runs `work` on one pooled connection within the limit.
-    ///
-    /// The pool's wait timeout bounds getting a connection; this bounds using it. A connection
-    /// whose work timed out is in an unknown state (a black-holed network, a frozen server), so
-    /// it is taken out of the pool instead of going back to it.
+    /// Runs `work` on one pooled connection within the limit; one whose work timed out is in an
+    /// unknown state, so it is dropped rather than returned to the pool.
     pub async fn run<T>(
         &self,
         work: impl AsyncFnOnce(&mut Client) -> Result<T, ApiError>,
@@ -197,9 +179,8 @@ impl Database {
         }
     }
 
-    /// A pooled connection. A server that is full (other clients hold every slot) is
-    /// pressure, not an outage: the checkout is retried with backoff, taking a connection
-    /// another request returns, all within the pool's wait timeout.
+    /// A pooled connection. A full server (other clients hold every slot) is pressure, not an
+    /// outage: retry with backoff, within the pool's wait timeout, until a request returns one.
     async fn checkout(&self) -> Result<Object, PoolError> {
         let wait = self.pool.timeouts().wait.unwrap_or(FULL_SERVER_RETRY);
         let mut backoff = Backoff::new(FULL_SERVER_RETRY, FULL_SERVER_RETRY * 10);

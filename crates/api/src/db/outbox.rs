@@ -34,9 +34,8 @@ pub struct Pending {
 }
 
 /// Claims up to `limit` pending rows for `lease`, oldest first, skipping rows another relay
-/// loop holds or has claimed (so events are published unordered, even within one replica).
-/// One statement: the claim is committed when it returns, and no lock outlives it. A relay
-/// that dies holding a claim leaves its rows to the next loop once the lease ends.
+/// loop holds or claimed (so events go out unordered, even within one replica). One statement,
+/// so no lock outlives it; a dead relay's rows go to the next loop once the lease ends.
 pub async fn claim(
     db: &impl GenericClient,
     limit: i64,
@@ -92,11 +91,9 @@ pub async fn release(db: &impl GenericClient, seqs: &[i64]) -> Result<(), tokio_
 /// Pending rows counted one by one up to this; past it, estimated.
 const EXACT_BACKLOG: i64 = 10_000;
 
-/// Pending rows and the age of the oldest, in seconds, at a bounded cost whatever the backlog
-/// (it is measured every few seconds, and a broker outage makes it long): the oldest row and
-/// the newest through the pending index, an exact count up to [`EXACT_BACKLOG`], past it the
-/// span of sequence numbers between them (exact while rows are sent in order, an upper bound
-/// otherwise).
+/// Pending rows and the oldest one's age in seconds, at bounded cost however long an outage makes
+/// the backlog (polled every few seconds): exact up to [`EXACT_BACKLOG`], past it the seq span of
+/// the oldest and newest pending rows (exact while sent in order, else an upper bound).
 pub async fn backlog(db: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
     let statement = db
         .prepare_cached(

@@ -34,8 +34,7 @@ struct NewItemFields {
 }
 
 impl<'de> Deserialize<'de> for NewItem {
-    /// serde's derive also reads a struct from a sequence (`["name", null]`); an item is an
-    /// object, so anything else is a 422.
+    /// Objects only, else 422: serde's derive would also read a sequence (`["name", null]`).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ObjectOnly;
         impl<'de> Visitor<'de> for ObjectOnly {
@@ -85,10 +84,8 @@ impl NewItem {
                 reason: format!("must be 1 to {NAME_MAX} characters, got {length}"),
             });
         }
-        // A name a person cannot see is a mistake, not a name: spaces (Z*), controls and format
-        // characters (Cc, Cf: zero-width spaces and joiners, byte-order marks, soft hyphens),
-        // marks with no base to sit on (Mn, Me: variation selectors, U+034F), unassigned code
-        // points, and the Hangul and braille fillers.
+        // An invisible name is a mistake: only spaces, controls, format characters (zero-width
+        // spaces, BOMs, soft hyphens), baseless marks (variation selectors) or fillers.
         if !self.name.chars().any(is_visible) {
             return Err(Invalid {
                 field: "name",
@@ -110,7 +107,7 @@ impl NewItem {
 
 fn is_visible(c: char) -> bool {
     use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
-    // Fillers that are letters or symbols by category but draw nothing.
+    // Hangul and braille fillers: letters or symbols by category, but they draw nothing.
     !matches!(
         c,
         '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
@@ -160,9 +157,8 @@ impl ItemEventKind {
 pub struct ItemEvent {
     /// The event's own id; also the AMQP `message_id`.
     pub id: Uuid,
-    /// `item.created` or `item.deleted` when this release publishes it; text, not
-    /// [`ItemEventKind`], because during a rollout a consumer of this release receives the
-    /// types a newer one publishes, and counts them rather than refusing them.
+    /// `item.created` or `item.deleted` from this release; text, not [`ItemEventKind`], so that
+    /// during a rollout a consumer counts a newer release's types rather than refusing them.
     #[serde(rename = "type")]
     pub kind: String,
     pub item_id: Uuid,

@@ -8,32 +8,38 @@ use super::value::{
 };
 use super::{ConfigError, SecretUrl, display, redact};
 use serde::Deserialize;
+use smart_default::SmartDefault;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `APP__SERVER__*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address both servers bind to (`0.0.0.0`: every interface of the pod).
     #[serde(deserialize_with = "ip_address")]
+    #[default(std::net::IpAddr::from([0, 0, 0, 0]))]
     pub host: std::net::IpAddr,
     /// API port (8080).
     #[serde(deserialize_with = "port")]
+    #[default(8080)]
     pub port: u16,
     /// Worker threads; 0 means one per core.
     #[serde(deserialize_with = "count::<_, 0, 512>")]
     pub workers: usize,
     /// Largest accepted request body in bytes (64 KiB).
     #[serde(deserialize_with = "count::<_, 1, 67_108_864>")]
+    #[default(64 * 1024)]
     pub body_limit: usize,
     /// Longest time a client may take to send a request body (10 s): a stalled upload holds
     /// a connection and a file descriptor, and enough of them would starve the probes.
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(10))]
     pub body_timeout: Duration,
     /// Longest time sent data may wait for a client that stopped reading or acknowledging
     /// (30 s); past it the connection is cut, so a slow reader cannot hold a response's memory.
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(30))]
     pub write_timeout: Duration,
     /// Open API connections, all workers together; 0 sizes it from the file limit, leaving
     /// room for the management port, the pools and other dependencies (0).
@@ -49,41 +55,18 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            host: std::net::IpAddr::from([0, 0, 0, 0]),
-            port: 8080,
-            workers: 0,
-            body_limit: 64 * 1024,
-            body_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(30),
-            max_connections: 0,
-            max_in_flight: 0,
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
 /// `APP__MANAGEMENT__*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct ManagementSettings {
     /// Probe and metrics port (9090).
     #[serde(deserialize_with = "port")]
+    #[default(9090)]
     pub port: u16,
     /// Worker threads of its own, so a saturated API never starves the probes (1).
     #[serde(deserialize_with = "count::<_, 1, 64>")]
+    #[default(1)]
     pub workers: usize,
-}
-
-impl Default for ManagementSettings {
-    fn default() -> Self {
-        Self {
-            port: 9090,
-            workers: 1,
-        }
-    }
 }
 
 /// libpq's `sslmode`, read from the `sslmode` parameter of `APP__DATABASE__URL`.
@@ -117,13 +100,15 @@ impl std::str::FromStr for SslMode {
 }
 
 /// `APP__DATABASE__*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// Connection URL, without its `sslmode` parameter (that is [`Self::ssl_mode`]).
+    #[default(constant_url("postgres://postgres@127.0.0.1:5432/shipshape"))]
     pub url: SecretUrl,
     /// The URL's `sslmode` (prefer).
     #[serde(skip)]
+    #[default(SslMode::Prefer)]
     pub ssl_mode: SslMode,
     /// PEM bundle of the authorities that sign the server's certificate (unset: the system's).
     #[serde(deserialize_with = "optional_file")]
@@ -132,6 +117,7 @@ pub struct DatabaseSettings {
     /// the health check's (16). Three replicas, a surge pod, a draining pod, a migration and
     /// an operator's psql then fit a stock server (100, 3 reserved): 5 x 16 + 2 = 82.
     #[serde(deserialize_with = "count::<_, 3, 1024>")]
+    #[default(16)]
     pub max_connections: usize,
     /// The request pool's share of `max_connections` (0: what the rest leaves).
     #[serde(deserialize_with = "count::<_, 0, 1024>")]
@@ -141,9 +127,11 @@ pub struct DatabaseSettings {
     pub background_connections: usize,
     /// How long a request waits for a pooled connection before it gets a 503 (2 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(2))]
     pub pool_wait_timeout: Duration,
     /// Longest time a request's database work may take before it is abandoned with a 503 (5 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(5))]
     pub query_timeout: Duration,
 }
 
@@ -164,21 +152,6 @@ impl ConnectionBudget {
     /// Every connection the replica may hold.
     pub fn total(&self) -> usize {
         self.requests + self.background + Self::CHECK
-    }
-}
-
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        Self {
-            url: constant_url("postgres://postgres@127.0.0.1:5432/shipshape"),
-            ssl_mode: SslMode::Prefer,
-            ca_file: None,
-            max_connections: 16,
-            request_connections: 0,
-            background_connections: 0,
-            pool_wait_timeout: Duration::from_secs(2),
-            query_timeout: Duration::from_secs(5),
-        }
     }
 }
 
@@ -294,126 +267,90 @@ impl DatabaseSettings {
 }
 
 /// `APP__STARTUP__*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct StartupSettings {
     /// Give up (exit 1) when a required phase has not finished by then (60 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(60))]
     pub deadline: Duration,
 }
 
-impl Default for StartupSettings {
-    fn default() -> Self {
-        Self {
-            deadline: Duration::from_secs(60),
-        }
-    }
-}
-
 /// `APP__MIGRATIONS__*`: how the schema reaches what the release needs (docs/migrations.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct MigrationSettings {
     /// Apply pending migrations during startup, under the advisory lock (true). False when a
     /// release step runs `<binary> migrate` (the chart's migration Job): startup then waits
     /// for the schema instead.
     #[serde(deserialize_with = "boolean")]
+    #[default(true)]
     pub at_startup: bool,
     /// How long a migration's statement waits for a table lock before it gives up and is
     /// retried (2 s). Queries on that table queue behind a waiting `ALTER TABLE`, so this is
     /// the longest a migration can stall them; keep it under the query timeout.
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(2))]
     pub lock_timeout: Duration,
     /// Bound on one statement of a migration (1 min): a rewrite of a large table holds its
     /// lock the whole time, which is an outage, not a migration.
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(60))]
     pub statement_timeout: Duration,
     /// Bound on `<binary> migrate` as a whole (5 min), lock waits and retries included.
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(300))]
     pub deadline: Duration,
 }
 
-impl Default for MigrationSettings {
-    fn default() -> Self {
-        Self {
-            at_startup: true,
-            lock_timeout: Duration::from_secs(2),
-            statement_timeout: Duration::from_secs(60),
-            deadline: Duration::from_secs(300),
-        }
-    }
-}
-
 /// `APP__SHUTDOWN__*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
     /// After SIGTERM: not ready but still serving, while endpoints are removed (5 s).
     #[serde(deserialize_with = "duration")]
+    #[default(Duration::from_secs(5))]
     pub drain_delay: Duration,
     /// Grace for in-flight requests and background work after the drain delay (20 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(20))]
     pub timeout: Duration,
 }
 
-impl Default for ShutdownSettings {
-    fn default() -> Self {
-        Self {
-            drain_delay: Duration::from_secs(5),
-            timeout: Duration::from_secs(20),
-        }
-    }
-}
-
 /// `APP__HEALTH__LIVENESS__*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct LivenessSettings {
     /// `/livez` fails when the runtime has not ticked for this long (10 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(10))]
     pub stall_after: Duration,
-}
-
-impl Default for LivenessSettings {
-    fn default() -> Self {
-        Self {
-            stall_after: Duration::from_secs(10),
-        }
-    }
 }
 
 /// `APP__HEALTH__<CHECK>__*`: a check's schedule and thresholds. Whether it is critical by
 /// default is the service's choice ([`CheckTuning::policy`]); the setting overrides it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckTuning {
     /// Time between two runs (2 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(2))]
     pub interval: Duration,
     /// Bound on one run; at most the interval (1 s).
     #[serde(deserialize_with = "positive_duration")]
+    #[default(Duration::from_secs(1))]
     pub timeout: Duration,
     /// Failed runs in a row before the check reports failure (2).
     #[serde(deserialize_with = "count::<_, 1, 100>")]
+    #[default(2)]
     pub failure_threshold: usize,
     /// Passed runs in a row before a failed check passes again (1).
     #[serde(deserialize_with = "count::<_, 1, 100>")]
+    #[default(1)]
     pub success_threshold: usize,
     /// Overrides whether a failure makes the pod unready.
     #[serde(deserialize_with = "optional_flag")]
     pub critical: Option<bool>,
-}
-
-impl Default for CheckTuning {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            failure_threshold: 2,
-            success_threshold: 1,
-            critical: None,
-        }
-    }
 }
 
 impl CheckTuning {

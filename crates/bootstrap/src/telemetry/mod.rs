@@ -1,20 +1,7 @@
-//! Logs and traces.
-//!
-//! - Logs: JSON lines (pretty when stdout is a terminal), filtered by `RUST_LOG` (default `info`).
-//! - Traces: exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; otherwise no
-//!   exporter exists at all, so there is nothing to retry, log or send. The export queue is
-//!   bounded (`OTEL_BSP_MAX_QUEUE_SIZE`): a collector that is down or slow never holds a request,
-//!   and what does not fit is counted in [`SPANS_DROPPED`].
-//! - Log lines logged inside a traced span lead with its `trace_id` and `span_id`; they do not
-//!   repeat the span's fields (the trace has them), so the log layer never sees spans: formatting
-//!   every span's fields into JSON no line printed was most of what a logged request cost.
-//! - Client protocol errors (a malformed request line or header, a URI too long), which actix-http
-//!   logs at ERROR although the fault is the client's and it already answered 400, are counted in
-//!   `http_client_protocol_errors_total` and summarised at INFO ([`report_client_protocol_errors`])
-//!   instead: one client sending garbage must not page anybody or flood the log.
-//! - W3C `traceparent` propagation is always on (spans get OTel contexts even without an
-//!   exporter), so a trace continues through this service, into the calls and messages it
-//!   sends, even when this service does not export.
+//! Logs and traces: JSON log lines (pretty on a terminal) filtered by `RUST_LOG` (default `info`),
+//! spans exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C `traceparent`
+//! propagation is always on, so a trace continues through this service into the calls and
+//! messages it sends even when it does not export.
 
 use opentelemetry::trace::TraceContextExt;
 mod export;
@@ -92,8 +79,7 @@ impl Telemetry {
     }
 }
 
-/// The subscriber: `filter` over everything, log lines (pretty on a terminal, else JSON), spans
-/// to `tracer`.
+/// `filter` over everything, log lines (pretty on a terminal, else JSON), spans to `tracer`.
 fn subscriber(
     filter: EnvFilter,
     pretty: bool,
@@ -114,9 +100,8 @@ fn subscriber(
             .with_filter(shown(false, LevelFilter::TRACE, most_verbose))
             .boxed()
     };
-    // Nothing here reads `opentelemetry::Context::current()` (spans are parented through the
-    // tracing span tree, and what is sent carries `Span::context()`), so entering a span need
-    // not attach its context: that was a thread-local push and pop on every poll.
+    // Nothing reads `opentelemetry::Context::current()` (spans are parented through the tracing
+    // tree; exports carry `Span::context()`), so entering a span need not attach its context.
     let traces = tracing_opentelemetry::layer()
         .with_context_activation(false)
         .with_tracked_inactivity(false)
@@ -131,13 +116,10 @@ fn subscriber(
         .with(traces)
 }
 
-/// What a layer shows of what `RUST_LOG` lets through: the JSON log layer no spans (it would
-/// format every span's fields for lines that never print them), the trace layer spans and the
-/// events from WARN up (the INFO lines are in the log with their trace id already).
-///
-/// A dynamic filter answers "sometimes" per call site, never "always", which would leak one
-/// layer's answer to the other (tokio-rs/tracing#2519). `RUST_LOG`'s most verbose level is its
-/// hint: without one, every disabled `debug!` in every dependency would run the filters.
+/// What a layer shows of what `RUST_LOG` lets through: the log layer no spans (the trace has their
+/// fields), the trace layer spans and events from WARN up (INFO lines are in the log with their
+/// trace id). A dynamic filter answers "sometimes" per call site, not "always", which leaks across
+/// layers (tokio-rs/tracing#2519); the level hint lets disabled `debug!`s skip it.
 fn shown<S>(spans: bool, events: LevelFilter, most_verbose: LevelFilter) -> impl Filter<S> {
     filter::dynamic_filter_fn(move |metadata: &Metadata<'_>, _: &Context<'_, S>| {
         let level = LevelFilter::from_level(*metadata.level());
@@ -179,9 +161,8 @@ fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), Tele
     Ok((provider, true))
 }
 
-/// JSON log lines led by the OpenTelemetry `trace_id` and `span_id` of the span they were
-/// logged in (when it has a valid context), so a log search by trace id finds every line of a
-/// request and of the work it causes.
+/// JSON log lines led by the `trace_id` and `span_id` of their span (when valid), so a log search
+/// by trace id finds every line of a request and of the work it causes.
 struct WithTraceIds<F>(F);
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
@@ -229,7 +210,8 @@ pub static CLIENT_PROTOCOL_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("a constant metric definition: {e}"))
 });
 
-/// Takes actix-http's per-connection client errors out of the ERROR log and counts them.
+/// Takes actix-http's client protocol errors, the client's fault and already answered 400, out of
+/// the ERROR log and counts them: one client sending garbage must not page anybody.
 struct ClientProtocolErrors;
 
 impl<S: Subscriber> tracing_subscriber::Layer<S> for ClientProtocolErrors {
@@ -254,16 +236,14 @@ impl Visit for ClientFault {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
             let text = format!("{value:?}");
-            // A parse error is the client's; other stream errors (I/O, an internal error)
-            // stay in the ERROR log.
+            // Parse errors are the client's; other stream errors (I/O, internal) stay at ERROR.
             self.0 = text.starts_with("stream error: request parse error")
                 || text.starts_with("MAX_BUFFER_SIZE");
         }
     }
 }
 
-/// Logs, every `every`, how many requests the HTTP layer refused as malformed since the last
-/// report (nothing when none): the INFO trace of [`CLIENT_PROTOCOL_ERRORS`].
+/// Logs at INFO, every `every`, how many malformed requests were refused since the last report.
 pub async fn report_client_protocol_errors(every: Duration) {
     let mut reported = CLIENT_PROTOCOL_ERRORS.get();
     loop {

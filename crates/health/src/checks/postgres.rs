@@ -13,13 +13,11 @@ use tokio_postgres::{Client, Socket};
 
 /// Round trip to PostgreSQL on a dedicated connection.
 ///
-/// The connection is not taken from the request pool: under load a busy pool would otherwise
-/// make the check time out, readiness flip, and the load move to the other replicas, which
-/// then flip too (a cascade). Saturation is exported by [`PoolGauges`] instead.
-///
-/// When that connection ends with an error (the server died, was restarted, or reset it),
-/// the check's [`Alarm`] is raised, so readiness does not wait for the next poll; give the same
-/// alarm to the pools' connections with [`PostgresCheck::with_alarm`].
+/// Not from the request pool: under load a busy pool would time the check out, flip readiness
+/// and move the load to the other replicas, which then flip too (a cascade). [`PoolGauges`]
+/// exports saturation instead. When the connection ends with an error (server died, restarted or
+/// reset it) the check's [`Alarm`] is raised; share it with the pool's connections through
+/// [`PostgresCheck::with_alarm`].
 ///
 /// ```no_run
 /// use health::{Alarm, CheckPolicy, Health};
@@ -48,9 +46,8 @@ where
     T::TlsConnect: Send,
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
-    /// A check that connects with `config` through `tls` (the same TLS settings as the
-    /// service's own connections; its `application_name` is set to tell the check's session
-    /// apart in `pg_stat_activity`).
+    /// A check connecting with `config` through `tls` (the service's own TLS settings); sets
+    /// `application_name` so its session stands out in `pg_stat_activity`.
     pub fn new(mut config: tokio_postgres::Config, tls: T) -> Self {
         config.application_name("health-check");
         Self {
@@ -68,8 +65,7 @@ where
         self
     }
 
-    /// A new connection; `None` when the server refused it as full (SQLSTATE 53300): a server
-    /// that answers is up, and other clients holding every slot is pressure, not an outage.
+    /// A new connection; `None` when the server refused it as full (SQLSTATE 53300).
     async fn connect(&self) -> Result<Option<Client>, CheckFailure> {
         let (client, connection) = match self.config.connect(self.tls.clone()).await {
             Ok(pair) => pair,
@@ -81,8 +77,7 @@ where
         };
         let alarm = self.alarm.clone();
         tokio::spawn(async move {
-            // Ends when the server goes away (an error: the check should run now) or the
-            // client is dropped; the next run reconnects.
+            // Ends with an error when the server goes away; the next run reconnects.
             if connection.await.is_err() {
                 alarm.raise();
             }
@@ -176,9 +171,8 @@ where
         };
         let mut started = Instant::now();
         let mut answer = client.simple_query("SELECT 1").await;
-        // A kept connection that the server dropped since the last run (a restart, a reset
-        // whose news has not reached the driver yet) says nothing of the server: a fresh
-        // connection decides.
+        // A kept connection the server dropped since the last run (a restart, a reset the driver
+        // has not seen yet) says nothing of the server: a fresh connection decides.
         if reconnect_on_error && answer.is_err() {
             client = match self.connect().await? {
                 Some(client) => client,
@@ -194,7 +188,7 @@ where
     }
 }
 
-/// A server that refused the check's connection as full is up: pressure, not an outage.
+/// Refused as full means up: other clients holding every slot is pressure, not an outage.
 fn server_full() -> Observation {
     Observation {
         output: Some("server full (too many clients): up, not reached".into()),
@@ -202,8 +196,7 @@ fn server_full() -> Observation {
     }
 }
 
-/// Gauges of the request pool (`db_pool_connections{state=...}`), read from the pool at
-/// scrape time, so they cost nothing between scrapes.
+/// Request-pool gauges (`db_pool_connections{state=...}`), read at scrape time: free in between.
 ///
 /// ```no_run
 /// let pool: deadpool_postgres::Pool = todo!();

@@ -8,14 +8,12 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
-/// The current broker connection as published by a connection supervisor: `None` while it
-/// is (re)connecting.
+/// The broker connection a connection supervisor publishes; `None` while it (re)connects.
 pub type BrokerLink = watch::Receiver<Option<Arc<Connection>>>;
 
-/// Passes when the supervised connection is open and a channel on it answers a `basic.qos`
-/// round trip (a black-holed broker keeps a connection "open" until heartbeats time out; the
-/// round trip notices at once). The supervisor that publishes the link raises the check's
-/// [`Alarm`] when the connection drops, so the check runs at once rather than at its next poll.
+/// Passes when the supervised connection is open and a channel on it answers a `basic.qos` round
+/// trip (a black-holed broker looks "open" until heartbeats time out). The supervisor publishing
+/// the link raises the check's [`Alarm`] when the connection drops.
 ///
 /// ```
 /// use health::Alarm;
@@ -41,7 +39,7 @@ impl RabbitMqCheck {
         }
     }
 
-    /// The same check, run at once whenever whoever holds `alarm` raises it.
+    /// The same check, run at once whenever `alarm` is raised.
     #[must_use]
     pub fn with_alarm(mut self, alarm: Alarm) -> Self {
         self.alarm = alarm;
@@ -49,8 +47,7 @@ impl RabbitMqCheck {
     }
 }
 
-/// A short reason for the verbose report (the broker's text can name users and vhosts); the
-/// full error goes to the debug log.
+/// A short reason (the broker's text can name users and vhosts); the full error is logged at debug.
 fn failure(step: &str, error: &lapin::Error) -> CheckFailure {
     tracing::debug!(step, %error, "rabbitmq check failed");
     CheckFailure::new(format!("{step} failed"))
@@ -72,8 +69,7 @@ impl Check for RabbitMqCheck {
         if !status.connected() {
             return Err(CheckFailure::new("connection is not open"));
         }
-        // A resource alarm (memory, disk): the broker answers round trips but holds every
-        // publish. Failing here makes it `warn` (or `fail` when the check is critical).
+        // A resource alarm (memory, disk): the broker answers round trips but holds every publish.
         if status.blocked() {
             return Err(CheckFailure::new(
                 "blocked by the broker (a resource alarm): publishes wait",

@@ -18,8 +18,7 @@ const KEY_MAX: usize = 255;
 // /// Creates an item (and its idempotency record) in one transaction.
 // @rabbitmq-end
 ///
-/// With `Idempotency-Key`, a retry with the same body gets the first response and creates
-/// nothing; the same key with another body is refused (422).
+/// With `Idempotency-Key`, a same-body retry replays the first response; another body gets 422.
 #[utoipa::path(
     post, path = "/v1/items", tag = "items",
     request_body(content = NewItem, content_type = "application/json"),
@@ -108,14 +107,12 @@ fn idempotency_key(req: &HttpRequest, caller: &Caller) -> Result<Option<ScopedKe
             "Idempotency-Key must be sent once".into(),
         ));
     }
-    // Visible ASCII only: no space, no tab, no control character.
     let key = value
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= KEY_MAX)
         .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()));
-    // One caller's key is not another's: replaying it must not return their response.
-    // Anonymous keys keep the scope earlier releases wrote.
+    // Per caller: a replay must not return another's response. Anonymous keeps the old scope.
     let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
     let scope = match caller {
         Caller::Anonymous => format!("{} {route}", req.method()),

@@ -10,8 +10,7 @@ use uuid::Uuid;
 /// Default and largest page size.
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
-/// Bytes of text (as JSON writes it) after which a page ends early: 100 items with 60 KB notes would be a 6 MB
-/// response held in memory per slow client (docs/api.md).
+/// Ends a page early: 100 items with 60 KB notes would hold 6 MB per slow client (docs/api.md).
 const PAGE_BYTES: i64 = 256 * 1024;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -34,9 +33,8 @@ pub struct ItemPage {
     pub next_cursor: Option<String>,
 }
 
-/// Lists items in id order (UUIDv7: creation order) with keyset pagination. A walk returns
-/// every item committed before it began once; an item committed during it may be missed, its
-/// id being taken before the commit (docs/api.md).
+/// Lists items in id (UUIDv7: creation) order with keyset pagination. A walk returns once each
+/// item committed before it began; one committed during it may be missed (docs/api.md).
 #[utoipa::path(
     get, path = "/v1/items", tag = "items",
     params(PageQuery),
