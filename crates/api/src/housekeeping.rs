@@ -1,16 +1,8 @@
-// @rabbitmq-begin
-//! Pruning of the bookkeeping tables, so that none of them only grows: stored idempotency
-//! responses (`APP__RETENTION__IDEMPOTENCY_KEYS`), and sent outbox rows and the ids of processed
-//! events (`APP__OUTBOX__RETENTION`, `APP__RETENTION__PROCESSED_EVENTS`), each older than its
-//! retention.
-// @rabbitmq-else
-// //! Pruning of the bookkeeping tables, so that none of them only grows: stored idempotency
-// //! responses older than their retention (`APP__RETENTION__IDEMPOTENCY_KEYS`).
-// @rabbitmq-end
+//! Pruning of the bookkeeping tables (stored idempotency responses, and what the service adds),
+//! so that none of them only grows: rows older than their table's retention go.
 //!
 //! Every replica prunes, in small time-bounded batches that skip rows another replica holds.
 
-use crate::settings::RetentionSettings;
 use deadpool_postgres::Pool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -22,48 +14,18 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Batches per table and round: what is left waits for the next round.
 const MAX_BATCHES: usize = 100;
 
-/// A table pruned by age.
-struct Prunable {
-    table: &'static str,
-    age_column: &'static str,
-    retention: Duration,
+/// A table pruned by age: rows whose `age_column` is older than `retention` (a row where it is
+/// NULL is never pruned).
+pub struct Prunable {
+    pub table: &'static str,
+    pub age_column: &'static str,
+    pub retention: Duration,
 }
 
-// @rabbitmq-begin
-/// Prunes every `settings.prune_every` until `stop`; `outbox` is the retention of sent rows.
-// @rabbitmq-else
-// /// Prunes every `settings.prune_every` until `stop`.
-// @rabbitmq-end
-pub async fn run(
-    pool: Pool,
-    settings: RetentionSettings,
-    outbox: Duration, // @rabbitmq
-    stop: CancellationToken,
-) {
-    let tables = [
-        // @rabbitmq-begin
-        // Pending rows have no sent_at: the comparison leaves them alone.
-        Prunable {
-            table: "outbox",
-            age_column: "sent_at",
-            retention: outbox,
-        },
-        // @rabbitmq-end
-        Prunable {
-            table: "idempotency_keys",
-            age_column: "created_at",
-            retention: settings.idempotency_keys,
-        },
-        // @rabbitmq-begin
-        Prunable {
-            table: "processed_events",
-            age_column: "processed_at",
-            retention: settings.processed_events,
-        },
-        // @rabbitmq-end
-    ];
+/// Prunes `tables` every `every` until `stop`.
+pub async fn run(pool: Pool, tables: Vec<Prunable>, every: Duration, stop: CancellationToken) {
     loop {
-        let pause = tokio::time::sleep(settings.prune_every);
+        let pause = tokio::time::sleep(every);
         if stop.run_until_cancelled(pause).await.is_none() {
             return;
         }

@@ -5,6 +5,7 @@
 
 use crate::Backoff;
 use crate::config::SecretUrl;
+use anyhow::Context;
 use futures_util::future::BoxFuture;
 use health::Alarm;
 use health::checks::rabbitmq::BrokerLink;
@@ -50,7 +51,7 @@ impl BrokerSupervisor {
         name: String,
         topology: Topology,
     ) -> anyhow::Result<Self> {
-        let tls = crate::tls::amqp(settings)?;
+        let tls = tls(settings)?;
         let (publish, link) = watch::channel(None);
         let stop = CancellationToken::new();
         let alarm = Alarm::default();
@@ -235,4 +236,24 @@ async fn until_lost(connection: &Connection, stop: &CancellationToken, alarm: &A
             alarm.raise();
         }
     }
+}
+
+/// lapin's TLS settings: for `amqps://` the chain and host name are always verified, against the
+/// system roots plus `APP__RABBITMQ__CA_FILE` (lapin adds a bundle to the roots).
+fn tls(settings: &BrokerConnection) -> anyhow::Result<OwnedTLSConfig> {
+    let cert_chain = match &settings.ca_file {
+        None => None,
+        Some(path) => {
+            // Parsed first, so a bad file is named here and not as a handshake failure.
+            crate::tls::read_ca_file(path).context("APP__RABBITMQ__CA_FILE")?;
+            Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )
+        }
+    };
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    })
 }

@@ -1,13 +1,8 @@
-// @rabbitmq-begin
-//! TLS to PostgreSQL and RabbitMQ: rustls with the ring provider.
-// @rabbitmq-else
-// //! TLS to PostgreSQL: rustls with the ring provider.
-// @rabbitmq-end
+//! TLS to dependencies: rustls with the ring provider.
 //!
 //! Certificate checks follow libpq's `sslmode`; trusted authorities are the dependency's `CA_FILE`
 //! (a PEM bundle, as RDS, Cloud SQL and Azure hand out), else the system roots.
 
-use crate::broker::BrokerConnection; // @rabbitmq
 use crate::config::{DatabaseSettings, SslMode};
 use anyhow::Context;
 use rustls::client::WebPkiServerVerifier;
@@ -28,11 +23,7 @@ pub enum Verification {
     EncryptOnly,
     /// The chain up to a trusted authority, not the host name (libpq `verify-ca`).
     Chain,
-    // @rabbitmq-begin
-    /// The chain and the host name (libpq `verify-full`, and always for `amqps://`).
-    // @rabbitmq-else
-    // /// The chain and the host name (libpq `verify-full`).
-    // @rabbitmq-end
+    /// The chain and the host name (libpq `verify-full`).
     Full,
 }
 
@@ -187,28 +178,6 @@ pub fn postgres(
         .context("APP__DATABASE__CA_FILE")?;
     Ok((config, tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
 }
-
-// @rabbitmq-begin
-/// lapin's TLS settings for `settings`: for `amqps://`, the chain and host name are verified
-/// against the system roots plus `APP__RABBITMQ__CA_FILE` (lapin adds a bundle to the roots).
-pub fn amqp(settings: &BrokerConnection) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
-    let cert_chain = match &settings.ca_file {
-        None => None,
-        Some(path) => {
-            // Parsed first, so a bad file is named here and not as a handshake failure.
-            read_ca_file(path).context("APP__RABBITMQ__CA_FILE")?;
-            Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )
-        }
-    };
-    Ok(lapin::tcp::OwnedTLSConfig {
-        identity: None,
-        cert_chain,
-    })
-}
-// @rabbitmq-end
 
 /// What libpq's weaker modes check: with `chain`, the chain as [`WebPkiServerVerifier`] does
 /// but any host name (`verify-ca`); without, any certificate (`prefer`, `require`). Either way

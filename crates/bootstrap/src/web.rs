@@ -1,8 +1,6 @@
-//! Request telemetry for the API server: a span per request (tracing-actix-web with
-//! [`RequestSpan`], a request id echoed as `X-Request-Id`), one access-log line, and Prometheus
-//! request metrics.
-//!
-//! The management server mounts none of this: kubelet probes must not drown the logs.
+//! API server middleware: a span per request ([`RequestSpan`], request id echoed as
+//! `X-Request-Id`), an access-log line, Prometheus metrics, admission control, body deadlines and
+//! panic catching. The management server mounts none of it: kubelet probes must not drown the logs.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -26,14 +24,11 @@ use tracing::field::Empty;
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The root span of an API request, for `TracingLogger::<RequestSpan>::new()`: the fields of
-/// tracing-actix-web's default span (OpenTelemetry's HTTP conventions, the request id) under
-/// its target, with a W3C `traceparent` continued. It differs from the default where a client
-/// could put what it likes into telemetry: the client address is the one [`TrustedProxies`]
-/// vouch for (the default believes any `X-Forwarded-For`), the target has no query string and
-/// the path and host are clipped, a made-up method is `other` and a path no route matched is
-/// `unmatched` (so span names stay bounded). There is no `trace_id` field: every JSON log line
-/// leads with it. Mount [`observe`] inside the logger: it reuses the route matched here.
+/// The root span of an API request, for `TracingLogger::<RequestSpan>::new()`: tracing-actix-web's
+/// default fields and target, continuing a W3C `traceparent`, but bounding what a client puts into
+/// telemetry: the client address is what [`TrustedProxies`] vouch for, the target has no query,
+/// path and host are clipped, a made-up method is `other` and an unrouted path `unmatched`. No
+/// `trace_id` field: every JSON log line leads with it.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {
@@ -54,8 +49,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 #[derive(Debug, Clone, Copy)]
 pub struct RequestSpan;
 
-/// The route pattern that the root span matched, left for [`observe`] so a request is routed
-/// once for its telemetry.
+/// The route the root span matched, left for [`observe`] so a request is routed once.
 struct MatchedRoute(String);
 
 /// A route label for what no route matched (the 404s).
@@ -68,8 +62,7 @@ impl RootSpanBuilder for RequestSpan {
             .unwrap_or_else(|| UNMATCHED.to_owned());
         let method = method_label(request.method());
         let request_id = request.extensions().get::<RequestId>().copied();
-        // The field values are evaluated only if the span is enabled. The target is
-        // tracing-actix-web's, so `RUST_LOG` directives written for it keep working.
+        // The target is tracing-actix-web's, so `RUST_LOG` directives written for it keep working.
         let span = tracing::info_span!(
             target: "tracing_actix_web::root_span_builder",
             "HTTP request",
@@ -112,10 +105,9 @@ impl RootSpanBuilder for RequestSpan {
     }
 }
 
-/// The proxies whose `X-Forwarded-For` is believed (`APP__SERVER__TRUSTED_PROXIES`): the
-/// client address in the span and the access log is the rightmost hop that none of them is, or
-/// the peer itself when the peer is not one of them. Anyone can write the header; only a proxy
-/// you run can vouch for it. Mount with `App::app_data`; without it, the peer address is used.
+/// The proxies whose `X-Forwarded-For` is believed (`APP__SERVER__TRUSTED_PROXIES`): anyone can
+/// write the header; only your proxies can vouch for it. The client is the rightmost hop not among
+/// them (or an untrusted peer). Mount with `App::app_data`; without it, the peer is the client.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {
@@ -178,8 +170,7 @@ fn client_ip(request: &ServiceRequest) -> Option<IpAddr> {
     }
 }
 
-/// A request's path or host as telemetry records it: its first 256 bytes (a client can send
-/// kilobytes).
+/// A request's path or host clipped to 256 bytes for telemetry (a client can send kilobytes).
 fn clipped(text: &str) -> &str {
     &text[..text.floor_char_boundary(256)]
 }
@@ -210,9 +201,8 @@ impl opentelemetry::propagation::Extractor for RequestHeaders<'_> {
     }
 }
 
-/// HTTP request metrics: `http_requests_total` and `http_request_duration_seconds`, labelled by
-/// method, matched route pattern (never the raw path: ids would explode the cardinality) and
-/// status.
+/// HTTP request metrics: `http_requests_total` and `http_request_duration_seconds` by method, route
+/// pattern (never the raw path: ids would explode the cardinality) and status.
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
     requests: IntCounterVec,
@@ -242,12 +232,10 @@ impl HttpMetrics {
     }
 }
 
-/// The API's connections, for `HttpServer::on_connect`: each counts in `http_connections_open`
-/// while it lives, beside `http_connections_limit` (the cap), so a cap that one client fills
-/// shows on /metrics; and each gets a write timeout: when data has waited `write_timeout` for
-/// a peer that stopped reading (a zero TCP window) or stopped acknowledging, the kernel cuts
-/// the connection (`TCP_USER_TIMEOUT`). Without it a slow reader holds a response's memory and
-/// a descriptor for as long as it likes.
+/// The API's connections, for `HttpServer::on_connect`: counted in `http_connections_open` (beside
+/// the cap, `http_connections_limit`, so a cap one client fills shows), and cut by the kernel
+/// (`TCP_USER_TIMEOUT`) once data waited `write_timeout` for a peer that stopped reading or
+/// acknowledging, so a slow reader cannot hold a response's memory and a descriptor.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() -> std::io::Result<()> {
@@ -269,8 +257,7 @@ pub struct ApiConnections {
     write_timeout: Duration,
 }
 
-/// Uncounts its connection when actix drops the connection's data (the connection closed), or
-/// its request when the request ends.
+/// Uncounts its connection or request when dropped (actix drops a connection's data on close).
 struct Counted(IntGauge);
 
 impl Drop for Counted {
@@ -319,8 +306,8 @@ impl ApiConnections {
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The method as a metric label: the standard ones by name, anything a client makes up as
-/// `other`. A label copied from the request would let one client grow /metrics without bound.
+/// The method as a metric label, made-up ones as `other`: a label copied from the request would let
+/// one client grow /metrics without bound.
 fn method_label(method: &actix_web::http::Method) -> &'static str {
     use actix_web::http::Method;
     match *method {
@@ -337,9 +324,8 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
     }
 }
 
-/// Middleware (for `actix_web::middleware::from_fn`) recording metrics and the access log, and
-/// echoing the request id. Mount it inside `TracingLogger::<RequestSpan>`, which gives it the
-/// request id and the matched route.
+/// Middleware (for `from_fn`) recording metrics and the access log and echoing the request id;
+/// mount it inside `TracingLogger::<RequestSpan>`, which supplies the id and the matched route.
 pub async fn observe(
     metrics: HttpMetrics,
     req: ServiceRequest,
@@ -353,8 +339,7 @@ pub async fn observe(
         None => req.match_pattern().unwrap_or_else(|| UNMATCHED.to_owned()),
     };
     let request_id = req.extensions().get::<RequestId>().copied();
-    // The access line's path and client, copied only when the line is logged. The query is left
-    // out: it may carry what does not belong in a log.
+    // Copied only when the access line is logged; without the query, as in the span.
     let requested = tracing::enabled!(tracing::Level::INFO)
         .then(|| (clipped(req.path()).to_owned(), client_ip(&req)));
     let outcome = next.call(req).await;
@@ -396,14 +381,11 @@ pub async fn observe(
     Ok(response)
 }
 
-/// Middleware (for `actix_web::middleware::from_fn`) that receives a request's body whole
-/// before the request goes on, within `timeout`, so a slow upload holds only its connection:
-/// no place under [`AdmissionLimit`], no span, no database connection. Past `timeout` the body
-/// ends with an [`std::io::ErrorKind::TimedOut`] payload error, which the handler's extractor
-/// answers (the API maps it to 408 and closes the connection); past `limit` bytes the rest is
-/// left to the extractor, which refuses it. Without a deadline, a client that sends headers and
-/// no body holds a connection and a file descriptor for as long as it likes. Mount it
-/// outermost.
+/// Middleware (for `from_fn`), mounted outermost, that receives a request's body whole before the
+/// request goes on, so a slow upload holds only its connection (no [`AdmissionLimit`] place, span
+/// or database connection), and that for at most `timeout`: then the body ends in an
+/// [`std::io::ErrorKind::TimedOut`] payload error (the API answers 408 and closes the connection).
+/// Past `limit` bytes the extractor refuses the rest.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {
@@ -428,8 +410,7 @@ pub async fn receive_body<B: MessageBody + 'static>(
     mut req: ServiceRequest,
     next: Next<B>,
 ) -> Result<ServiceResponse<B>, Error> {
-    // Bodiless requests (every GET) go on at once, and so does a body declared too large: the
-    // extractor refuses it by its length without reading it.
+    // Bodiless (every GET) or declared too large (refused by length, unread): go on at once.
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -470,14 +451,13 @@ pub async fn receive_body<B: MessageBody + 'static>(
 /// The body of the answer to a request refused for overload (RFC 9457).
 const OVERLOADED_PROBLEM: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the service is at its limit of requests in flight, retry shortly"}"#;
 
-/// Admission control for the API server: at most `limit` requests in flight, all workers
-/// together. The next one is answered at once with 503, `Retry-After: 1` and a problem document,
-/// counted in `http_requests_shed_total` and in [`HttpMetrics`]' `http_requests_total`, instead
-/// of waiting in a queue until every client times out. Mount [`AdmissionLimit::admit`] outside
-/// the telemetry, so a refusal costs no span or log line, and inside [`receive_body`], so a
-/// slow upload takes no place; never on the management server: the probes and /metrics answer
-/// however busy the API is. Shedding never fails readiness: taking a replica out for load only
-/// moves the load onto the others.
+/// Admission control for the API server: at most `limit` requests in flight, all workers together;
+/// the next gets 503 at once, with `Retry-After: 1` and a problem document, instead of queueing
+/// until every client times out. Mount [`AdmissionLimit::admit`] outside the telemetry (a refusal
+/// costs no span or log line), inside [`receive_body`] (a slow upload takes no place), and never on
+/// the management server (probes and /metrics answer however busy the API is). A refusal counts in
+/// `http_requests_total` (503) as well as in its own metric, so error-ratio alerts see it. Shedding
+/// never fails readiness: that only moves the load to other replicas.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {
@@ -537,8 +517,7 @@ impl AdmissionLimit {
         })
     }
 
-    /// Middleware (for `actix_web::middleware::from_fn`): passes `req` on while a place is free,
-    /// answers 503 otherwise.
+    /// Middleware (for `from_fn`): passes `req` on while a place is free, answers 503 otherwise.
     pub async fn admit<B: MessageBody + 'static>(
         self,
         req: ServiceRequest,
@@ -582,10 +561,9 @@ impl actix_web::ResponseError for HandlerPanicked {
     }
 }
 
-/// Middleware (for `actix_web::middleware::from_fn`) that turns a panic in a handler into one
-/// 500 problem and an ERROR log line, instead of a dropped connection for every request on that
-/// worker (or, with `panic = "abort"`, the whole process). Mount it innermost; [`observe`]
-/// counts the 500 in the request metrics and the access log.
+/// Middleware (for `actix_web::middleware::from_fn`) that turns a handler's panic into one 500
+/// problem and an ERROR log line, instead of a dropped connection for every request on that worker
+/// (or, with `panic = "abort"`, the process). Mount it innermost, so [`observe`] counts the 500.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {

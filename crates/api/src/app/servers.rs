@@ -22,10 +22,9 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
     // Inside the descriptors kept from the API (bootstrap::limits::RESERVED_FILES): a flood of
     // this port cannot take the file limit, and with it the API and the dependencies.
     .max_connections((MANAGEMENT_CONNECTIONS / workers).max(1))
-    // The kubelet and Prometheus send their request with the connection: one that sends
-    // nothing is cut after the probes' own timeout (the chart's timeoutSeconds, 1 s; shorter
-    // would fail probes of a briefly CPU-starved worker that the kubelet would have passed), so
-    // a flood of them frees its slots for the probes within seconds.
+    // Probes and scrapes send their request with the connection; an idle one is cut after the
+    // probes' own timeout (the chart's timeoutSeconds, 1 s; shorter would fail probes of a briefly
+    // CPU-starved worker), so a flood of them frees its slots within seconds.
     .client_request_timeout(Duration::from_secs(1))
     .disable_signals()
     .shutdown_timeout(1)
@@ -39,8 +38,7 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
     .run())
 }
 
-/// Open management connections, all its workers together: probes (one connection each) and
-/// scrapes need a few.
+/// Open management connections, all workers together: probes and scrapes need a few.
 const MANAGEMENT_CONNECTIONS: usize = 256;
 
 /// Most API workers chosen by default: past a few, a replica's requests wait on its database
@@ -130,10 +128,9 @@ fn drain_seconds(settings: &Settings) -> u64 {
         .max(1)
 }
 
-/// Requests in flight per request connection by default: a request holds a connection only for
-/// its queries, so some more than the pool keep it busy; past that they would only queue for
-/// it. At the default pool, 8 stays above the 64 requests a 64-connection client keeps in
-/// flight, which the replica serves in milliseconds (docs/benchmarks.md, "Overload").
+/// Default requests in flight per request connection: a request holds a connection only for its
+/// queries, so somewhat more than the pool keep it busy; more would only queue. At the default
+/// pool, 8 admits the 64 requests a 64-connection client keeps in flight.
 const IN_FLIGHT_PER_CONNECTION: usize = 8;
 
 /// `APP__SERVER__MAX_IN_FLIGHT`, or [`IN_FLIGHT_PER_CONNECTION`] per request connection.

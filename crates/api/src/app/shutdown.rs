@@ -53,9 +53,8 @@ impl Serving {
         }
     }
 
-    /// Waits for a termination signal; ends early, with the failure, when the API server or a
-    /// background worker stops on its own (a panic): the service cannot do its job without
-    /// them, so it stops (exit 1) and Kubernetes restarts it.
+    /// Waits for a termination signal; fails early if the API server or a background worker stops
+    /// on its own (a panic), so the process exits 1 and Kubernetes restarts it.
     pub(super) async fn until_stopped(
         &mut self,
         terminate: &CancellationToken,

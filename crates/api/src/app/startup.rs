@@ -3,6 +3,7 @@
 use super::servers::api_server;
 use super::{Failure, VERSION};
 use crate::db;
+use crate::housekeeping::{self, Prunable};
 use crate::messaging::Messaging; // @rabbitmq
 use crate::routes::AppState;
 use crate::settings::Settings;
@@ -228,10 +229,20 @@ fn background_workers(
     let pool = &parts.background_pool;
     let mut workers = JoinSet::new();
     parts.messaging.spawn(&parts.health, &mut workers, stop)?; // @rabbitmq
-    workers.spawn(crate::housekeeping::run(
+    let retention = &settings.retention;
+    let idempotency_keys = Prunable {
+        table: "idempotency_keys",
+        age_column: "created_at",
+        retention: retention.idempotency_keys,
+    };
+    let prunable = std::iter::once(idempotency_keys)
+        .chain(parts.messaging.prunable()) // @rabbitmq
+        .collect();
+    let every = retention.prune_every;
+    workers.spawn(housekeeping::run(
         pool.clone(),
-        settings.retention.clone(),
-        settings.outbox.retention, // @rabbitmq
+        prunable,
+        every,
         stop.clone(),
     ));
     Ok(workers)

@@ -1,19 +1,7 @@
 //! The item-events consumer: manual acks, bounded prefetch, idempotent processing, and a
-//! dead-letter queue for messages that cannot be parsed or keep failing.
-//!
-//! Deliveries that have already arrived are processed together: one transaction records the
-//! batch (each event id once, so a redelivery changes nothing) and one `multiple` ack settles it
-//! after the commit. The prefetch bounds both the batch and what is in flight. A batch that
-//! fails on an event's account is taken apart, so one bad event costs no other an attempt.
-//!
-//! Two kinds of failure are told apart. The database being away (or a conflict a retry
-//! resolves) is not the message's fault: the consumer holds the deliveries and retries with
-//! backoff until the database answers, so an outage delays events and dead-letters none; while
-//! the `postgres` health check fails it does not even try, it waits for the check to pass. Any
-//! other failure is an attempt, counted in the message itself (the `x-attempts` header of a
-//! copy, so a restart or another replica continues the count); the copy waits in the retry
-//! queue, longer after each attempt ([`retry_delay`]), and after [`MAX_ATTEMPTS`] the message
-//! goes to the dead-letter queue.
+//! dead-letter queue for messages that cannot be parsed or keep failing. Deliveries already arrived
+//! are processed as a batch: one transaction records them (each event id once, so a redelivery
+//! changes nothing) and one `multiple` ack after the commit settles them.
 
 use crate::db::Database;
 use crate::domain::item::ItemEvent;
@@ -71,7 +59,13 @@ impl From<ApiError> for ProcessError {
     }
 }
 
-/// Everything the consumer task needs.
+/// The consumer task. The database being away (or a conflict a retry resolves) is not the message's
+/// fault: deliveries are held and retried with backoff (while the `postgres` check fails, until it
+/// passes), so an outage delays events and dead-letters none. Any other failure is an attempt,
+/// counted in the `x-attempts` header of a copy (so a restart or another replica continues the
+/// count) that waits in the retry queue ([`retry_delay`]); after [`MAX_ATTEMPTS`] the message is
+/// dead-lettered. A batch failing on an event's account is taken apart, so one bad event costs no
+/// other an attempt.
 #[derive(Debug, Clone)]
 pub struct Consumer {
     /// PostgreSQL, each event's work bounded by the query timeout.
@@ -81,16 +75,14 @@ pub struct Consumer {
     pub link: BrokerLink,
     pub queue: String,
     pub tag: String,
-    /// How long work may keep failing as "unavailable" while the `postgres` check passes before
-    /// it counts as an attempt: the database is up, so the events are at fault (their work never
-    /// fits the query timeout, a lock they wait for is never granted).
+    /// How long work may fail as "unavailable" while the `postgres` check passes before it counts
+    /// as an attempt: the database is up, so the events are at fault (e.g. a lock never granted).
     pub hold_limit: Duration,
 }
 
 impl Consumer {
-    /// Consumes until `stop`. On stop it cancels the subscription, settles the batch in hand
-    /// (committed and acked, or requeued), and lets the broker requeue whatever it had
-    /// prefetched (nothing is lost).
+    /// Consumes until `stop`, then cancels the subscription and settles the batch in hand
+    /// (committed and acked, or requeued); the broker requeues what it had prefetched.
     pub async fn run(self, stop: CancellationToken) {
         let mut link = self.link.clone();
         while !stop.is_cancelled() {
@@ -168,8 +160,7 @@ impl Consumer {
         Ok((channel, deliveries))
     }
 
-    /// Settles `deliveries`: the parsed events recorded in one transaction and acknowledged
-    /// together; on an event's failure, each on its own.
+    /// Settles `deliveries`: one transaction and one ack, or one by one if an event fails.
     async fn handle(&self, channel: &Channel, deliveries: Vec<Delivery>, stop: &CancellationToken) {
         let mut received = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
@@ -236,15 +227,13 @@ impl Consumer {
             .await;
     }
 
-    /// Processes `events` (whether each was new), waiting out database unavailability with
-    /// backoff. `None` when told to stop before the database returned.
+    /// Processes `events` (whether each was new), waiting out database outages; `None` if stopped.
     async fn process_while_available(
         &self,
         events: Arc<[ItemEvent]>,
         stop: &CancellationToken,
     ) -> Option<Result<Vec<bool>, ProcessError>> {
         let first = events.first().map(|event| event.id).unwrap_or_default();
-        // While the database is away: from 0.1 s, doubling, to 2 s.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut database = self.database.clone();
         let mut waited = false;
@@ -322,8 +311,7 @@ impl Consumer {
         }
     }
 
-    /// A copy of `delivery` in the retry queue, carrying `attempt` in its headers and back in
-    /// the queue after [`retry_delay`].
+    /// A copy of `delivery` in the retry queue, carrying `attempt`, back after [`retry_delay`].
     async fn republish(
         &self,
         channel: &Channel,
@@ -391,10 +379,9 @@ fn attempts_used(headers: Option<&FieldTable>) -> u32 {
     }
 }
 
-/// Records each event once: a redelivered event finds its id already processed and changes
-/// nothing. Returns, per event, whether this was the first time.
-/// Bounded like a request ([`Database::run`]): a frozen database is "unavailable" (held and
-/// retried), and the connection that hung is taken out of the pool rather than reused.
+/// Records each event once (a redelivery finds its id processed and changes nothing); per event,
+/// whether this was the first time. Bounded like a request ([`Database::run`]): a frozen database
+/// is "unavailable", and the hung connection is dropped from the pool, not reused.
 async fn process(db: &Database, events: &Arc<[ItemEvent]>) -> Result<Vec<bool>, ProcessError> {
     Ok(db.run(async |client| record(client, events).await).await?)
 }
@@ -452,8 +439,8 @@ struct Received {
 }
 
 impl Received {
-    /// The delivery's event; an unparseable message is dead-lettered at once (no attempt can
-    /// fix it) and yields `None`.
+    /// The delivery's event; an unparseable message is dead-lettered at once (no attempt can fix
+    /// it).
     async fn parse(delivery: Delivery) -> Option<Received> {
         let span = tracing::info_span!(
             "consume",

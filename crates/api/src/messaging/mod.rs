@@ -8,6 +8,7 @@ pub mod topology;
 pub mod trace;
 
 use crate::db::Database;
+use crate::housekeeping::Prunable;
 use crate::settings::Settings;
 use bootstrap::broker::BrokerSupervisor;
 use bootstrap::{Startup, StartupError, StartupPhase};
@@ -131,6 +132,23 @@ impl Messaging {
             workers.spawn(consumer.run(stop.clone()));
         }
         Ok(())
+    }
+
+    /// The tables the broker side adds to housekeeping.
+    pub fn prunable(&self) -> [Prunable; 2] {
+        [
+            // Pending rows have no sent_at: they are never pruned.
+            Prunable {
+                table: "outbox",
+                age_column: "sent_at",
+                retention: self.settings.outbox.retention,
+            },
+            Prunable {
+                table: "processed_events",
+                age_column: "processed_at",
+                retention: self.settings.retention.processed_events,
+            },
+        ]
     }
 
     /// Closes the broker connection (after the workers have stopped).

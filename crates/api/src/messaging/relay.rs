@@ -1,19 +1,6 @@
-//! The outbox relay: publishes pending outbox rows with publisher confirms and marks them sent
-//! only after the broker confirmed them. A broker outage only delays events: the rows wait, the
-//! relay follows the supervised connection and resumes when it is back.
-//!
-//! The guarantee is **at least once, unordered**: each publishing loop claims the oldest rows
-//! nobody else has claimed (`FOR UPDATE SKIP LOCKED`, then a lease), so loops and replicas
-//! publish interleaved batches, and a crash between the confirm and the mark publishes a batch
-//! again once its lease ends. Consumers must be idempotent (ours records event ids) and must
-//! not rely on order (use `occurred_at` or a version where order matters).
-//!
-//! The relay works on the background pool ([`crate::db::background_pool`]), holding a
-//! connection only for the claim and for the mark, never while the broker confirms: its
-//! loops share a few connections with the other background tasks, whatever their number.
-//! Publishing a batch and receiving its confirms is bounded (`APP__OUTBOX__PUBLISH_TIMEOUT`).
-//! The backlog (count and oldest age) is measured from the table by the lag check, so a stuck
-//! relay shows as lag.
+//! The outbox relay: publishes pending outbox rows with publisher confirms and marks them sent only
+//! after the broker confirmed them. A broker outage only delays events: the rows wait, and the
+//! relay resumes when the supervised connection is back.
 
 use crate::db;
 use crate::settings::OutboxSettings;
@@ -126,7 +113,14 @@ impl Check for OutboxLagCheck {
     }
 }
 
-/// Everything the relay task needs.
+/// The relay task. The guarantee is **at least once, unordered**: each publishing loop claims the
+/// oldest rows nobody else has claimed (`FOR UPDATE SKIP LOCKED`, then a lease), so loops and
+/// replicas publish interleaved batches, and a crash between the confirm and the mark publishes a
+/// batch again once its lease ends. Consumers must be idempotent (ours records event ids) and not
+/// rely on order (use `occurred_at` or a version where order matters). It works on the background
+/// pool ([`crate::db::background_pool`]), holding a connection only for the claim and the mark,
+/// never while the broker confirms: its loops share a few connections with the other background
+/// tasks, whatever their number.
 #[derive(Debug, Clone)]
 pub struct Relay {
     pub pool: Pool,
@@ -186,9 +180,8 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Claims a batch, publishes it and awaits every confirm within the publish timeout, then
-    /// marks it sent. A connection is held only for the claim and for the mark, never while
-    /// the broker answers. A batch not confirmed is released for the next attempt.
+    /// Claims a batch, publishes it and awaits every confirm within the publish timeout, then marks
+    /// it sent; a batch not confirmed is released for the next attempt.
     async fn bounded_batch(&self, channel: &Channel) -> anyhow::Result<usize> {
         let limit = i64::try_from(self.settings.batch_size).unwrap_or(100);
         // Longer than a publish may take, so a slow batch is not claimed twice.

@@ -16,9 +16,8 @@ pub fn retry_queue(queue: &str) -> String {
     format!("{queue}.retry")
 }
 
-/// Declares the durable topic exchange, the consumer's queue with its dead-letter and retry
-/// queues, and the binding. Declarations are idempotent, so every replica and every reconnect
-/// runs them.
+/// Declares the durable topic exchange, the consumer's queue with its dead-letter and retry queues,
+/// and the binding; idempotent, so every replica and every reconnect runs them.
 pub fn declare(settings: &RabbitMqSettings) -> Topology {
     let exchange = settings.exchange.clone();
     let queue = settings.queue.clone();

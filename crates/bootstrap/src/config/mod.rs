@@ -1,11 +1,7 @@
-//! Layered, typed, validated settings.
-//!
-//! Layers, lowest first: the settings type's `Default` < `config/default.toml` <
-//! `config/$APP_ENV.toml` < environment variables `APP__SECTION__KEY`. The merged layers are
-//! deserialized into typed structs (`deny_unknown_fields`, so a misspelt key is an error), at
-//! start, before any port is bound; a bad value becomes a [`ConfigError`] naming the variable,
-//! the value and what was expected, and the binary exits with code 2. [`load`] does this for
-//! any settings type; [`sections`](self#structs) offers the sections most services share.
+//! Layered, typed, validated settings. Layers, lowest first: the type's `Default` <
+//! `config/default.toml` < `config/$APP_ENV.toml` < `APP__SECTION__KEY` variables, read at start,
+//! before any port is bound, into `deny_unknown_fields` structs (a misspelt key is an error). A bad
+//! value becomes a [`ConfigError`] naming variable, value and expectation; the exit code is 2.
 
 mod sections;
 pub mod value;
@@ -90,9 +86,8 @@ impl Sources {
     }
 }
 
-/// Loads any settings type from the layers of `sources`: defaults come from its `Default`,
-/// every key a layer sets must be a field (`deny_unknown_fields`), and the first bad value
-/// becomes one [`ConfigError`] naming its variable.
+/// Loads any settings type (defaults from its `Default`) from the layers of `sources`; the first
+/// bad value becomes one [`ConfigError`].
 ///
 /// ```
 /// #[derive(Debug, Default, serde::Deserialize)]

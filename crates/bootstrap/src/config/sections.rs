@@ -1,6 +1,6 @@
-//! Settings sections most services share: the two servers, a PostgreSQL database, startup,
-//! shutdown and check tuning. A service composes its own settings type from them (see the
-//! example's `crates/api/src/settings.rs`) and loads it with [`super::load`].
+//! Settings sections most services share: the two servers, PostgreSQL, startup, migrations,
+//! shutdown and check tuning, composed into a service's settings type (see the example's
+//! `crates/api/src/settings.rs`) and loaded with [`super::load`].
 
 use super::value::{
     boolean, constant_url, count, duration, ip_address, networks, optional_file, optional_flag,
@@ -216,9 +216,8 @@ impl DatabaseSettings {
         Ok(budget)
     }
 
-    /// Checks what one value cannot say on its own, after loading: the URL's scheme and
-    /// `sslmode` (moved out of the URL), and the CA file (a readable PEM bundle, not given
-    /// with TLS off).
+    /// Checks what one value cannot say alone, after loading: the URL's scheme and `sslmode` (moved
+    /// out of the URL), and the CA file (a readable PEM bundle, not with TLS off).
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         require_scheme("database.url", &self.url, &["postgres", "postgresql"])?;
         self.take_ssl_mode()?;
@@ -235,8 +234,8 @@ impl DatabaseSettings {
         Ok(())
     }
 
-    /// Moves `sslmode` out of the URL: tokio-postgres knows only disable/prefer/require. The
-    /// other parameters keep their encoding byte for byte. Without one, nothing changes.
+    /// Moves `sslmode` out of the URL: tokio-postgres knows only disable/prefer/require. The other
+    /// parameters keep their encoding byte for byte.
     pub(crate) fn take_ssl_mode(&mut self) -> Result<(), ConfigError> {
         let url = self.url.url();
         let Some(query) = url.query() else {
@@ -280,15 +279,13 @@ pub struct StartupSettings {
 #[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
 pub struct MigrationSettings {
-    /// Apply pending migrations during startup, under the advisory lock (true). False when a
-    /// release step runs `<binary> migrate` (the chart's migration Job): startup then waits
-    /// for the schema instead.
+    /// Apply pending migrations during startup, under the advisory lock (true). False when the
+    /// chart's migration Job runs `<binary> migrate`: startup then waits for the schema.
     #[serde(deserialize_with = "boolean")]
     #[default(true)]
     pub at_startup: bool,
-    /// How long a migration's statement waits for a table lock before it gives up and is
-    /// retried (2 s). Queries on that table queue behind a waiting `ALTER TABLE`, so this is
-    /// the longest a migration can stall them; keep it under the query timeout.
+    /// How long a migration statement waits for a table lock before it gives up and is retried
+    /// (2 s): queries queue behind a waiting `ALTER TABLE`, so keep it under the query timeout.
     #[serde(deserialize_with = "positive_duration")]
     #[default(Duration::from_secs(2))]
     pub lock_timeout: Duration,
