@@ -14,7 +14,10 @@ use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::FutureExt;
 use futures_util::{Stream, StreamExt};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramVec, IntCounterVec, IntGauge, Registry, register_histogram_vec_with_registry,
+    register_int_counter_vec_with_registry,
+};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -212,22 +215,18 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     /// Creates the metrics in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "API requests by method, route and status.",
-            ),
+        let requests = register_int_counter_vec_with_registry!(
+            "http_requests_total",
+            "API requests by method, route and status.",
             &["method", "route", "status"],
+            registry
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "API request latency by method and route.",
-            ),
+        let duration = register_histogram_vec_with_registry!(
+            "http_request_duration_seconds",
+            "API request latency by method and route.",
             &["method", "route"],
+            registry
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
         Ok(Self { requests, duration })
     }
 }
