@@ -196,9 +196,10 @@ update_to_b() { # $1: project, $2: rabbitmq choice
   cat "$out"
   # make fails while a conflict is left (the script exits 1; 2 is an error, which lists none).
   if ((status == 0)); then echo "template-update succeeded; expected a conflict" >&2; exit 1; fi
-  grep -A2 '^CONFLICTS' "$out" | grep -q 'crates/api/src/main.rs'
-  # Removed by B, edited here: a conflict, the team's text still in place to decide on.
-  grep -A2 '^CONFLICTS' "$out" | grep -q 'docs/rolling-updates.md'
+  grep -A2 '^CONFLICTS' "$out" | grep -qF 'crates/api/src/main.rs  (both changed the same lines: resolve the markers)'
+  # Removed by B, edited here: a conflict without markers, the team's text still in place to
+  # decide on, and the list says how to decide.
+  grep -A2 '^CONFLICTS' "$out" | grep -qF 'docs/rolling-updates.md  (the template removed it'
   grep -q 'Our own rollout notes.' "$project/docs/rolling-updates.md"
   grep -q '^<<<<<<< ' "$project/crates/api/src/main.rs"
   grep -q '^revisionHistoryLimit: 7$' "$project/helm/$name/values.yaml"

@@ -195,7 +195,7 @@ class Update:
         print(f"the update would change (besides {RECORD} and Cargo.lock):")
         changes = git("diff", "--name-status", "--no-renames", "-z", "HEAD", tree).split("\0")
         for status, path in zip(changes[0::2], changes[1::2]):
-            if path in conflicts and not self.exists_in_head(path):
+            if path in conflicts and not self.exists_in("HEAD", path):
                 print(f"  kept removed: {path} (the template changed it; this project removed it)")
             else:
                 print(f"  {status} {path}{'  (conflict)' if path in conflicts else ''}")
@@ -219,7 +219,7 @@ class Update:
             raise Failure(f"the merge failed: {picked.stderr.strip()}; `git reset --hard` undoes what it left")
         conflicts, kept_removed = [], []
         for path in unmerged:
-            if not self.exists_in_head(path):
+            if not self.exists_in("HEAD", path):
                 # Removed here (the replaced example): it stays removed.
                 git("--literal-pathspecs", "rm", "-q", "-f", "--", path)
                 kept_removed.append(path)
@@ -234,16 +234,20 @@ class Update:
         for path in kept_removed:
             print(f"kept removed (the template changed it, this project had removed it): {path}")
         if conflicts:
-            print("CONFLICTS (both changed the same lines; resolve the markers, then `git add`):")
+            print("CONFLICTS (changed here and in the template; resolve each, then `git add` it):")
             for path in conflicts:
-                print(f"  {path}")
+                if self.exists_in(new, path):
+                    print(f"  {path}  (both changed the same lines: resolve the markers)")
+                else:
+                    print(f"  {path}  (the template removed it, this project changed it: no markers;"
+                          " `git add` keeps it, `git rm` takes the removal)")
             return 1
         print(f"updated to {self.target_ref}: review with `git diff --cached`, then commit")
         return 0
 
     @staticmethod
-    def exists_in_head(path: str) -> bool:
-        return subprocess.run(["git", "cat-file", "-e", f"HEAD:{path}"], capture_output=True).returncode == 0
+    def exists_in(commit: str, path: str) -> bool:
+        return subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], capture_output=True).returncode == 0
 
     def lock(self) -> None:
         """Cargo.lock regenerated, never merged: the template's new one when the project's is still

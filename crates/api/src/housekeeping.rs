@@ -1,7 +1,8 @@
 //! Pruning of the bookkeeping tables (stored idempotency responses, and what the service adds),
 //! so that none of them only grows: rows older than their table's retention go.
 //!
-//! Every replica prunes, in small time-bounded batches that skip rows another replica holds.
+//! Every replica prunes, in small time-bounded batches that skip rows another replica holds, so
+//! pruning never competes with requests for long.
 
 use deadpool_postgres::Pool;
 use std::time::Duration;
@@ -15,7 +16,8 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCHES: usize = 100;
 
 /// A table pruned by age: rows whose `age_column` is older than `retention` (a row where it is
-/// NULL is never pruned).
+/// NULL is never pruned). Both names go into the SQL as written: literals of the code, never
+/// input; `age_column` wants an index (the migrations give the ones pruned here).
 pub struct Prunable {
     pub table: &'static str,
     pub age_column: &'static str,

@@ -24,6 +24,24 @@ pub struct Problem {
     pub detail: Option<String>,
 }
 
+impl Problem {
+    /// The document for `status`, titled with RFC 9110's reason phrase.
+    fn new(status: StatusCode, detail: Option<String>) -> Self {
+        let title = match status {
+            // RFC 9110's names, where the http crate keeps older ones.
+            StatusCode::PAYLOAD_TOO_LARGE => "Content Too Large",
+            StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable Content",
+            _ => status.canonical_reason().unwrap_or("Error"),
+        };
+        Self {
+            kind: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
 /// What a handler can fail with. `Display` is the client's detail: `Internal` only logs its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -43,21 +61,6 @@ pub enum ApiError {
     Unavailable(String),
     #[error("an unexpected error occurred")]
     Internal(String),
-}
-
-impl ApiError {
-    fn title(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "Bad Request",
-            ApiError::NotFound(_) => "Not Found",
-            ApiError::UnsupportedMediaType => "Unsupported Media Type",
-            ApiError::PayloadTooLarge(_) => "Content Too Large",
-            ApiError::BodyTimeout => "Request Timeout",
-            ApiError::Unprocessable(_) => "Unprocessable Content",
-            ApiError::Unavailable(_) => "Service Unavailable",
-            ApiError::Internal(_) => "Internal Server Error",
-        }
-    }
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {
@@ -106,13 +109,11 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let status = self.status_code();
-        let body = Problem {
-            kind: "about:blank",
-            title: self.title(),
-            status: status.as_u16(),
-            // Details quote client input (an unknown field's name, a bad cursor): never whole.
-            detail: Some(clip(&self.to_string(), DETAIL_MAX).into_owned()),
-        };
+        // Details quote client input (an unknown field's name, a bad cursor): never whole.
+        let body = Problem::new(
+            status,
+            Some(clip(&self.to_string(), DETAIL_MAX).into_owned()),
+        );
         let mut response = HttpResponse::build(status);
         response.insert_header((CONTENT_TYPE, PROBLEM_JSON));
         match self {
@@ -155,13 +156,8 @@ pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 }
 
 /// A problem with nothing to add to its status line.
-fn bare_problem(status: StatusCode, title: &'static str) -> HttpResponse {
-    let body = Problem {
-        kind: "about:blank",
-        title,
-        status: status.as_u16(),
-        detail: None,
-    };
+fn bare_problem(status: StatusCode) -> HttpResponse {
+    let body = Problem::new(status, None);
     HttpResponse::build(status)
         .insert_header((CONTENT_TYPE, PROBLEM_JSON))
         .body(serde_json::to_vec(&body).unwrap_or_default())
@@ -169,10 +165,10 @@ fn bare_problem(status: StatusCode, title: &'static str) -> HttpResponse {
 
 /// The API's answer to a path it does not know.
 pub async fn not_found() -> HttpResponse {
-    bare_problem(StatusCode::NOT_FOUND, "Not Found")
+    bare_problem(StatusCode::NOT_FOUND)
 }
 
 /// The API's answer to a known path with a method it does not serve.
 pub async fn method_not_allowed() -> HttpResponse {
-    bare_problem(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+    bare_problem(StatusCode::METHOD_NOT_ALLOWED)
 }

@@ -1,24 +1,16 @@
-//! The settings of this service: the shared sections from `bootstrap`, and the example's own
-// @rabbitmq-begin
-//! (the broker's exchange and queue, the outbox, retention, which checks exist). Loaded and
-//! validated by `bootstrap::config::load` before anything starts; see docs/configuration.md.
-// @rabbitmq-else
-// //! (retention, which checks exist). Loaded and validated by `bootstrap::config::load` before
-// //! anything starts; see docs/configuration.md.
-// @rabbitmq-end
+//! The settings of this service: the shared sections from `bootstrap`, and its own (retention,
+//! which checks exist, the sections its parts bring). Loaded and validated by
+//! `bootstrap::config::load` before anything starts; see docs/configuration.md.
 
-use bootstrap::broker::BrokerConnection; // @rabbitmq
-use bootstrap::config::value::{count, optional_file}; // @rabbitmq
+use crate::messaging::settings::{OutboxSettings, RabbitMqSettings}; // @rabbitmq
 use bootstrap::config::value::{name, positive_duration};
 use bootstrap::config::{
     CheckTuning, ConfigError, ConnectionBudget, DatabaseSettings, LivenessSettings,
     ManagementSettings, MigrationSettings, ServerSettings, ShutdownSettings, Sources,
     StartupSettings,
 };
-use bootstrap::config::{SecretUrl, check_ca_file, constant_url, require_scheme}; // @rabbitmq
 use serde::Deserialize;
 use smart_default::SmartDefault;
-use std::path::PathBuf; // @rabbitmq
 use std::time::Duration;
 
 // @rabbitmq-begin
@@ -77,84 +69,6 @@ pub struct RetentionSettings {
     pub prune_every: Duration,
 }
 
-// @rabbitmq-begin
-/// `APP__OUTBOX__*`.
-#[derive(Debug, Clone, Deserialize, SmartDefault)]
-#[serde(default, deny_unknown_fields)]
-pub struct OutboxSettings {
-    /// Rows a relay loop claims and publishes at once (100).
-    #[serde(deserialize_with = "count::<_, 1, 10_000>")]
-    #[default(100)]
-    pub batch_size: usize,
-    /// Relay loops publishing at once, each on its own channel (4): one loop waiting for its
-    /// confirms falls behind a write load. They claim disjoint batches and share the
-    /// background pool's connections, so they add none.
-    #[serde(deserialize_with = "count::<_, 1, 16>")]
-    #[default(4)]
-    pub publishers: usize,
-    /// How long sent rows are kept before they are pruned (24 h).
-    #[serde(deserialize_with = "positive_duration")]
-    #[default(Duration::from_secs(24 * 3600))]
-    pub retention: Duration,
-    /// The outbox check warns when the oldest pending event is older than this (30 s).
-    #[serde(deserialize_with = "positive_duration")]
-    #[default(Duration::from_secs(30))]
-    pub lag_warn_after: Duration,
-    /// Bound on publishing one batch and receiving its confirms (10 s): a stalled broker
-    /// makes the relay give the batch up and retry, instead of holding its row locks.
-    #[serde(deserialize_with = "positive_duration")]
-    #[default(Duration::from_secs(10))]
-    pub publish_timeout: Duration,
-}
-
-/// `APP__RABBITMQ__*`: the broker connection, and the exchange and queue of the example.
-#[derive(Debug, Clone, Deserialize, SmartDefault)]
-#[serde(default, deny_unknown_fields)]
-pub struct RabbitMqSettings {
-    /// Connection URL; `amqps://` for TLS.
-    #[default(constant_url("amqp://guest:guest@127.0.0.1:5672/%2f"))]
-    pub url: SecretUrl,
-    /// PEM bundle added to the system roots to verify the broker (`amqps://` only).
-    #[serde(deserialize_with = "optional_file")]
-    pub ca_file: Option<PathBuf>,
-    /// Topic exchange the events go to.
-    #[serde(deserialize_with = "name")]
-    #[default("shipshape.events".into())]
-    pub exchange: String,
-    /// The consumer's durable queue.
-    #[serde(deserialize_with = "name")]
-    #[default("shipshape.items".into())]
-    pub queue: String,
-    /// Consumers of the queue in this replica, each on its own channel with its own prefetch
-    /// (4): one alone falls behind the relay under write load. Each batch is one transaction
-    /// on a connection of the background pool, so they add no connections.
-    #[serde(deserialize_with = "count::<_, 1, 16>")]
-    #[default(4)]
-    pub consumers: usize,
-    /// Longest pause between two reconnection attempts (10 s).
-    #[serde(deserialize_with = "positive_duration")]
-    #[default(Duration::from_secs(10))]
-    pub reconnect_max_backoff: Duration,
-    /// Bound on one connection attempt, handshake and topology included (5 s): a black-holed
-    /// broker accepts TCP and never answers.
-    #[serde(deserialize_with = "positive_duration")]
-    #[default(Duration::from_secs(5))]
-    pub connect_timeout: Duration,
-}
-
-impl RabbitMqSettings {
-    /// What the connection supervisor needs.
-    pub fn connection(&self) -> BrokerConnection {
-        BrokerConnection {
-            url: self.url.clone(),
-            ca_file: self.ca_file.clone(),
-            reconnect_max_backoff: self.reconnect_max_backoff,
-            connect_timeout: self.connect_timeout,
-        }
-    }
-}
-// @rabbitmq-end
-
 /// `APP__HEALTH__*`: which checks this service has, and the liveness bound.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -190,19 +104,7 @@ impl Settings {
         self.health.rabbitmq.validate("rabbitmq")?; // @rabbitmq
         self.database.validate()?;
         self.connection_budget()?;
-        // @rabbitmq-begin
-        require_scheme("rabbitmq.url", &self.rabbitmq.url, &["amqp", "amqps"])?;
-        if let Some(path) = &self.rabbitmq.ca_file {
-            if self.rabbitmq.url.url().scheme() == "amqp" {
-                return Err(ConfigError::new(
-                    "rabbitmq.ca_file",
-                    None,
-                    "no CA file with an amqp:// URL (use amqps:// for TLS)",
-                ));
-            }
-            check_ca_file("rabbitmq.ca_file", path)?;
-        }
-        // @rabbitmq-end
+        self.rabbitmq.validate()?; // @rabbitmq
         Ok(())
     }
 }

@@ -14,10 +14,7 @@ use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::FutureExt;
 use futures_util::{Stream, StreamExt};
-use prometheus::{
-    HistogramVec, IntCounterVec, IntGauge, Registry, register_histogram_vec_with_registry,
-    register_int_counter_vec_with_registry,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -29,9 +26,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The root span of an API request, for `TracingLogger::<RequestSpan>::new()`: tracing-actix-web's
 /// default fields and target, continuing a W3C `traceparent`, but bounding what a client puts into
-/// telemetry: the client address is what [`TrustedProxies`] vouch for, the target has no query,
-/// path and host are clipped, a made-up method is `other` and an unrouted path `unmatched`. No
-/// `trace_id` field: every JSON log line leads with it.
+/// telemetry: the client address is what [`TrustedProxies`] vouch for (the default believes any
+/// `X-Forwarded-For`), the target has no query, path and host are clipped, a made-up method is
+/// `other` and an unrouted path `unmatched` (so span names stay bounded). No `trace_id` field:
+/// every JSON log line leads with it.
 ///
 /// ```
 /// # #[actix_web::main] async fn main() {
@@ -215,18 +213,22 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     /// Creates the metrics in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = register_int_counter_vec_with_registry!(
-            "http_requests_total",
-            "API requests by method, route and status.",
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "API requests by method, route and status.",
+            ),
             &["method", "route", "status"],
-            registry
         )?;
-        let duration = register_histogram_vec_with_registry!(
-            "http_request_duration_seconds",
-            "API request latency by method and route.",
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "API request latency by method and route.",
+            ),
             &["method", "route"],
-            registry
         )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
         Ok(Self { requests, duration })
     }
 }
@@ -338,7 +340,8 @@ pub async fn observe(
         None => req.match_pattern().unwrap_or_else(|| UNMATCHED.to_owned()),
     };
     let request_id = req.extensions().get::<RequestId>().copied();
-    // Copied only when the access line is logged; without the query, as in the span.
+    // Copied only when the access line is logged; without the query, which may carry what does
+    // not belong in a log.
     let requested = tracing::enabled!(tracing::Level::INFO)
         .then(|| (clipped(req.path()).to_owned(), client_ip(&req)));
     let outcome = next.call(req).await;

@@ -1,10 +1,7 @@
 //! Prometheus metrics of the health subsystem.
 
 use crate::{LifecycleState, Status};
-use prometheus::{
-    GaugeVec, HistogramVec, IntCounterVec, Registry, register_gauge_vec_with_registry,
-    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
-};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use std::time::Duration;
 
 /// Gauges and histograms the scheduler and the lifecycle write to.
@@ -19,39 +16,49 @@ pub(crate) struct HealthMetrics {
 
 impl HealthMetrics {
     pub(crate) fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let status = register_gauge_vec_with_registry!(
-            "health_check_status",
-            "Reported status of a check after thresholds (1 pass, 0 fail).",
+        let status = GaugeVec::new(
+            Opts::new(
+                "health_check_status",
+                "Reported status of a check after thresholds (1 pass, 0 fail).",
+            ),
             &["check", "critical"],
-            registry
         )?;
-        let duration = register_histogram_vec_with_registry!(
-            "health_check_duration_seconds",
-            "Time one run of a check took, timeouts included.",
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "health_check_duration_seconds",
+                "Time one run of a check took, timeouts included.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["check"],
-            vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
-            ],
-            registry
         )?;
-        let transitions = register_int_counter_vec_with_registry!(
-            "health_check_transitions_total",
-            "Times a check changed its reported status.",
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "health_check_transitions_total",
+                "Times a check changed its reported status.",
+            ),
             &["check", "to"],
-            registry
         )?;
-        let panics = register_int_counter_vec_with_registry!(
-            "health_check_panics_total",
-            "Runs of a check that panicked (each counted as a failed run).",
+        let panics = IntCounterVec::new(
+            Opts::new(
+                "health_check_panics_total",
+                "Runs of a check that panicked (each counted as a failed run).",
+            ),
             &["check"],
-            registry
         )?;
-        let lifecycle = register_gauge_vec_with_registry!(
-            "service_lifecycle_state",
-            "1 for the lifecycle state the process is in, 0 for the others.",
+        let lifecycle = GaugeVec::new(
+            Opts::new(
+                "service_lifecycle_state",
+                "1 for the lifecycle state the process is in, 0 for the others.",
+            ),
             &["state"],
-            registry
         )?;
+        registry.register(Box::new(status.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(transitions.clone()))?;
+        registry.register(Box::new(panics.clone()))?;
+        registry.register(Box::new(lifecycle.clone()))?;
         let metrics = Self {
             status,
             duration,

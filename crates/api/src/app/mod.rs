@@ -117,7 +117,8 @@ async fn serve(
         stop_workers.cancel();
         stop_health.cancel();
         let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
-        deadline.step("broker", parts.messaging.close()).await; // @rabbitmq
+        let broker = parts.messaging.close(); // @rabbitmq
+        deadline.step("broker connection", broker).await; // @rabbitmq
         management.stop(&deadline).await;
         return Ok((Ok(()), deadline));
     };

@@ -130,7 +130,8 @@ fn drain_seconds(settings: &Settings) -> u64 {
 
 /// Default requests in flight per request connection: a request holds a connection only for its
 /// queries, so somewhat more than the pool keep it busy; more would only queue. At the default
-/// pool, 8 admits the 64 requests a 64-connection client keeps in flight.
+/// pool, 8 admits the 64 requests a 64-connection client keeps in flight (docs/benchmarks.md,
+/// "Overload").
 const IN_FLIGHT_PER_CONNECTION: usize = 8;
 
 /// `APP__SERVER__MAX_IN_FLIGHT`, or [`IN_FLIGHT_PER_CONNECTION`] per request connection.

@@ -121,7 +121,8 @@ impl Shutdown<'_> {
                     while workers.join_next().await.is_some() {}
                 })
                 .await;
-            side_by_side.step("broker", parts.messaging.close()).await; // @rabbitmq
+            let broker = parts.messaging.close(); // @rabbitmq
+            side_by_side.step("broker connection", broker).await; // @rabbitmq
         };
         tokio::join!(api, background);
         parts.background_pool.close();

@@ -109,11 +109,12 @@ fn database_pools(
         "database connections"
     );
     warn_if_unverified(&settings.database);
-    let gauges = prometheus::register_int_gauge_vec_with_registry!(
-        "db_connections_budget",
-        "PostgreSQL connections this replica may hold, by use (APP__DATABASE__MAX_CONNECTIONS split).",
+    let gauges = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "db_connections_budget",
+            "PostgreSQL connections this replica may hold, by use (APP__DATABASE__MAX_CONNECTIONS split).",
+        ),
         &["part"],
-        registry
     )?;
     for (part, size) in [
         ("requests", budget.requests),
@@ -124,6 +125,7 @@ fn database_pools(
             .with_label_values(&[part])
             .set(i64::try_from(size).unwrap_or(i64::MAX));
     }
+    registry.register(Box::new(gauges))?;
     registry.register(Box::new(db::CONNECTIONS_REFUSED.clone()))?;
     let request_pool = db::request_pool(&settings.database, budget.requests, lost)?;
     registry.register(Box::new(PoolGauges::new(request_pool.clone())?))?;

@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod relay;
+pub mod settings;
 pub mod topology;
 pub mod trace;
 

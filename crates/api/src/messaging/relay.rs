@@ -2,8 +2,8 @@
 //! after the broker confirmed them. A broker outage only delays events: the rows wait, and the
 //! relay resumes when the supervised connection is back.
 
+use super::settings::OutboxSettings;
 use crate::db;
-use crate::settings::OutboxSettings;
 use bootstrap::Backoff;
 use deadpool_postgres::Pool;
 use deadpool_postgres::PoolError;

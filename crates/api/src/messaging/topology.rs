@@ -1,6 +1,6 @@
 //! Exchanges, queues and bindings, declared on every new broker connection.
 
-use crate::settings::RabbitMqSettings;
+use super::settings::RabbitMqSettings;
 use bootstrap::broker::Topology;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};

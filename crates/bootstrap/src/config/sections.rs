@@ -285,7 +285,8 @@ pub struct MigrationSettings {
     #[default(true)]
     pub at_startup: bool,
     /// How long a migration statement waits for a table lock before it gives up and is retried
-    /// (2 s): queries queue behind a waiting `ALTER TABLE`, so keep it under the query timeout.
+    /// (2 s): queries queue behind a waiting `ALTER TABLE`, so this is the longest a migration can
+    /// stall them; keep it under the query timeout.
     #[serde(deserialize_with = "positive_duration")]
     #[default(Duration::from_secs(2))]
     pub lock_timeout: Duration,

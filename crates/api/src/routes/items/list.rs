@@ -10,7 +10,8 @@ use uuid::Uuid;
 /// Default and largest page size.
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
-/// Ends a page early: 100 items with 60 KB notes would hold 6 MB per slow client (docs/api.md).
+/// Bytes of JSON text after which a page ends early: 100 items with 60 KB notes would hold 6 MB
+/// per slow client (docs/api.md).
 const PAGE_BYTES: i64 = 256 * 1024;
 
 #[derive(Debug, Deserialize, IntoParams)]
