@@ -3,6 +3,7 @@
 
 use crate::report::{HEALTH_JSON, minimal_body};
 use crate::{Health, ProbeQuery, Status};
+use actix_web::body::MessageBody;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -47,21 +48,25 @@ fn answer(
     query: &ProbeQuery<'_>,
     only: Option<&str>,
 ) -> HttpResponse {
+    if query.verbose() || only.is_some() {
+        respond(status, health.verbose_body(status, query, only))
+    } else {
+        respond(status, minimal_body(status))
+    }
+}
+
+/// 503 for `fail`, 200 otherwise, with `body` as health+json.
+fn respond(status: Status, body: impl MessageBody + 'static) -> HttpResponse {
     let code = if status == Status::Fail {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    let mut response = if query.verbose() || only.is_some() {
-        HttpResponse::build(code).body(health.verbose_body(status, query, only))
-    } else {
-        HttpResponse::build(code).body(minimal_body(status))
-    };
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));
-    // A cached probe answer is a lie about now.
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    HttpResponse::build(code)
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON)))
+        // A cached probe answer is a lie about now.
+        .insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(body)
 }
 
 async fn livez(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
@@ -80,15 +85,7 @@ async fn livez(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
                 "observedUnit": "ms",
             }]},
         });
-        let code = if status == Status::Pass {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        return HttpResponse::build(code)
-            .insert_header((CONTENT_TYPE, HEALTH_JSON))
-            .insert_header((CACHE_CONTROL, "no-store"))
-            .body(body.to_string());
+        return respond(status, body.to_string());
     }
     answer(&health, status, &query, None)
 }
