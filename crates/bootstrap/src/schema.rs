@@ -10,8 +10,9 @@ use refinery::Migration;
 use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient};
 
 /// refinery's history table: releases built before this module wrote it through refinery.
 const HISTORY: &str = "refinery_schema_history";
@@ -213,30 +214,28 @@ impl Schema {
 /// the statement alone and then the row.
 async fn apply(client: &mut Client, migration: &Migration) -> Result<(), tokio_postgres::Error> {
     let sql = migration.sql().unwrap_or_default();
-    let record = format!(
-        "INSERT INTO {HISTORY} (version, name, applied_on, checksum) \
-         VALUES ($1, $2, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), $3)"
-    );
-    let checksum = migration.checksum().to_string();
     if sql.trim_start().starts_with(NO_TRANSACTION) {
         client.batch_execute(sql).await?;
-        client
-            .execute(
-                &record,
-                &[&migration.version(), &migration.name(), &checksum],
-            )
-            .await?;
-        return Ok(());
+        return record(client, migration).await;
     }
     let transaction = client.transaction().await?;
     transaction.batch_execute(sql).await?;
-    transaction
-        .execute(
-            &record,
-            &[&migration.version(), &migration.name(), &checksum],
-        )
-        .await?;
+    record(&transaction, migration).await?;
     transaction.commit().await
+}
+
+/// The history row of `migration`.
+async fn record(
+    client: &impl GenericClient,
+    migration: &Migration,
+) -> Result<(), tokio_postgres::Error> {
+    let checksum = migration.checksum().to_string();
+    let row = format!(
+        "INSERT INTO {HISTORY} (version, name, applied_on, checksum) \
+         VALUES ($1, $2, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), $3)"
+    );
+    let values: [&(dyn ToSql + Sync); 3] = [&migration.version(), &migration.name(), &checksum];
+    client.execute(&row, &values).await.map(|_| ())
 }
 
 /// A connection of its own: the lock and the timeouts are the session's.

@@ -49,13 +49,7 @@ impl Verification {
 }
 
 /// The certificates of a PEM bundle; an error when the file is unreadable or holds none.
-///
-/// ```no_run
-/// let authorities = bootstrap::tls::read_ca_file(std::path::Path::new("/etc/ssl/rds-ca.pem"))?;
-/// assert!(!authorities.is_empty());
-/// # Ok::<(), anyhow::Error>(())
-/// ```
-pub fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certificates = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("reading {}", path.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -95,13 +89,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A rustls client configuration trusting `ca_file` (or the system roots), per `verification`.
-///
-/// ```no_run
-/// use bootstrap::tls::{Verification, client_config};
-/// let config = client_config(None, Verification::Full)?;
-/// # Ok::<(), anyhow::Error>(())
-/// ```
-pub fn client_config(
+pub(crate) fn client_config(
     ca_file: Option<&Path>,
     verification: Verification,
 ) -> anyhow::Result<ClientConfig> {

@@ -310,19 +310,13 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The method as a metric label, made-up ones as `other`: a label copied from the request would let
 /// one client grow /metrics without bound.
 fn method_label(method: &actix_web::http::Method) -> &'static str {
-    use actix_web::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "other",
-    }
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("other")
 }
 
 /// Middleware (for `from_fn`) recording metrics and the access log and echoing the request id;
@@ -432,19 +426,20 @@ pub async fn receive_body<B: MessageBody + 'static>(
         }
         Ok(true)
     })
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        let late = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the request body did not arrive in time",
+        );
+        Err(PayloadError::Io(late))
+    });
     let head = futures_util::stream::iter([Ok(received.freeze())]);
     let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = match read {
-        Ok(Ok(true)) => Box::pin(head),
+        Ok(true) => Box::pin(head),
         // Over the limit: the extractor reads on to its own refusal.
-        Ok(Ok(false)) => Box::pin(head.chain(payload)),
-        Ok(Err(error)) => Box::pin(head.chain(futures_util::stream::iter([Err(error)]))),
-        Err(_) => Box::pin(head.chain(futures_util::stream::iter([Err(PayloadError::Io(
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the request body did not arrive in time",
-            ),
-        ))]))),
+        Ok(false) => Box::pin(head.chain(payload)),
+        Err(error) => Box::pin(head.chain(futures_util::stream::iter([Err(error)]))),
     };
     req.set_payload(Payload::from(body));
     next.call(req).await
@@ -553,7 +548,7 @@ const PANIC_PROBLEM: &str = r#"{"type":"about:blank","title":"Internal Server Er
 /// A handler panicked: answered as one 500 problem.
 #[derive(Debug, thiserror::Error)]
 #[error("a handler panicked")]
-pub struct HandlerPanicked;
+struct HandlerPanicked;
 
 impl actix_web::ResponseError for HandlerPanicked {
     fn error_response(&self) -> HttpResponse {

@@ -7,7 +7,7 @@ use actix_web::body::MessageBody;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-use prometheus::{Encoder, TextEncoder};
+use prometheus::{TEXT_FORMAT, TextEncoder};
 
 /// Mounts `/livez`, `/readyz`, `/readyz/{check}`, `/startupz` and `/metrics`.
 ///
@@ -73,7 +73,6 @@ async fn livez(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
     let query = ProbeQuery::parse(req.query_string());
     let status = health.liveness();
     if query.verbose() {
-        let age = health.heartbeat_age().as_secs_f64() * 1000.0;
         let body = serde_json::json!({
             "status": status,
             "serviceId": health.service_id(),
@@ -81,7 +80,7 @@ async fn livez(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
             "checks": {"runtime:heartbeat": [{
                 "componentId": "runtime",
                 "status": status,
-                "observedValue": age,
+                "observedValue": health.heartbeat_age().as_secs_f64() * 1000.0,
                 "observedUnit": "ms",
             }]},
         });
@@ -101,19 +100,15 @@ async fn readyz_check(
     name: web::Path<String>,
 ) -> HttpResponse {
     let query = ProbeQuery::parse(req.query_string());
-    match health.check_status(&name) {
-        Some(status) => answer(&health, status, &query, Some(&name)),
-        None => HttpResponse::NotFound()
-            .insert_header((CONTENT_TYPE, HEALTH_JSON))
-            .body(format!(
-                "{{\"status\":\"fail\",\"output\":{}}}",
-                // The name is the client's: reflect at most 64 characters of it.
-                serde_json::Value::String(format!(
-                    "unknown check {:?}",
-                    name.chars().take(64).collect::<String>()
-                ))
-            )),
+    if let Some(status) = health.check_status(&name) {
+        return answer(&health, status, &query, Some(&name));
     }
+    // The name is the client's: reflect at most 64 characters of it.
+    let shown: String = name.chars().take(64).collect();
+    let output = serde_json::Value::String(format!("unknown check {shown:?}"));
+    HttpResponse::NotFound()
+        .insert_header((CONTENT_TYPE, HEALTH_JSON))
+        .body(format!(r#"{{"status":"fail","output":{output}}}"#))
 }
 
 async fn startupz(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
@@ -122,12 +117,10 @@ async fn startupz(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
 }
 
 async fn metrics(health: web::Data<Health>) -> HttpResponse {
-    let encoder = TextEncoder::new();
-    let mut buffer = Vec::with_capacity(16 * 1024);
-    match encoder.encode(&health.registry().gather(), &mut buffer) {
-        Ok(()) => HttpResponse::Ok()
-            .insert_header((CONTENT_TYPE, encoder.format_type()))
-            .body(buffer),
+    match TextEncoder::new().encode_to_string(&health.registry().gather()) {
+        Ok(text) => HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, TEXT_FORMAT))
+            .body(text),
         Err(error) => {
             tracing::error!(%error, "encoding metrics");
             HttpResponse::InternalServerError().finish()

@@ -1,7 +1,5 @@
 //! The process lifecycle as the probes see it. `bootstrap` drives the transitions; this crate
-//! keeps the state in one atomic so probe handlers read it without a lock.
-
-use std::sync::atomic::{AtomicU8, Ordering};
+//! keeps the state in one atomic ([`crate::Health`]'s) so probe handlers read it without a lock.
 
 /// Where the process is in its life: `starting -> ready -> draining -> stopped`.
 ///
@@ -42,37 +40,12 @@ impl LifecycleState {
         }
     }
 
-    const fn from_u8(raw: u8) -> Self {
-        match raw {
-            0 => LifecycleState::Starting,
-            1 => LifecycleState::Ready,
-            2 => LifecycleState::Draining,
-            _ => LifecycleState::Stopped,
-        }
+    pub(crate) fn from_u8(raw: u8) -> Self {
+        Self::ALL[usize::from(raw).min(Self::ALL.len() - 1)]
     }
 
     /// `/startupz` passes once startup has finished, and keeps passing while draining.
     pub const fn startup_done(self) -> bool {
         !matches!(self, LifecycleState::Starting)
-    }
-}
-
-/// Lock-free cell holding the current [`LifecycleState`]; only moves forward.
-#[derive(Debug)]
-pub(crate) struct LifecycleCell(AtomicU8);
-
-impl LifecycleCell {
-    pub(crate) fn new() -> Self {
-        Self(AtomicU8::new(LifecycleState::Starting as u8))
-    }
-
-    pub(crate) fn get(&self) -> LifecycleState {
-        LifecycleState::from_u8(self.0.load(Ordering::Acquire))
-    }
-
-    /// Moves forward to `next`; returns the previous state, or `None` when `next` is not later.
-    pub(crate) fn advance(&self, next: LifecycleState) -> Option<LifecycleState> {
-        let previous = self.0.fetch_max(next as u8, Ordering::AcqRel);
-        (previous < next as u8).then(|| LifecycleState::from_u8(previous))
     }
 }

@@ -1,12 +1,13 @@
 //! [`Health`]: the shared handle to every check, the lifecycle and the liveness heartbeat.
 
-use crate::lifecycle::LifecycleCell;
 use crate::liveness::Heartbeat;
 use crate::metrics::HealthMetrics;
 use crate::snapshot::{CheckSlot, CheckState};
 use crate::{Alarm, Check, CheckPolicy, LifecycleState, ProbeQuery, Status, StatusListener};
 use prometheus::Registry;
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -62,21 +63,20 @@ impl HealthBuilder {
     /// Finishes the handle. Nothing runs until [`Health::spawn_watchdog`] and
     /// [`Health::spawn_scheduler`] are called.
     pub fn build(self) -> Result<Health, HealthError> {
-        for (i, slot) in self.checks.iter().enumerate() {
-            if self.checks[..i].iter().any(|other| other.name == slot.name) {
-                return Err(HealthError::DuplicateCheck(slot.name.clone()));
-            }
+        let mut names = HashSet::new();
+        if let Some(twice) = self.checks.iter().find(|slot| !names.insert(&slot.name)) {
+            return Err(HealthError::DuplicateCheck(twice.name.clone()));
         }
         let metrics = HealthMetrics::register(&self.registry)?;
         for slot in &self.checks {
-            metrics.check_registered(&slot.name, slot.policy.is_critical());
+            metrics.check_shown_as(&slot.name, slot.policy.is_critical(), Status::Fail);
         }
         let heartbeat = Heartbeat::new(self.stall_after);
         heartbeat.beat();
         Ok(Health(Arc::new(Inner {
             service_id: self.service_id,
             version: self.version,
-            lifecycle: LifecycleCell::new(),
+            lifecycle: AtomicU8::new(LifecycleState::Starting as u8),
             checks: self.checks.into_boxed_slice(),
             heartbeat,
             metrics,
@@ -114,7 +114,8 @@ pub struct Health(Arc<Inner>);
 struct Inner {
     service_id: String,
     version: String,
-    lifecycle: LifecycleCell,
+    /// A [`LifecycleState`]; only moves forward.
+    lifecycle: AtomicU8,
     checks: Box<[CheckSlot]>,
     heartbeat: Heartbeat,
     metrics: HealthMetrics,
@@ -150,30 +151,26 @@ impl Health {
 
     /// Current lifecycle state.
     pub fn lifecycle(&self) -> LifecycleState {
-        self.0.lifecycle.get()
+        LifecycleState::from_u8(self.0.lifecycle.load(Ordering::Acquire))
     }
 
     /// Moves the lifecycle forward; returns the previous state, or `None` if `next` is not later.
     pub fn advance(&self, next: LifecycleState) -> Option<LifecycleState> {
-        let previous = self.0.lifecycle.advance(next)?;
+        let previous = self.0.lifecycle.fetch_max(next as u8, Ordering::AcqRel);
+        if previous >= next as u8 {
+            return None;
+        }
         self.0.metrics.lifecycle_changed(next);
-        Some(previous)
+        Some(LifecycleState::from_u8(previous))
     }
 
     /// `/livez`: pass while the runtime ticks and every check's result is fresh. Never looks at a
     /// dependency: a run's timeout is at most its interval, so a result goes stale (3 intervals)
     /// only when its scheduler task is gone or stuck, which only a restart mends.
     pub fn liveness(&self) -> Status {
-        let now = tokio::time::Instant::now();
-        let checks_fresh = self
-            .slots()
-            .iter()
-            .all(|slot| !slot.is_stale(&slot.state.load(), now));
-        if self.0.heartbeat.alive() && checks_fresh {
-            Status::Pass
-        } else {
-            Status::Fail
-        }
+        let now = Instant::now();
+        let fresh = |slot: &CheckSlot| !slot.is_stale(&slot.state.load(), now);
+        Status::pass_if(self.0.heartbeat.alive() && self.slots().iter().all(fresh))
     }
 
     /// Time since the runtime last ticked.
@@ -183,11 +180,7 @@ impl Health {
 
     /// `/startupz`: pass once every startup phase has finished.
     pub fn startup(&self) -> Status {
-        if self.lifecycle().startup_done() {
-            Status::Pass
-        } else {
-            Status::Fail
-        }
+        Status::pass_if(self.lifecycle().startup_done())
     }
 
     /// `/readyz`: fail outside lifecycle `ready` or if a critical check fails; warn if others do.
@@ -201,19 +194,17 @@ impl Health {
     /// Aggregate status of the checks alone, ignoring the lifecycle.
     pub fn checks_status(&self, query: &ProbeQuery<'_>) -> Status {
         let now = Instant::now();
-        let mut worst = Status::Pass;
-        for slot in self.0.checks.iter().filter(|s| !query.excludes(s)) {
-            let state = slot.state.load();
-            if slot.status_at(&state, now) == Status::Fail {
-                let degraded = if slot.policy.is_critical() {
-                    Status::Fail
-                } else {
-                    Status::Warn
-                };
-                worst = worst.max(degraded);
-            }
-        }
-        worst
+        let degraded = |slot: &CheckSlot| match slot.policy.is_critical() {
+            true => Status::Fail,
+            false => Status::Warn,
+        };
+        self.slots()
+            .iter()
+            .filter(|slot| !query.excludes(slot))
+            .filter(|slot| slot.status_at(&slot.state.load(), now) == Status::Fail)
+            .map(degraded)
+            .max()
+            .unwrap_or(Status::Pass)
     }
 
     /// Status of one check by name or key; `None` when no such check exists.
@@ -241,8 +232,7 @@ impl Health {
     /// Stale results already fail readiness; this makes the `health_check_status` gauge and the
     /// log say so once, and undoes it on a fresh result. Run by the watchdog on every beat.
     pub(crate) fn report_staleness(&self) {
-        use std::sync::atomic::Ordering;
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         for slot in self.slots() {
             let state = slot.state.load();
             let stale = slot.is_stale(&state, now);
@@ -250,38 +240,34 @@ impl Health {
                 continue;
             }
             let critical = slot.policy.is_critical();
-            if stale {
+            let shown = if stale {
                 tracing::warn!(check = %slot.name, critical, age_ms = now.saturating_duration_since(state.at).as_millis() as u64, "health check result stale: its scheduler task is not running; counted as failing");
-                self.0
-                    .metrics
-                    .check_shown_as(&slot.name, critical, Status::Fail);
-                slot.changes.send_replace(Status::Fail);
+                Status::Fail
             } else {
                 tracing::info!(check = %slot.name, critical, status = %state.status, "health check result fresh again");
-                self.0
-                    .metrics
-                    .check_shown_as(&slot.name, critical, state.status);
-                slot.changes.send_replace(state.status);
-            }
+                state.status
+            };
+            self.0.metrics.check_shown_as(&slot.name, critical, shown);
+            slot.changes.send_replace(shown);
         }
     }
 
     /// Stores a new state for `slot`, logging and counting a change of status exactly once.
     pub(crate) fn publish(&self, slot: &CheckSlot, next: CheckState) {
-        let previous = slot.state.swap(Arc::new(next));
-        let next = slot.state.load();
-        if previous.status != next.status {
-            let output = next.observation.output.as_deref().unwrap_or("");
-            if next.status == Status::Pass {
-                tracing::info!(check = %slot.name, critical = slot.policy.is_critical(), from = %previous.status, to = %next.status, "health check recovered");
-            } else {
-                tracing::warn!(check = %slot.name, critical = slot.policy.is_critical(), from = %previous.status, to = %next.status, reason = output, "health check failing");
-            }
-            self.0
-                .metrics
-                .check_changed(&slot.name, slot.policy.is_critical(), next.status);
-            slot.changes.send_replace(next.status);
+        let next = Arc::new(next);
+        let (from, to) = (slot.state.swap(Arc::clone(&next)).status, next.status);
+        if from == to {
+            return;
         }
+        let critical = slot.policy.is_critical();
+        if to == Status::Pass {
+            tracing::info!(check = %slot.name, critical, %from, %to, "health check recovered");
+        } else {
+            let reason = next.observation.output.as_deref().unwrap_or("");
+            tracing::warn!(check = %slot.name, critical, %from, %to, reason, "health check failing");
+        }
+        self.0.metrics.check_changed(&slot.name, critical, to);
+        slot.changes.send_replace(to);
     }
 
     /// The [`Alarm`](crate::Alarm) that runs the check `selector` (name or key) at once, if any.

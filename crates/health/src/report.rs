@@ -1,9 +1,9 @@
 //! Probe answers as `application/health+json` (draft-inadarei-api-health-check).
 
 use crate::snapshot::CheckSlot;
-use crate::{Health, Status};
+use crate::{Health, LifecycleState::Ready, Status};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use tokio::time::Instant;
 
 /// Media type of every probe body.
@@ -63,20 +63,21 @@ pub fn minimal_body(status: Status) -> &'static [u8] {
     }
 }
 
+/// One check's entry; fields in alphabetical order, the order the body has always had.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CheckEntry<'a> {
+    /// Whether a failure of this check fails readiness (an extension field).
+    affects_readiness: bool,
     component_id: &'a str,
-    status: Status,
-    time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    observed_value: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     observed_unit: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    output: Option<&'a str>,
-    /// Whether a failure of this check fails readiness (an extension field).
-    affects_readiness: bool,
+    observed_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+    status: Status,
+    time: String,
 }
 
 #[derive(Serialize)]
@@ -87,7 +88,8 @@ struct Body<'a> {
     version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<String>,
-    checks: Map<String, Value>,
+    /// By key, sorted: `{"postgres:connectivity": [entry]}`.
+    checks: BTreeMap<&'a str, [CheckEntry<'a>; 1]>,
 }
 
 impl Health {
@@ -99,26 +101,18 @@ impl Health {
         only: Option<&str>,
     ) -> Vec<u8> {
         let now = Instant::now();
-        let mut checks = Map::new();
-        for slot in self.slots() {
-            let wanted = match only {
-                Some(selector) => slot.is_named(selector),
-                None => !query.excludes(slot),
-            };
-            if !wanted {
-                continue;
-            }
+        let wanted = |slot: &&CheckSlot| match only {
+            Some(selector) => slot.is_named(selector),
+            None => !query.excludes(slot),
+        };
+        let mut checks = BTreeMap::new();
+        for slot in self.slots().iter().filter(wanted) {
             let state = slot.state.load();
-            let stale = slot.is_stale(&state, now);
-            let stale_note;
-            let output = if stale {
-                stale_note = format!(
-                    "stale: no result for over {}",
-                    humantime::format_duration(slot.policy.stale_after())
-                );
-                Some(stale_note.as_str())
+            let output = if slot.is_stale(&state, now) {
+                let after = humantime::format_duration(slot.policy.stale_after());
+                Some(format!("stale: no result for over {after}"))
             } else {
-                state.observation.output.as_deref()
+                state.observation.output.clone()
             };
             let entry = CheckEntry {
                 component_id: &slot.name,
@@ -129,18 +123,14 @@ impl Health {
                 output,
                 affects_readiness: slot.policy.is_critical(),
             };
-            let value = serde_json::to_value(entry).unwrap_or(Value::Null);
-            checks.insert(slot.key.clone(), Value::Array(vec![value]));
+            checks.insert(slot.key.as_str(), [entry]);
         }
-        let output = match self.lifecycle() {
-            crate::LifecycleState::Ready => None,
-            other => Some(format!("lifecycle is {}", other.as_str())),
-        };
+        let lifecycle = self.lifecycle();
         let body = Body {
             status,
             service_id: self.service_id(),
             version: self.version(),
-            output,
+            output: (lifecycle != Ready).then(|| format!("lifecycle is {}", lifecycle.as_str())),
             checks,
         };
         serde_json::to_vec(&body).unwrap_or_else(|_| minimal_body(status).to_vec())

@@ -5,8 +5,7 @@ use crate::{Health, Status};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tokio::time::{MissedTickBehavior, interval, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 
 impl Health {

@@ -43,17 +43,14 @@ impl CheckState {
         policy: &CheckPolicy,
         outcome: Result<Observation, String>,
     ) -> CheckState {
-        let (failures, successes, observation) = match outcome {
-            Ok(observation) => (0, self.consecutive_successes.saturating_add(1), observation),
-            Err(reason) => (
-                self.consecutive_failures.saturating_add(1),
-                0,
-                Observation {
-                    output: Some(reason),
-                    ..Observation::default()
-                },
-            ),
+        let (failures, successes) = match outcome {
+            Ok(_) => (0, self.consecutive_successes.saturating_add(1)),
+            Err(_) => (self.consecutive_failures.saturating_add(1), 0),
         };
+        let observation = outcome.unwrap_or_else(|reason| Observation {
+            output: Some(reason),
+            ..Observation::default()
+        });
         let status = match self.status {
             Status::Pass if failures >= policy.failure_threshold() => Status::Fail,
             Status::Fail | Status::Warn if successes >= policy.success_threshold() => Status::Pass,

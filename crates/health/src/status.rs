@@ -31,6 +31,11 @@ impl Status {
         }
     }
 
+    /// `Pass` when `ok`, else `Fail`.
+    pub(crate) const fn pass_if(ok: bool) -> Self {
+        if ok { Status::Pass } else { Status::Fail }
+    }
+
     /// Value exported in the `health_check_status` gauge (1 pass, 0.5 warn, 0 fail).
     pub const fn as_gauge(self) -> f64 {
         match self {

@@ -19,11 +19,10 @@ pub async fn enqueue(
         .await?;
     let payload = serde_json::to_value(event).unwrap_or(Value::Null);
     db.execute(&statement, &[&event.id, &event.kind, &payload, headers])
-        .await?;
-    Ok(())
+        .await
+        .map(|_| ())
 }
 
-/// A pending row.
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub seq: i64,
@@ -73,8 +72,7 @@ pub async fn mark_sent(db: &impl GenericClient, seqs: &[i64]) -> Result<(), toki
     let statement = db
         .prepare_cached("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)")
         .await?;
-    db.execute(&statement, &[&seqs]).await?;
-    Ok(())
+    db.execute(&statement, &[&seqs]).await.map(|_| ())
 }
 
 /// Gives up a claim on rows that were not published, so the next loop takes them at once.
@@ -84,8 +82,7 @@ pub async fn release(db: &impl GenericClient, seqs: &[i64]) -> Result<(), tokio_
             "UPDATE outbox SET claimed_until = NULL WHERE seq = ANY($1) AND sent_at IS NULL",
         )
         .await?;
-    db.execute(&statement, &[&seqs]).await?;
-    Ok(())
+    db.execute(&statement, &[&seqs]).await.map(|_| ())
 }
 
 /// Pending rows counted one by one up to this; past it, estimated.

@@ -10,16 +10,14 @@ use bootstrap::Backoff;
 use futures_util::StreamExt;
 use health::checks::rabbitmq::BrokerLink;
 use health::{Status, StatusListener};
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
 };
-
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -59,13 +57,12 @@ impl From<ApiError> for ProcessError {
     }
 }
 
-/// The consumer task. The database being away (or a conflict a retry resolves) is not the message's
-/// fault: deliveries are held and retried with backoff (while the `postgres` check fails, until it
+/// The consumer task. The database being away (or a conflict a retry resolves) is not the
+/// message's fault: deliveries are held and retried (while the `postgres` check fails, until it
 /// passes), so an outage delays events and dead-letters none. Any other failure is an attempt,
-/// counted in the `x-attempts` header of a copy (so a restart or another replica continues the
-/// count) that waits in the retry queue ([`retry_delay`]); after [`MAX_ATTEMPTS`] the message is
-/// dead-lettered. A batch failing on an event's account is taken apart, so one bad event costs no
-/// other an attempt.
+/// counted in the `x-attempts` header of a copy that waits in the retry queue ([`retry_delay`]), so
+/// a restart or another replica continues the count; after [`MAX_ATTEMPTS`] it is dead-lettered.
+/// A failing batch is taken apart, so one bad event costs no other an attempt.
 #[derive(Debug, Clone)]
 pub struct Consumer {
     /// PostgreSQL, each event's work bounded by the query timeout.
@@ -95,9 +92,7 @@ impl Consumer {
                 Err(error) => {
                     tracing::warn!(%error, "consumer: subscribing");
                     let pause = tokio::time::sleep(Duration::from_secs(1));
-                    if stop.run_until_cancelled(pause).await.is_none() {
-                        break;
-                    }
+                    stop.run_until_cancelled(pause).await;
                     continue;
                 }
             };
@@ -112,15 +107,11 @@ impl Consumer {
                     next = arrived.next() => next,
                 };
                 let Some(next) = next else { break };
-                let mut batch = Vec::with_capacity(next.len());
                 let mut failed = None;
-                for delivery in next {
-                    match delivery {
-                        Ok(delivery) => batch.push(delivery),
-                        Err(error) => failed = Some(error),
-                    }
-                }
-                self.handle(&channel, batch, &stop).await;
+                let batch = next
+                    .into_iter()
+                    .filter_map(|d| d.map_err(|e| failed = Some(e)).ok());
+                self.handle(&channel, batch.collect(), &stop).await;
                 if let Some(error) = failed {
                     tracing::warn!(%error, "consumer: delivery stream failed");
                     break;
@@ -141,13 +132,10 @@ impl Consumer {
         &self,
         connection: &lapin::Connection,
     ) -> Result<(Channel, lapin::Consumer), lapin::Error> {
-        let channel = connection.create_channel().await?;
+        // Republished attempts are confirmed before the original is acknowledged.
+        let channel = super::confirm_channel(connection).await?;
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await?;
-        // Republished attempts are confirmed before the original is acknowledged.
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let deliveries = channel
             .basic_consume(
@@ -162,17 +150,15 @@ impl Consumer {
 
     /// Settles `deliveries`: one transaction and one ack, or one by one if an event fails.
     async fn handle(&self, channel: &Channel, deliveries: Vec<Delivery>, stop: &CancellationToken) {
-        let mut received = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            if let Some(event) = Received::parse(delivery).await {
-                received.push(event);
-            }
-        }
-        let Some(last) = received.last() else { return };
-        let last = last.delivery.acker.clone();
-        // Shared with every retry of the transaction, not copied per attempt.
-        let events: Arc<[ItemEvent]> = received.iter().map(|r| r.event.clone()).collect();
-        match self.process_while_available(events, stop).await {
+        let received: Vec<Received> = futures_util::stream::iter(deliveries)
+            .filter_map(Received::parse)
+            .collect()
+            .await;
+        let Some(last) = received.last().map(|r| r.delivery.acker.clone()) else {
+            return;
+        };
+        let events: Vec<ItemEvent> = received.iter().map(|r| r.event.clone()).collect();
+        match self.process_while_available(&events, stop).await {
             Some(Ok(first_times)) => {
                 // Every earlier delivery of this channel is settled: one ack covers the batch.
                 acknowledged(last.ack(BasicAckOptions { multiple: true }).await);
@@ -180,23 +166,21 @@ impl Consumer {
                     received.consumed(first_time);
                 }
             }
-            Some(Err(error)) if received.len() == 1 => {
-                if let Some(received) = received.pop() {
-                    self.failed(channel, received, &error).await;
-                }
-            }
-            Some(Err(error)) => {
-                tracing::warn!(events = received.len(), %error, "consumer: a batch failed; processing its events one by one");
-                for received in received {
-                    // Once stopping, back to the queue, no attempt used: the shutdown budget is
-                    // not theirs.
-                    if stop.is_cancelled() {
-                        requeue(&received.delivery, false).await;
-                    } else {
-                        self.handle_one(channel, received, stop).await;
+            Some(Err(error)) => match <[Received; 1]>::try_from(received) {
+                Ok([received]) => self.failed(channel, received, &error).await,
+                Err(received) => {
+                    tracing::warn!(events = received.len(), %error, "consumer: a batch failed; processing its events one by one");
+                    for received in received {
+                        // Once stopping, back to the queue, no attempt used: the shutdown budget
+                        // is not theirs.
+                        if stop.is_cancelled() {
+                            requeue(&received.delivery, false).await;
+                        } else {
+                            self.handle_one(channel, received, stop).await;
+                        }
                     }
                 }
-            }
+            },
             // Stopping while the database is away: back to the queue, no attempt used.
             None => requeue(&last, true).await,
         }
@@ -204,7 +188,7 @@ impl Consumer {
 
     /// One event of a batch that failed, on its own.
     async fn handle_one(&self, channel: &Channel, received: Received, stop: &CancellationToken) {
-        let events = Arc::new([received.event.clone()]);
+        let events = std::slice::from_ref(&received.event);
         match self.process_while_available(events, stop).await {
             Some(Ok(first_times)) => {
                 acknowledged(received.delivery.ack(BasicAckOptions::default()).await);
@@ -215,49 +199,60 @@ impl Consumer {
         }
     }
 
-    /// [`Self::attempt_failed`] inside the event's span.
+    /// One attempt used, in the event's span: a copy with its count goes to the retry queue (then
+    /// the original is acked), or the message is dead-lettered when it has used them all.
     async fn failed(&self, channel: &Channel, received: Received, error: &ProcessError) {
-        let Received {
-            delivery,
-            event,
-            span,
-        } = received;
-        self.attempt_failed(channel, delivery, &event, error)
-            .instrument(span)
-            .await;
+        let delivery = &received.delivery;
+        async {
+            let attempt = attempts_used(delivery.properties.headers().as_ref()) + 1;
+            let dead_letter = attempt >= MAX_ATTEMPTS;
+            tracing::warn!(event_id = %received.event.id, attempt, dead_letter, error = %error, "consumer: processing failed");
+            if dead_letter {
+                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            } else if let Err(error) = self.republish(channel, delivery, attempt).await {
+                // The copy may or may not exist: requeue the original (at worst a duplicate
+                // attempt, and processing is idempotent).
+                tracing::warn!(%error, "consumer: republishing a failed attempt; requeueing it");
+                requeue(delivery, false).await;
+            } else {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+        }
+        .instrument(received.span.clone())
+        .await;
     }
 
     /// Processes `events` (whether each was new), waiting out database outages; `None` if stopped.
     async fn process_while_available(
         &self,
-        events: Arc<[ItemEvent]>,
+        events: &[ItemEvent],
         stop: &CancellationToken,
     ) -> Option<Result<Vec<bool>, ProcessError>> {
         let first = events.first().map(|event| event.id).unwrap_or_default();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut database = self.database.clone();
         let mut waited = false;
-        if database.status() == Status::Fail {
-            tracing::warn!(event_id = %first, events = events.len(), "consumer: the postgres check fails, holding the events until it passes");
-            waited = true;
-            tokio::select! {
-                _ = stop.cancelled() => return None,
-                _ = database.until_not_failing() => {}
-            }
-        }
         // Since when the work has failed while the check passed.
-        let mut check_passing_since: Option<tokio::time::Instant> = None;
+        let mut check_passing_since = None;
         loop {
-            match process(&self.db, &events).await {
+            if database.status() == Status::Fail {
+                if !waited {
+                    tracing::warn!(event_id = %first, events = events.len(), "consumer: the postgres check fails, holding the events until it passes");
+                    waited = true;
+                }
+                stop.run_until_cancelled(database.until_not_failing())
+                    .await?;
+            }
+            let work = self.db.run(async |client| record(client, events).await);
+            match work.await.map_err(ProcessError::from) {
                 Err(ProcessError::Unavailable(reason)) => {
                     if !waited {
                         tracing::warn!(event_id = %first, events = events.len(), %reason, "consumer: database unavailable, holding the events until it returns");
                         waited = true;
                     }
                     // The check may not have noticed yet: retry with backoff; once it fails,
-                    // wait for it to pass instead of polling the database.
-                    let failing = database.status() == Status::Fail;
-                    if failing {
+                    // wait for it to pass (above) instead of polling the database.
+                    if database.status() == Status::Fail {
                         check_passing_since = None;
                     } else if check_passing_since
                         .get_or_insert_with(tokio::time::Instant::now)
@@ -265,11 +260,9 @@ impl Consumer {
                         >= self.hold_limit
                     {
                         return Some(Err(ProcessError::Rejected(reason)));
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff.next_delay()), if !failing => {}
-                        _ = database.until_not_failing(), if failing => {}
+                    } else {
+                        stop.run_until_cancelled(tokio::time::sleep(backoff.next_delay()))
+                            .await?;
                     }
                 }
                 outcome => {
@@ -278,35 +271,6 @@ impl Consumer {
                     }
                     return Some(outcome);
                 }
-            }
-        }
-    }
-
-    /// One attempt used: a copy with its count goes to the retry queue (then the original is
-    /// acked), or the message is dead-lettered when it has used them all.
-    async fn attempt_failed(
-        &self,
-        channel: &Channel,
-        delivery: Delivery,
-        event: &ItemEvent,
-        error: &ProcessError,
-    ) {
-        let attempt = attempts_used(delivery.properties.headers().as_ref()) + 1;
-        let dead_letter = attempt >= MAX_ATTEMPTS;
-        tracing::warn!(event_id = %event.id, attempt, dead_letter, error = %error, "consumer: processing failed");
-        if dead_letter {
-            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-            return;
-        }
-        match self.republish(channel, &delivery, attempt).await {
-            Ok(()) => {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-            }
-            Err(error) => {
-                // The copy may or may not exist: requeue the original (at worst a duplicate
-                // attempt, and processing is idempotent).
-                tracing::warn!(%error, "consumer: republishing a failed attempt; requeueing it");
-                requeue(&delivery, false).await;
             }
         }
     }
@@ -321,26 +285,28 @@ impl Consumer {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(attempt));
         let delay_ms = retry_delay(attempt).as_millis().to_string();
-        let properties: BasicProperties = delivery
+        let properties = delivery
             .properties
             .clone()
             .with_headers(headers)
-            .with_expiration(delay_ms.as_str().into());
+            .with_expiration(delay_ms.into());
         let confirm = channel
             .basic_publish(
                 "".into(),
-                super::topology::retry_queue(&self.queue).as_str().into(),
+                super::topology::retry_queue(&self.queue).into(),
                 BasicPublishOptions::default(),
                 &delivery.data,
                 properties,
             )
             .await?;
-        match tokio::time::timeout(Duration::from_secs(5), confirm).await {
-            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
-            Ok(Ok(other)) => anyhow::bail!("broker did not confirm the copy: {other:?}"),
-            Ok(Err(error)) => Err(error.into()),
-            Err(_) => anyhow::bail!("no confirm for the copy within 5 s"),
-        }
+        let confirmation = tokio::time::timeout(Duration::from_secs(5), confirm)
+            .await
+            .map_err(|_| anyhow::anyhow!("no confirm for the copy within 5 s"))??;
+        anyhow::ensure!(
+            confirmation.is_ack(),
+            "broker did not confirm the copy: {confirmation:?}"
+        );
+        Ok(())
     }
 }
 
@@ -355,21 +321,17 @@ async fn requeue(acker: &lapin::Acker, multiple: bool) {
 
 /// Logs an ack that did not reach the broker: it redelivers, and the redelivery changes nothing.
 fn acknowledged(outcome: Result<bool, lapin::Error>) {
-    match outcome {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            "consumer: ack not sent, the channel closed; the broker will redeliver (harmless)"
-        ),
-        Err(error) => {
-            tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
-        }
-    }
+    let error = match outcome {
+        Ok(true) => return,
+        Ok(false) => "not sent, the channel closed".to_owned(),
+        Err(error) => error.to_string(),
+    };
+    tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
 }
 
 /// Attempts a message has used, from its `x-attempts` header (0 for a first delivery).
 fn attempts_used(headers: Option<&FieldTable>) -> u32 {
-    let value = headers.and_then(|h| h.inner().get(ATTEMPTS_HEADER));
-    match value {
+    match headers.and_then(|h| h.inner().get(ATTEMPTS_HEADER)) {
         Some(AMQPValue::LongUInt(n)) => *n,
         Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
@@ -379,13 +341,8 @@ fn attempts_used(headers: Option<&FieldTable>) -> u32 {
     }
 }
 
-/// Records each event once (a redelivery finds its id processed and changes nothing); per event,
-/// whether this was the first time. Bounded like a request ([`Database::run`]): a frozen database
-/// is "unavailable", and the hung connection is dropped from the pool, not reused.
-async fn process(db: &Database, events: &Arc<[ItemEvent]>) -> Result<Vec<bool>, ProcessError> {
-    Ok(db.run(async |client| record(client, events).await).await?)
-}
-
+/// Per event, whether its id was recorded now (a redelivery finds it and changes nothing). Bounded
+/// by [`Database::run`]: a frozen database is "unavailable", its hung connection dropped.
 async fn record(
     client: &mut deadpool_postgres::Client,
     events: &[ItemEvent],
@@ -449,30 +406,28 @@ impl Received {
             event_type = tracing::field::Empty
         );
         super::trace::continue_trace(&span, delivery.properties.headers().as_ref());
-        match serde_json::from_slice::<ItemEvent>(&delivery.data) {
-            Ok(event) => {
-                span.record("message_id", tracing::field::display(event.id));
-                span.record("event_type", event.kind.as_str());
-                Some(Received {
-                    delivery,
-                    event,
-                    span,
-                })
-            }
+        let event = match serde_json::from_slice::<ItemEvent>(&delivery.data) {
+            Ok(event) => event,
             Err(error) => {
                 span.in_scope(|| {
                     tracing::warn!(%error, "consumer: unparseable message, dead-lettering");
                 });
                 let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                None
+                return None;
             }
-        }
+        };
+        span.record("message_id", tracing::field::display(event.id));
+        span.record("event_type", event.kind.as_str());
+        Some(Received {
+            delivery,
+            event,
+            span,
+        })
     }
 
     fn consumed(&self, first_time: bool) {
-        let event = &self.event;
         self.span.in_scope(|| {
-            tracing::info!(event_id = %event.id, event_type = %event.kind, first_time, "event consumed");
+            tracing::info!(event_id = %self.event.id, event_type = %self.event.kind, first_time, "event consumed");
         });
     }
 }

@@ -61,11 +61,6 @@ impl Messaging {
     /// The `rabbitmq` check, following the supervisor, and the `outbox` lag check.
     pub fn checks(&self, health: HealthBuilder) -> anyhow::Result<HealthBuilder> {
         let settings = &self.settings;
-        let lag = OutboxLagCheck::new(
-            self.pool.clone(),
-            self.backlog.clone(),
-            settings.outbox.lag_warn_after,
-        );
         Ok(health
             // Not critical by default: the outbox absorbs broker outages.
             .check(
@@ -77,7 +72,11 @@ impl Messaging {
             .check(
                 "outbox",
                 settings.health.postgres.policy(false)?.critical(false),
-                lag,
+                OutboxLagCheck {
+                    pool: self.pool.clone(),
+                    backlog: self.backlog.clone(),
+                    warn_after: settings.outbox.lag_warn_after,
+                },
             ))
     }
 
@@ -156,4 +155,13 @@ impl Messaging {
     pub async fn close(self) {
         self.broker.close().await;
     }
+}
+
+/// A channel with publisher confirms: a message counts as sent once the broker confirmed it.
+async fn confirm_channel(connection: &lapin::Connection) -> lapin::Result<lapin::Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
 }

@@ -6,11 +6,10 @@ use super::settings::OutboxSettings;
 use crate::db;
 use bootstrap::Backoff;
 use deadpool_postgres::Pool;
-use deadpool_postgres::PoolError;
 use health::checks::rabbitmq::BrokerLink;
 use health::{Check, CheckFailure, Observation};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel};
 use prometheus::{Gauge, IntCounter, IntGauge, Registry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,31 +32,24 @@ impl Backlog {
     /// Registers `outbox_pending_events`, `outbox_oldest_pending_seconds` and
     /// `outbox_published_total` in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Arc<Self>> {
-        let pending = IntGauge::new(
-            "outbox_pending_events",
-            "Outbox rows not yet confirmed by the broker (the whole table, every replica's).",
-        )?;
-        let oldest = Gauge::new(
-            "outbox_oldest_pending_seconds",
-            "Age of the oldest unsent outbox row (relay lag).",
-        )?;
-        let published = IntCounter::new(
-            "outbox_published_total",
-            "Events published and confirmed by the broker.",
-        )?;
-        registry.register(Box::new(pending.clone()))?;
-        registry.register(Box::new(oldest.clone()))?;
-        registry.register(Box::new(published.clone()))?;
-        Ok(Arc::new(Self {
-            pending,
-            oldest,
-            published,
-        }))
-    }
-
-    fn observe(&self, pending: i64, oldest_seconds: f64) {
-        self.pending.set(pending);
-        self.oldest.set(oldest_seconds);
+        let backlog = Self {
+            pending: IntGauge::new(
+                "outbox_pending_events",
+                "Outbox rows not yet confirmed by the broker (the whole table, every replica's).",
+            )?,
+            oldest: Gauge::new(
+                "outbox_oldest_pending_seconds",
+                "Age of the oldest unsent outbox row (relay lag).",
+            )?,
+            published: IntCounter::new(
+                "outbox_published_total",
+                "Events published and confirmed by the broker.",
+            )?,
+        };
+        registry.register(Box::new(backlog.pending.clone()))?;
+        registry.register(Box::new(backlog.oldest.clone()))?;
+        registry.register(Box::new(backlog.published.clone()))?;
+        Ok(Arc::new(backlog))
     }
 }
 
@@ -65,20 +57,9 @@ impl Backlog {
 /// a stuck relay shows) and warns when the oldest pending event is older than the configured lag.
 #[derive(Debug)]
 pub struct OutboxLagCheck {
-    pool: Pool,
-    backlog: Arc<Backlog>,
-    warn_after: Duration,
-}
-
-impl OutboxLagCheck {
-    /// A check reading the outbox through `pool` (the relay's) and keeping `backlog` current.
-    pub fn new(pool: Pool, backlog: Arc<Backlog>, warn_after: Duration) -> Self {
-        Self {
-            pool,
-            backlog,
-            warn_after,
-        }
-    }
+    pub pool: Pool,
+    pub backlog: Arc<Backlog>,
+    pub warn_after: Duration,
 }
 
 #[async_trait::async_trait]
@@ -92,24 +73,24 @@ impl Check for OutboxLagCheck {
             .pool
             .get()
             .await
-            .map_err(|e: PoolError| CheckFailure::new(format!("outbox: {e}")))?;
+            .map_err(|e| CheckFailure::new(format!("outbox: {e}")))?;
         let (pending, oldest) = db::outbox::backlog(&client)
             .await
             .map_err(|e| CheckFailure::new(format!("outbox: {}", db::describe(&e))))?;
-        self.backlog.observe(pending, oldest);
+        self.backlog.pending.set(pending);
+        self.backlog.oldest.set(oldest);
         let lag = Duration::from_secs_f64(oldest.max(0.0));
-        let observation = Observation {
-            observed_value: Some(lag.as_secs_f64()),
-            observed_unit: Some("s"),
-            output: None,
-        };
         if lag > self.warn_after {
             return Err(CheckFailure::new(format!(
                 "oldest unsent event is {}s old ({pending} pending)",
                 lag.as_secs()
             )));
         }
-        Ok(observation)
+        Ok(Observation {
+            observed_value: Some(lag.as_secs_f64()),
+            observed_unit: Some("s"),
+            output: None,
+        })
     }
 }
 
@@ -141,7 +122,7 @@ impl Relay {
             else {
                 break;
             };
-            let channel = match open_confirm_channel(&connection).await {
+            let channel = match super::confirm_channel(&connection).await {
                 Ok(channel) => channel,
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay: opening a channel");
@@ -150,10 +131,7 @@ impl Relay {
                     continue;
                 }
             };
-            loop {
-                if stop.is_cancelled() {
-                    break;
-                }
+            while !stop.is_cancelled() {
                 match self.bounded_batch(&channel).await {
                     Ok(0) => {
                         backoff.reset();
@@ -244,7 +222,7 @@ impl Relay {
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_type(row.routing_key.as_str().into())
-                .with_headers(super::trace::to_amqp(&super::trace::headers_of(&span)));
+                .with_headers(super::trace::amqp_headers(&span));
             let body = serde_json::to_vec(&row.payload)?;
             let confirm = channel
                 .basic_publish(
@@ -259,19 +237,12 @@ impl Relay {
             confirms.push(confirm);
         }
         for confirm in confirms {
-            match confirm.await? {
-                Confirmation::Ack(_) => {}
-                other => anyhow::bail!("broker did not confirm a message: {other:?}"),
-            }
+            let confirmation = confirm.await?;
+            anyhow::ensure!(
+                confirmation.is_ack(),
+                "broker did not confirm a message: {confirmation:?}"
+            );
         }
         Ok(())
     }
-}
-
-async fn open_confirm_channel(connection: &lapin::Connection) -> Result<Channel, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
 }

@@ -19,8 +19,7 @@ pub fn retry_queue(queue: &str) -> String {
 /// Declares the durable topic exchange, the consumer's queue with its dead-letter and retry queues,
 /// and the binding; idempotent, so every replica and every reconnect runs them.
 pub fn declare(settings: &RabbitMqSettings) -> Topology {
-    let exchange = settings.exchange.clone();
-    let queue = settings.queue.clone();
+    let (exchange, queue) = (settings.exchange.clone(), settings.queue.clone());
     Arc::new(move |connection| {
         let (exchange, queue) = (exchange.clone(), queue.clone());
         Box::pin(async move { declare_on(&connection, &exchange, &queue).await })
@@ -29,15 +28,14 @@ pub fn declare(settings: &RabbitMqSettings) -> Topology {
 
 async fn declare_on(connection: &Connection, exchange: &str, queue: &str) -> lapin::Result<()> {
     let channel = connection.create_channel().await?;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
     channel
         .exchange_declare(
             exchange.into(),
             ExchangeKind::Topic,
-            durable,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await?;

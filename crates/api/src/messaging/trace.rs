@@ -2,100 +2,59 @@
 //! published as AMQP headers, extracted by the consumer.
 
 use lapin::types::{AMQPValue, FieldTable};
-use opentelemetry::propagation::{Extractor, Injector};
-use serde_json::{Map, Value};
-use std::collections::HashMap;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The current span's context as headers (`traceparent`, `tracestate`), for the outbox row.
 pub fn current_headers() -> Value {
-    headers_of(&tracing::Span::current())
+    let headers = inject(&tracing::Span::current());
+    Value::Object(headers.into_iter().map(|(k, v)| (k, v.into())).collect())
 }
 
-/// `span`'s context as headers (`traceparent`, `tracestate`).
-pub fn headers_of(span: &tracing::Span) -> Value {
+/// `span`'s context as AMQP headers.
+pub fn amqp_headers(span: &tracing::Span) -> FieldTable {
+    let headers = inject(span).into_iter();
+    FieldTable::from(BTreeMap::from_iter(
+        headers.map(|(k, v)| (k.into(), AMQPValue::LongString(v.into()))),
+    ))
+}
+
+fn inject(span: &tracing::Span) -> HashMap<String, String> {
     let mut headers = HashMap::new();
     let context = span.context();
     opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut HeaderMap(&mut headers));
+        propagator.inject_context(&context, &mut headers);
     });
-    Value::Object(
-        headers
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect::<Map<_, _>>(),
-    )
-}
-
-struct HeaderMap<'a>(&'a mut HashMap<String, String>);
-
-impl Injector for HeaderMap<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
-    }
-}
-
-/// Outbox headers as an AMQP field table.
-pub fn to_amqp(headers: &Value) -> FieldTable {
-    let mut table = FieldTable::default();
-    if let Value::Object(map) = headers {
-        for (key, value) in map {
-            if let Value::String(text) = value {
-                table.insert(
-                    key.as_str().into(),
-                    AMQPValue::LongString(text.as_str().into()),
-                );
-            }
-        }
-    }
-    table
+    headers
 }
 
 /// Makes the context stored with an outbox row (see [`current_headers`]) the parent of `span`.
 pub fn continue_stored_trace(span: &tracing::Span, headers: &Value) {
     let Value::Object(map) = headers else { return };
-    let context = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&StoredHeaders(map))
-    });
-    let _ = span.set_parent(context);
+    extract(
+        span,
+        map.iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
+    );
 }
 
-struct StoredHeaders<'a>(&'a Map<String, Value>);
-
-impl Extractor for StoredHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(Value::as_str)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
-    }
-}
-
-/// Makes the context carried by `headers` the parent of `span`.
+/// Makes the context carried by AMQP `headers` the parent of `span`.
 pub fn continue_trace(span: &tracing::Span, headers: Option<&FieldTable>) {
     let Some(headers) = headers else { return };
-    let context = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&AmqpHeaders(headers))
-    });
-    let _ = span.set_parent(context);
+    extract(
+        span,
+        headers.inner().iter().filter_map(|(k, v)| {
+            let text = std::str::from_utf8(v.as_long_string()?.as_bytes()).ok()?;
+            Some((k.as_str(), text))
+        }),
+    );
 }
 
-struct AmqpHeaders<'a>(&'a FieldTable);
-
-impl Extractor for AmqpHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .inner()
-            .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .and_then(|(_, value)| match value {
-                AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
-                _ => None,
-            })
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.inner().keys().map(|k| k.as_str()).collect()
-    }
+fn extract<'a>(span: &tracing::Span, headers: impl Iterator<Item = (&'a str, &'a str)>) {
+    let headers: HashMap<String, String> =
+        headers.map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    let context =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&headers));
+    let _ = span.set_parent(context);
 }

@@ -1,7 +1,7 @@
 //! Values of a layer: secret URLs, and the parsers that name what a valid value looks like.
 //! A service's own settings use them in `#[serde(deserialize_with = "...")]`.
 
-use serde::de::{self, Error as _, Visitor};
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::path::PathBuf;
@@ -138,8 +138,8 @@ pub fn constant_url(raw: &'static str) -> SecretUrl {
     SecretUrl(Url::parse(raw).unwrap_or_else(|e| panic!("default URL {raw}: {e}")))
 }
 
-/// One scalar of a layer as text (environment variables are text; TOML has numbers and
-/// booleans), parsed by `parse`; a table or list where a value belongs is an error.
+/// One value of a layer as text, parsed by `parse`: the config crate gives numbers and booleans
+/// of TOML as text too, and refuses a table or list where a value belongs.
 pub fn text<'de, D, T>(
     deserializer: D,
     expected: &str,
@@ -148,29 +148,7 @@ pub fn text<'de, D, T>(
 where
     D: Deserializer<'de>,
 {
-    struct Scalar;
-    impl Visitor<'_> for Scalar {
-        type Value = String;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a single value")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-            Ok(v.to_owned())
-        }
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-    }
-    let raw = deserializer.deserialize_any(Scalar)?;
+    let raw = String::deserialize(deserializer)?;
     parse(raw.trim()).ok_or_else(|| D::Error::custom(format!("expected {expected}")))
 }
 

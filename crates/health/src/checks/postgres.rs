@@ -5,6 +5,8 @@ use async_trait::async_trait;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGaugeVec, Opts};
+use std::error::Error as _;
+use std::io;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
@@ -99,10 +101,9 @@ where
 /// # }
 /// ```
 pub fn describe(error: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(error) {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
-    }
+    error
+        .source()
+        .map_or_else(|| error.to_string(), |source| format!("{error}: {source}"))
 }
 
 /// What the verbose readiness report may say: an error class and a short reason, never the
@@ -126,22 +127,20 @@ fn classify(error: &tokio_postgres::Error) -> String {
     if error.is_closed() {
         return "connection closed".into();
     }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-                std::io::ErrorKind::TimedOut => "timed out".into(),
-                // rustls reports through io::Error; only its text says what failed.
-                std::io::ErrorKind::InvalidData if io.to_string().contains("certificate") => {
-                    "TLS: the server's certificate was not accepted".into()
-                }
-                kind => format!("network error ({kind:?})"),
-            };
+    let Some(io_error) = std::iter::successors(error.source(), |&cause| cause.source())
+        .find_map(|cause| cause.downcast_ref::<io::Error>())
+    else {
+        return "protocol error".into();
+    };
+    match io_error.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::TimedOut => "timed out".into(),
+        // rustls reports through io::Error; only its text says what failed.
+        io::ErrorKind::InvalidData if io_error.to_string().contains("certificate") => {
+            "TLS: the server's certificate was not accepted".into()
         }
-        source = cause.source();
+        kind => format!("network error ({kind:?})"),
     }
-    "protocol error".into()
 }
 
 #[async_trait]
@@ -160,32 +159,29 @@ where
         let mut slot = self.client.lock().await;
         // Taken out for the duration of the run: if the scheduler's timeout cancels us
         // mid-query the connection is dropped, never reused in an unknown state.
-        let kept = slot.take().filter(|client| !client.is_closed());
-        let reconnect_on_error = kept.is_some();
-        let mut client = match kept {
-            Some(client) => client,
-            None => match self.connect().await? {
-                Some(client) => client,
-                None => return Ok(server_full()),
-            },
-        };
-        let mut started = Instant::now();
-        let mut answer = client.simple_query("SELECT 1").await;
-        // A kept connection the server dropped since the last run (a restart, a reset the driver
-        // has not seen yet) says nothing of the server: a fresh connection decides.
-        if reconnect_on_error && answer.is_err() {
-            client = match self.connect().await? {
-                Some(client) => client,
-                None => return Ok(server_full()),
-            };
-            started = Instant::now();
-            answer = client.simple_query("SELECT 1").await;
+        if let Some(client) = slot.take().filter(|client| !client.is_closed()) {
+            // An error on a kept connection (the server restarted or reset it since the last
+            // run, unseen by the driver) says nothing of the server: a fresh connection decides.
+            if let Ok(observation) = select_one(&client).await {
+                *slot = Some(client);
+                return Ok(observation);
+            }
         }
-        answer.map_err(|e| failure("SELECT 1", &e))?;
-        let observation = Observation::latency(started.elapsed());
+        let Some(client) = self.connect().await? else {
+            return Ok(server_full());
+        };
+        let observation = select_one(&client)
+            .await
+            .map_err(|e| failure("SELECT 1", &e))?;
         *slot = Some(client);
         Ok(observation)
     }
+}
+
+async fn select_one(client: &Client) -> Result<Observation, tokio_postgres::Error> {
+    let started = Instant::now();
+    client.simple_query("SELECT 1").await?;
+    Ok(Observation::latency(started.elapsed()))
 }
 
 /// Refused as full means up: other clients holding every slot is pressure, not an outage.
