@@ -13,34 +13,33 @@ mod settings;
 
 use std::process::ExitCode;
 
+/// A bad setting (or telemetry that cannot start): one line on stderr, exit 2.
+fn config_error(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("configuration error: {error}");
+    ExitCode::from(bootstrap::EXIT_CONFIG as u8)
+}
+
 /// What the process was asked to do.
 enum Command {
     Serve,
     Migrate { check: bool },
 }
 
-fn command() -> Option<Command> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => Some(Command::Serve),
-        ["migrate"] => Some(Command::Migrate { check: false }),
-        ["migrate", "--check"] => Some(Command::Migrate { check: true }),
-        _ => None,
-    }
-}
-
 fn main() -> ExitCode {
-    let Some(command) = command() else {
-        eprintln!("usage: shipshape [migrate [--check]]");
-        return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => Command::Serve,
+        ["migrate"] => Command::Migrate { check: false },
+        ["migrate", "--check"] => Command::Migrate { check: true },
+        _ => {
+            eprintln!("usage: shipshape [migrate [--check]]");
+            return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
+        }
     };
     // Before any runtime or socket: a bad setting exits 2 with one line naming the variable.
     let settings = match settings::Settings::load(&bootstrap::config::Sources::from_env()) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("configuration error: {error}");
-            return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
-        }
+        Err(error) => return config_error(error),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -22,14 +22,10 @@ struct ApiDoc;
 
 /// The document, serialised once at start.
 pub fn document() -> Bytes {
-    Bytes::from(
-        ApiDoc::openapi()
-            .to_json()
-            .unwrap_or_else(|_| "{}".to_owned()),
-    )
+    let json = ApiDoc::openapi().to_json();
+    Bytes::from(json.unwrap_or_else(|_| "{}".to_owned()))
 }
 
-/// Serves the precomputed document.
 pub async fn serve(document: Data<Bytes>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")

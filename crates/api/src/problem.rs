@@ -1,16 +1,13 @@
 //! Errors of the API as RFC 9457 problem details (`application/problem+json`).
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 /// Longest `detail`, in characters.
 const DETAIL_MAX: usize = 200;
-
-/// Media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, ToSchema)]
@@ -108,25 +105,21 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(cause) => tracing::warn!(%cause, "database unavailable"),
             _ => {}
         }
-        let status = self.status_code();
         // Details quote client input (an unknown field's name, a bad cursor): never whole.
-        let body = Problem::new(
-            status,
-            Some(clip(&self.to_string(), DETAIL_MAX).into_owned()),
-        );
-        let mut response = HttpResponse::build(status);
-        response.insert_header((CONTENT_TYPE, PROBLEM_JSON));
+        let detail = clip(&self.to_string(), DETAIL_MAX).into_owned();
+        let mut response = problem(self.status_code(), Some(detail));
         match self {
             ApiError::Unavailable(_) => {
-                response.insert_header((RETRY_AFTER, "1"));
+                let one_second = HeaderValue::from_static("1");
+                response.headers_mut().insert(RETRY_AFTER, one_second);
             }
             // The rest of the body may still come: the connection cannot carry another request.
-            ApiError::BodyTimeout => {
-                response.force_close();
-            }
+            ApiError::BodyTimeout => response
+                .head_mut()
+                .set_connection_type(ConnectionType::Close),
             _ => {}
         }
-        response.body(serde_json::to_vec(&body).unwrap_or_default())
+        response
     }
 }
 
@@ -155,20 +148,20 @@ pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A problem with nothing to add to its status line.
-fn bare_problem(status: StatusCode) -> HttpResponse {
-    let body = Problem::new(status, None);
+/// The problem document for `status` as a response.
+fn problem(status: StatusCode, detail: Option<String>) -> HttpResponse {
+    let body = serde_json::to_vec(&Problem::new(status, detail)).unwrap_or_default();
     HttpResponse::build(status)
-        .insert_header((CONTENT_TYPE, PROBLEM_JSON))
-        .body(serde_json::to_vec(&body).unwrap_or_default())
+        .insert_header((CONTENT_TYPE, "application/problem+json"))
+        .body(body)
 }
 
 /// The API's answer to a path it does not know.
 pub async fn not_found() -> HttpResponse {
-    bare_problem(StatusCode::NOT_FOUND)
+    problem(StatusCode::NOT_FOUND, None)
 }
 
 /// The API's answer to a known path with a method it does not serve.
 pub async fn method_not_allowed() -> HttpResponse {
-    bare_problem(StatusCode::METHOD_NOT_ALLOWED)
+    problem(StatusCode::METHOD_NOT_ALLOWED, None)
 }

@@ -84,28 +84,23 @@ impl Settings {
         self.database.connection_budget(BACKGROUND_CONNECTIONS)
     }
 
-    /// Loads every layer and validates every value.
+    /// Loads every layer and validates every value, then what one value cannot say on its own:
+    /// relations between settings and files on disk.
     pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
         let mut settings: Settings = bootstrap::config::load(sources)?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// What one value cannot say on its own: relations between settings and files on disk.
-    fn validate(&mut self) -> Result<(), ConfigError> {
-        if self.server.port == self.management.port {
+        if settings.server.port == settings.management.port {
             return Err(ConfigError::new(
                 "management.port",
-                Some(self.management.port.to_string()),
+                Some(settings.management.port.to_string()),
                 "a port different from APP__SERVER__PORT",
             ));
         }
-        self.health.postgres.validate("postgres")?;
-        self.health.rabbitmq.validate("rabbitmq")?; // @rabbitmq
-        self.database.validate()?;
-        self.connection_budget()?;
-        self.rabbitmq.validate()?; // @rabbitmq
-        Ok(())
+        settings.health.postgres.validate("postgres")?;
+        settings.health.rabbitmq.validate("rabbitmq")?; // @rabbitmq
+        settings.database.validate()?;
+        settings.connection_budget()?;
+        settings.rabbitmq.validate()?; // @rabbitmq
+        Ok(settings)
     }
 }
 

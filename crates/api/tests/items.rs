@@ -106,30 +106,14 @@ fn crud_and_every_error_case() {
     assert_problem(huge, 413);
 
     // Bad ids and queries 400, unknown paths 404, wrong methods 405: all problems.
-    assert_problem(
-        http.get(service.api_url("/v1/items/not-a-uuid"))
-            .send()
-            .unwrap(),
-        400,
-    );
-    assert_problem(
-        http.get(service.api_url("/v1/items?limit=abc"))
-            .send()
-            .unwrap(),
-        400,
-    );
-    assert_problem(
-        http.get(service.api_url("/v1/items?limit=0"))
-            .send()
-            .unwrap(),
-        400,
-    );
-    assert_problem(
-        http.get(service.api_url("/v1/items?cursor=zzz"))
-            .send()
-            .unwrap(),
-        400,
-    );
+    for path in [
+        "/v1/items/not-a-uuid",
+        "/v1/items?limit=abc",
+        "/v1/items?limit=0",
+        "/v1/items?cursor=zzz",
+    ] {
+        assert_problem(http.get(service.api_url(path)).send().unwrap(), 400);
+    }
     assert_problem(
         http.get(service.api_url("/nothing/here")).send().unwrap(),
         404,

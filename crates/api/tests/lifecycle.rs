@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 #[test]
 fn sigterm_fails_readiness_at_once_keeps_serving_then_exits_0() {
     let shared = Shared::new("sigterm");
-    let mut env = shared.env();
-    env.push(("APP__SHUTDOWN__DRAIN_DELAY".into(), "2s".into()));
-    env.push(("APP__SHUTDOWN__TIMEOUT".into(), "5s".into()));
+    let env = shared.env_with(
+        &shared.database_url(),
+        &[
+            ("APP__SHUTDOWN__DRAIN_DELAY", "2s"),
+            ("APP__SHUTDOWN__TIMEOUT", "5s"),
+        ],
+    );
     let service = spawn(&env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let signalled = Instant::now();
@@ -60,8 +64,10 @@ fn sigterm_fails_readiness_at_once_keeps_serving_then_exits_0() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let shared = Shared::new("sigtwice");
-    let mut env = shared.env();
-    env.push(("APP__SHUTDOWN__DRAIN_DELAY".into(), "30s".into()));
+    let env = shared.env_with(
+        &shared.database_url(),
+        &[("APP__SHUTDOWN__DRAIN_DELAY", "30s")],
+    );
     let service = spawn(&env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     service.signal(Signal::SIGTERM);
@@ -164,21 +170,18 @@ fn lock_items(database: &str, hold: Duration) -> std::thread::JoinHandle<()> {
 #[test]
 fn a_request_in_flight_at_sigterm_completes() {
     let shared = Shared::new("inflight");
-    let mut env = shared.env();
-    env.push(("APP__SHUTDOWN__DRAIN_DELAY".into(), "1s".into()));
-    env.push(("APP__SHUTDOWN__TIMEOUT".into(), "10s".into()));
+    let env = shared.env_with(
+        &shared.database_url(),
+        &[
+            ("APP__SHUTDOWN__DRAIN_DELAY", "1s"),
+            ("APP__SHUTDOWN__TIMEOUT", "10s"),
+        ],
+    );
     let service = spawn(&env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let lock = lock_items(&shared.name, Duration::from_secs(3));
     std::thread::scope(|scope| {
-        let in_flight = scope.spawn(|| {
-            service
-                .http()
-                .get(service.api_url("/v1/items"))
-                .timeout(Duration::from_secs(20))
-                .send()
-                .map(|r| r.status().as_u16())
-        });
+        let in_flight = scope.spawn(|| list_items(&service));
         // Wait until the request is inside the service, blocked on the lock.
         wait_for_a_request_on_a_lock(&shared);
         service.signal(Signal::SIGTERM);
@@ -197,20 +200,20 @@ fn a_request_in_flight_at_sigterm_completes() {
 #[test]
 fn a_request_slower_than_the_shutdown_leaves_the_background_work_its_time() {
     let shared = Shared::new("slowstop");
-    let mut env = shared.env();
-    env.push(("APP__SHUTDOWN__DRAIN_DELAY".into(), "1s".into()));
-    env.push(("APP__SHUTDOWN__TIMEOUT".into(), "3s".into()));
+    let env = shared.env_with(
+        &shared.database_url(),
+        &[
+            ("APP__SHUTDOWN__DRAIN_DELAY", "1s"),
+            ("APP__SHUTDOWN__TIMEOUT", "3s"),
+        ],
+    );
     let service = spawn(&env);
     service.wait_for_status("pass", Duration::from_secs(30));
     // The request waits on the lock until its query timeout (5 s): past the whole budget.
     let lock = lock_items(&shared.name, Duration::from_secs(8));
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let _ = service
-                .http()
-                .get(service.api_url("/v1/items"))
-                .timeout(Duration::from_secs(20))
-                .send();
+            let _ = list_items(&service);
         });
         wait_for_a_request_on_a_lock(&shared);
         service.signal(Signal::SIGTERM);
@@ -236,25 +239,20 @@ fn a_request_slower_than_the_shutdown_leaves_the_background_work_its_time() {
 #[test]
 fn a_saturated_pool_does_not_flip_readiness_and_shows_in_the_gauges() {
     let shared = Shared::new("saturated");
-    let mut env = shared.env();
-    env.push(("APP__DATABASE__REQUEST_CONNECTIONS".into(), "2".into()));
-    env.push(("APP__DATABASE__POOL_WAIT_TIMEOUT".into(), "3s".into()));
-    env.push(("APP__DATABASE__QUERY_TIMEOUT".into(), "10s".into()));
+    let env = shared.env_with(
+        &shared.database_url(),
+        &[
+            ("APP__DATABASE__REQUEST_CONNECTIONS", "2"),
+            ("APP__DATABASE__POOL_WAIT_TIMEOUT", "3s"),
+            ("APP__DATABASE__QUERY_TIMEOUT", "10s"),
+        ],
+    );
     let service = spawn(&env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     let lock = lock_items(&shared.name, Duration::from_secs(4));
     std::thread::scope(|scope| {
         let requests: Vec<_> = (0..5)
-            .map(|_| {
-                scope.spawn(|| {
-                    service
-                        .http()
-                        .get(service.api_url("/v1/items"))
-                        .timeout(Duration::from_secs(20))
-                        .send()
-                        .map(|r| r.status().as_u16())
-                })
-            })
+            .map(|_| scope.spawn(|| list_items(&service)))
             .collect();
         // Both pooled connections busy, the other requests queued for one.
         testkit::wait_until("a saturated pool", Duration::from_secs(5), || {
@@ -292,4 +290,14 @@ fn wait_for_a_request_on_a_lock(shared: &Shared) {
             )) != "0"
         },
     );
+}
+
+/// `GET /v1/items` with 20 s to answer (it waits on the items lock); its status.
+fn list_items(service: &Service) -> reqwest::Result<u16> {
+    service
+        .http()
+        .get(service.api_url("/v1/items"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .map(|r| r.status().as_u16())
 }

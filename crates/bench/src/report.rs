@@ -20,22 +20,16 @@ pub fn table(r: &Results) -> String {
     let throughput = |rps: f64| format!("{:.2}x", rps / bare.requests_per_second);
     let mut out = String::new();
     out.push_str("| measure | value | target |\n|---|---|---|\n");
-    out.push_str(&format!(
-        "| /readyz throughput vs bare handler | **{}** | >= 0.9x |\n",
-        throughput(r.readyz.load.requests_per_second)
-    ));
-    out.push_str(&format!(
-        "| /readyz p99 vs bare handler | **{:.2}x** | <= 1.5x |\n",
-        ratio(r.readyz.load.p99, bare.p99)
-    ));
-    out.push_str(&format!(
-        "| /livez throughput vs bare handler | **{}** | >= 0.9x |\n",
-        throughput(r.livez.load.requests_per_second)
-    ));
-    out.push_str(&format!(
-        "| /livez p99 vs bare handler | **{:.2}x** | <= 1.5x |\n",
-        ratio(r.livez.load.p99, bare.p99)
-    ));
+    for (probe, measured) in [("/readyz", &r.readyz), ("/livez", &r.livez)] {
+        out.push_str(&format!(
+            "| {probe} throughput vs bare handler | **{}** | >= 0.9x |\n",
+            throughput(measured.load.requests_per_second)
+        ));
+        out.push_str(&format!(
+            "| {probe} p99 vs bare handler | **{:.2}x** | <= 1.5x |\n",
+            ratio(measured.load.p99, bare.p99)
+        ));
+    }
     out.push_str(&format!(
         "| naive readiness throughput vs bare handler | {} | (the pattern replaced) |\n",
         throughput(r.naive.load.requests_per_second)
@@ -65,11 +59,20 @@ pub fn table(r: &Results) -> String {
     ));
     out.push_str("\nAbsolute figures (64 connections, 10 s each, wrk on the same 2 cores):\n\n");
     out.push_str("| server | requests/s | p50 | p99 | non-2xx | socket errors |\n|---|---|---|---|---|---|\n");
-    for row in [&r.bare, &r.livez, &r.readyz, &r.naive] {
-        let l = &row.load;
+    let rows = [&r.bare, &r.livez, &r.readyz, &r.naive].map(|row| (row.name, &row.load));
+    let saturating = [
+        (
+            "API `GET /v1/items?limit=5` (saturating load)",
+            &r.api_saturating,
+        ),
+        (
+            "/readyz at 4 connections during that load",
+            &r.readyz_saturated,
+        ),
+    ];
+    for (name, l) in rows.into_iter().chain(saturating) {
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} |\n",
-            row.name,
+            "| {name} | {:.0} | {} | {} | {} | {} |\n",
             l.requests_per_second,
             ms(l.p50),
             ms(l.p99),
@@ -77,24 +80,6 @@ pub fn table(r: &Results) -> String {
             l.socket_errors
         ));
     }
-    let a = &r.api_saturating;
-    out.push_str(&format!(
-        "| API `GET /v1/items?limit=5` (saturating load) | {:.0} | {} | {} | {} | {} |\n",
-        a.requests_per_second,
-        ms(a.p50),
-        ms(a.p99),
-        a.non_2xx,
-        a.socket_errors
-    ));
-    let s = &r.readyz_saturated;
-    out.push_str(&format!(
-        "| /readyz at 4 connections during that load | {:.0} | {} | {} | {} | {} |\n",
-        s.requests_per_second,
-        ms(s.p50),
-        ms(s.p99),
-        s.non_2xx,
-        s.socket_errors
-    ));
     out.push_str(&request_path_figures(&r.request_path));
     let starts: Vec<String> = r
         .startups

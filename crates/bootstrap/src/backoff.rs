@@ -40,10 +40,7 @@ impl Backoff {
             .saturating_mul(1u32 << self.attempt.min(20))
             .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        let jitter =
-            rand::rng().random_range(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
-        half + Duration::from_millis(jitter)
+        rand::rng().random_range(ceiling / 2..=ceiling)
     }
 
     /// Starts over after a success.

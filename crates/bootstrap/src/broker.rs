@@ -85,13 +85,11 @@ impl BrokerSupervisor {
 
     /// Waits until a connection with its topology is up.
     pub async fn connected(&self) -> Arc<Connection> {
-        let mut link = self.link.clone();
+        // A stop that never comes: returns with a connection, or waits on if the supervisor is gone.
+        let never = CancellationToken::new();
         loop {
-            if let Some(connection) = link.borrow_and_update().clone() {
+            if let Some(connection) = next_connection(&mut self.link(), &never).await {
                 return connection;
-            }
-            if link.changed().await.is_err() {
-                std::future::pending::<()>().await;
             }
         }
     }
@@ -241,19 +239,12 @@ async fn until_lost(connection: &Connection, stop: &CancellationToken, alarm: &A
 /// lapin's TLS settings: for `amqps://` the chain and host name are always verified, against the
 /// system roots plus `APP__RABBITMQ__CA_FILE` (lapin adds a bundle to the roots).
 fn tls(settings: &BrokerConnection) -> anyhow::Result<OwnedTLSConfig> {
-    let cert_chain = match &settings.ca_file {
-        None => None,
-        Some(path) => {
-            // Parsed first, so a bad file is named here and not as a handshake failure.
-            crate::tls::read_ca_file(path).context("APP__RABBITMQ__CA_FILE")?;
-            Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )
-        }
-    };
-    Ok(OwnedTLSConfig {
-        identity: None,
-        cert_chain,
-    })
+    let mut tls = OwnedTLSConfig::default();
+    if let Some(path) = &settings.ca_file {
+        // Parsed first, so a bad file is named here and not as a handshake failure.
+        crate::tls::read_ca_file(path).context("APP__RABBITMQ__CA_FILE")?;
+        let bundle = std::fs::read_to_string(path);
+        tls.cert_chain = Some(bundle.with_context(|| format!("reading {}", path.display()))?);
+    }
+    Ok(tls)
 }

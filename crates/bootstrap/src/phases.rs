@@ -54,11 +54,6 @@ impl StartupPhase {
         self
     }
 
-    /// Name used in logs.
-    pub const fn as_str(&self) -> &'static str {
-        self.name
-    }
-
     /// The dependency the phase waits on, named when the deadline passes.
     pub const fn dependency(&self) -> Option<&'static str> {
         self.dependency
@@ -147,21 +142,15 @@ impl Startup {
         let mut last_error = String::from("no attempt finished");
         loop {
             attempts += 1;
-            let remaining = self.remaining();
-            match tokio::time::timeout(remaining, attempt()).await {
+            match tokio::time::timeout(self.remaining(), attempt()).await {
                 Ok(Ok(value)) => {
-                    tracing::info!(
-                        phase = phase.as_str(),
-                        duration_ms = began.elapsed().as_millis() as u64,
-                        attempts,
-                        "startup phase done"
-                    );
+                    done(phase, began.elapsed(), attempts);
                     return Ok(value);
                 }
                 Ok(Err(error)) => {
                     // The whole chain: "creating a connection: TLS handshake: unknown issuer".
                     last_error = crate::config::redact(&causes(&error.into()));
-                    tracing::warn!(phase = phase.as_str(), attempt = attempts, error = %last_error, "startup phase failed, retrying");
+                    tracing::warn!(phase = %phase, attempt = attempts, error = %last_error, "startup phase failed, retrying");
                 }
                 Err(_) => {
                     last_error = format!("{last_error} (last attempt cut off by the deadline)")
@@ -182,13 +171,13 @@ impl Startup {
 
     /// Logs a phase that cannot fail (config, telemetry) with its duration.
     pub fn record(&self, phase: StartupPhase, took: Duration) {
-        tracing::info!(
-            phase = phase.as_str(),
-            duration_ms = took.as_millis() as u64,
-            attempts = 1,
-            "startup phase done"
-        );
+        done(phase, took, 1);
     }
+}
+
+fn done(phase: StartupPhase, took: Duration, attempts: u32) {
+    let duration_ms = took.as_millis() as u64;
+    tracing::info!(phase = %phase, duration_ms, attempts, "startup phase done");
 }
 
 /// An error and its causes, each said once: drivers often repeat their cause in their text.

@@ -92,14 +92,14 @@ impl Schema {
         self.compare(&applied.context("reading the schema history")?)
     }
 
+    fn migration(&self, number: i32) -> Option<&Migration> {
+        self.migrations.iter().find(|m| m.version() == number)
+    }
+
     fn compare(&self, applied: &[Applied]) -> anyhow::Result<SchemaStatus> {
         let mut status = SchemaStatus::default();
         for (version, checksum) in applied {
-            match self
-                .migrations
-                .iter()
-                .find(|m| m.version() == version.number)
-            {
+            match self.migration(version.number) {
                 None => status.unknown.push(version.clone()),
                 Some(own)
                     if own.name() != version.name || own.checksum().to_string() != *checksum =>
@@ -175,11 +175,7 @@ impl Schema {
             .context("reading the schema history")?;
         let mut status = self.compare(&recorded)?;
         for version in std::mem::take(&mut status.pending) {
-            let Some(migration) = self
-                .migrations
-                .iter()
-                .find(|m| m.version() == version.number)
-            else {
+            let Some(migration) = self.migration(version.number) else {
                 continue;
             };
             let began = Instant::now();

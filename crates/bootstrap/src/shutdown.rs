@@ -80,15 +80,13 @@ impl ShutdownDeadline {
         name: &'static str,
         work: impl std::future::Future<Output = T>,
     ) -> Option<T> {
-        match tokio::time::timeout_at(self.at, work).await {
-            Ok(output) => Some(output),
-            Err(_) => {
-                tracing::warn!(
-                    step = name,
-                    "shutdown step cut short: the shutdown timeout is spent"
-                );
-                None
-            }
+        let output = tokio::time::timeout_at(self.at, work).await.ok();
+        if output.is_none() {
+            tracing::warn!(
+                step = name,
+                "shutdown step cut short: the shutdown timeout is spent"
+            );
         }
+        output
     }
 }

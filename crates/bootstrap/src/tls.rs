@@ -7,7 +7,7 @@ use crate::config::{DatabaseSettings, SslMode};
 use anyhow::Context;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
@@ -84,41 +84,27 @@ fn trust_anchors(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
     Ok(roots)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A rustls client configuration trusting `ca_file` (or the system roots), per `verification`.
 pub(crate) fn client_config(
     ca_file: Option<&Path>,
     verification: Verification,
 ) -> anyhow::Result<ClientConfig> {
-    let provider = provider();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("choosing TLS versions")?;
     let algorithms = provider.signature_verification_algorithms;
-    let verifier: Arc<dyn ServerCertVerifier> = match verification {
-        Verification::EncryptOnly => Arc::new(Relaxed {
-            chain: None,
-            algorithms,
-        }),
+    let chain = match verification {
+        Verification::EncryptOnly => None,
         Verification::Chain | Verification::Full => {
-            let full = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(trust_anchors(ca_file)?),
-                provider,
-            )
-            .build()
-            .context("building the certificate verifier")?;
-            if verification == Verification::Full {
-                full
-            } else {
-                Arc::new(Relaxed {
-                    chain: Some(full),
-                    algorithms,
-                })
-            }
+            let roots = Arc::new(trust_anchors(ca_file)?);
+            let chain = WebPkiServerVerifier::builder_with_provider(roots, provider).build();
+            Some(chain.context("building the certificate verifier")?)
         }
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match chain {
+        Some(full) if verification == Verification::Full => full,
+        chain => Arc::new(Relaxed { chain, algorithms }),
     };
     Ok(builder
         .dangerous()
@@ -157,9 +143,7 @@ pub fn postgres(
         // A CA file asks for verification, and `prefer` would fall back to plain TCP when the
         // server (or somebody in between) declines TLS: with one, TLS is required.
         SslMode::Prefer if !has_ca_file => tokio_postgres::config::SslMode::Prefer,
-        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            tokio_postgres::config::SslMode::Require
-        }
+        _ => tokio_postgres::config::SslMode::Require,
     });
     let verification = Verification::for_postgres(settings.ssl_mode, has_ca_file);
     let tls = client_config(settings.ca_file.as_deref(), verification)

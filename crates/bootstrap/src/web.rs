@@ -5,6 +5,7 @@
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
+use actix_web::http::Version;
 use actix_web::http::header::{
     CONTENT_LENGTH, HeaderName, HeaderValue, RETRY_AFTER, TRANSFER_ENCODING, USER_AGENT,
     X_FORWARDED_FOR,
@@ -12,9 +13,11 @@ use actix_web::http::header::{
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
-use futures_util::FutureExt;
-use futures_util::{Stream, StreamExt};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use futures_util::{FutureExt, Stream, StreamExt};
+use prometheus::{
+    HistogramVec, IntCounterVec, IntGauge, Registry, register_histogram_vec_with_registry,
+    register_int_counter_vec_with_registry,
+};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -53,14 +56,16 @@ pub struct RequestSpan;
 /// The route the root span matched, left for [`observe`] so a request is routed once.
 struct MatchedRoute(String);
 
-/// A route label for what no route matched (the 404s).
-const UNMATCHED: &str = "unmatched";
+/// The route pattern `request` matched, `unmatched` for the 404s: a label, never the raw path.
+fn route_of(request: &ServiceRequest) -> String {
+    request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned())
+}
 
 impl RootSpanBuilder for RequestSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
-        let route = request
-            .match_pattern()
-            .unwrap_or_else(|| UNMATCHED.to_owned());
+        let route = route_of(request);
         let method = method_label(request.method());
         let request_id = request.extensions().get::<RequestId>().copied();
         // The target is tracing-actix-web's, so `RUST_LOG` directives written for it keep working.
@@ -144,13 +149,12 @@ impl TrustedProxies {
         if !self.trusts(client) {
             return Some(client);
         }
-        let hops: Vec<&str> = request
+        let hops = request
             .headers()
             .get_all(X_FORWARDED_FOR)
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .collect();
-        for hop in hops.into_iter().rev() {
+            .flat_map(|value| value.split(','));
+        for hop in hops.rev() {
             let Ok(address) = hop.trim().parse::<IpAddr>() else {
                 break;
             };
@@ -177,8 +181,7 @@ fn clipped(text: &str) -> &str {
 }
 
 /// The HTTP version as OpenTelemetry's `http.flavor` spells it.
-fn http_flavor(version: actix_web::http::Version) -> &'static str {
-    use actix_web::http::Version;
+fn http_flavor(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "0.9",
         Version::HTTP_10 => "1.0",
@@ -213,22 +216,18 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     /// Creates the metrics in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "API requests by method, route and status.",
-            ),
+        let requests = register_int_counter_vec_with_registry!(
+            "http_requests_total",
+            "API requests by method, route and status.",
             &["method", "route", "status"],
+            registry,
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "API request latency by method and route.",
-            ),
+        let duration = register_histogram_vec_with_registry!(
+            "http_request_duration_seconds",
+            "API request latency by method and route.",
             &["method", "route"],
+            registry,
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
         Ok(Self { requests, duration })
     }
 }
@@ -329,10 +328,7 @@ pub async fn observe(
     let started = Instant::now();
     let method = method_label(req.method());
     let matched = req.extensions_mut().remove::<MatchedRoute>();
-    let route = match matched {
-        Some(MatchedRoute(route)) => route,
-        None => req.match_pattern().unwrap_or_else(|| UNMATCHED.to_owned()),
-    };
+    let route = matched.map_or_else(|| route_of(&req), |MatchedRoute(route)| route);
     let request_id = req.extensions().get::<RequestId>().copied();
     // Copied only when the access line is logged; without the query, which may carry what does
     // not belong in a log.
@@ -366,11 +362,7 @@ pub async fn observe(
     );
     let mut response = outcome?;
     if let Some(id) = request_id
-        && let Ok(value) = HeaderValue::from_str(
-            uuid::Uuid::from(id)
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer()),
-        )
+        && let Ok(value) = HeaderValue::try_from(id.to_string())
     {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
@@ -526,13 +518,8 @@ impl AdmissionLimit {
             return Ok(next.call(req).await?.map_into_left_body());
         }
         self.shed.inc();
-        let route = req.match_pattern();
         self.requests
-            .with_label_values(&[
-                method_label(req.method()),
-                route.as_deref().unwrap_or(UNMATCHED),
-                "503",
-            ])
+            .with_label_values(&[method_label(req.method()), &route_of(&req), "503"])
             .inc();
         let response = HttpResponse::ServiceUnavailable()
             .content_type("application/problem+json")

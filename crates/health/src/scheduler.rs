@@ -121,7 +121,8 @@ async fn run_once(health: &Health, slot: &CheckSlot) {
 #[cfg(test)]
 mod tests {
     use crate::{
-        Check, CheckFailure, CheckPolicy, Health, LifecycleState, Observation, ProbeQuery, Status,
+        Check, CheckFailure, CheckPolicy, CheckPolicyBuilder, Health, LifecycleState, Observation,
+        ProbeQuery, Status,
     };
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -161,6 +162,21 @@ mod tests {
         }
     }
 
+    /// A health with one check, run every 100 ms with a 100 ms timeout unless `tune` says
+    /// otherwise.
+    fn one_check(
+        name: &str,
+        tune: impl FnOnce(CheckPolicyBuilder) -> CheckPolicyBuilder,
+        check: impl Check,
+    ) -> Health {
+        let every = Duration::from_millis(100);
+        let policy = tune(CheckPolicy::builder().interval(every).timeout(every));
+        Health::builder("t", "0")
+            .check(name, policy.build().unwrap(), check)
+            .build()
+            .unwrap()
+    }
+
     async fn wait_for(health: &Health, want: Status) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while health.readiness(&ProbeQuery::default()) != want {
@@ -175,15 +191,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn readiness_follows_a_critical_check_both_ways() {
         let up = Arc::new(AtomicBool::new(true));
-        let policy = CheckPolicy::builder()
-            .interval(Duration::from_millis(100))
-            .timeout(Duration::from_millis(100))
-            .build()
-            .unwrap();
-        let health = Health::builder("t", "0")
-            .check("db", policy, Switch(up.clone()))
-            .build()
-            .unwrap();
+        let health = one_check("db", |policy| policy, Switch(up.clone()));
         health.advance(LifecycleState::Ready);
         let stop = CancellationToken::new();
         let _tasks = health.spawn_scheduler(stop.clone());
@@ -198,16 +206,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_listener_hears_every_change_of_a_non_critical_check() {
         let up = Arc::new(AtomicBool::new(true));
-        let policy = CheckPolicy::builder()
-            .interval(Duration::from_millis(100))
-            .timeout(Duration::from_millis(100))
-            .critical(false)
-            .build()
-            .unwrap();
-        let health = Health::builder("t", "0")
-            .check("cache", policy, Switch(up.clone()))
-            .build()
-            .unwrap();
+        let health = one_check("cache", |policy| policy.critical(false), Switch(up.clone()));
         let mut listener = health.listen("cache:connectivity").unwrap();
         assert_eq!(listener.status(), Status::Fail, "not checked yet");
         let stop = CancellationToken::new();
@@ -225,16 +224,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_hanging_non_critical_check_times_out_into_warn() {
-        let policy = CheckPolicy::builder()
-            .interval(Duration::from_millis(100))
-            .timeout(Duration::from_millis(50))
-            .critical(false)
-            .build()
-            .unwrap();
-        let health = Health::builder("t", "0")
-            .check("remote", policy, Hangs)
-            .build()
-            .unwrap();
+        let health = one_check(
+            "remote",
+            |policy| policy.timeout(Duration::from_millis(50)).critical(false),
+            Hangs,
+        );
         health.advance(LifecycleState::Ready);
         let stop = CancellationToken::new();
         let _tasks = health.spawn_scheduler(stop.clone());
@@ -251,16 +245,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_panicking_check_is_one_failed_run_and_recovers() {
         let up = Arc::new(AtomicBool::new(true));
-        let policy = CheckPolicy::builder()
-            .interval(Duration::from_millis(100))
-            .timeout(Duration::from_millis(100))
-            .failure_threshold(1)
-            .build()
-            .unwrap();
-        let health = Health::builder("t", "0")
-            .check("db", policy, PanicsWhileOff(up.clone()))
-            .build()
-            .unwrap();
+        let health = one_check(
+            "db",
+            |policy| policy.failure_threshold(1),
+            PanicsWhileOff(up.clone()),
+        );
         health.advance(LifecycleState::Ready);
         let _watchdog = health.spawn_watchdog(CancellationToken::new());
         let _tasks = health.spawn_scheduler(CancellationToken::new());
@@ -405,15 +394,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stuck_scheduler_makes_results_stale() {
         let up = Arc::new(AtomicBool::new(true));
-        let policy = CheckPolicy::builder()
-            .interval(Duration::from_millis(100))
-            .timeout(Duration::from_millis(100))
-            .build()
-            .unwrap();
-        let health = Health::builder("t", "0")
-            .check("db", policy, Switch(up))
-            .build()
-            .unwrap();
+        let health = one_check("db", |policy| policy, Switch(up));
         health.advance(LifecycleState::Ready);
         let stop = CancellationToken::new();
         let _watchdog = health.spawn_watchdog(CancellationToken::new());

@@ -13,10 +13,7 @@ pub async fn run(settings: &Settings, check: bool) -> ExitCode {
     // The log says why a migration waits (a lock held elsewhere); stdout says what it did.
     let telemetry = match Telemetry::init(&settings.service.name) {
         Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("configuration error: {error}");
-            return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
-        }
+        Err(error) => return crate::config_error(error),
     };
     let deadline = settings.migrations.deadline;
     let outcome = tokio::time::timeout(deadline, migrate(settings, check)).await;

@@ -7,9 +7,11 @@ mod shutdown;
 mod startup;
 
 use crate::settings::Settings;
+use anyhow::Context;
 use bootstrap::shutdown::ShutdownDeadline;
 use bootstrap::{Lifecycle, Startup, Telemetry};
 use health::CancellationToken;
+use shutdown::RunningServer;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -21,24 +23,21 @@ pub async fn run(settings: Settings) -> ExitCode {
     let began = Instant::now();
     let telemetry = match Telemetry::init(&settings.service.name) {
         Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("configuration error: {error}");
-            return ExitCode::from(bootstrap::EXIT_CONFIG as u8);
-        }
+        Err(error) => return crate::config_error(error),
     };
     let startup = Startup::new(settings.startup.deadline);
     startup.record(startup::TELEMETRY, began.elapsed());
     let (outcome, deadline) = match serve(&settings, &startup).await {
         Ok((result, deadline)) => (result, Some(deadline)),
-        Err(failure) => (Err(failure), None),
+        Err(error) => (Err(error), None),
     };
     let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Startup(error)) => {
+        Err(error) if error.is::<bootstrap::StartupError>() => {
             tracing::error!(%error, "startup failed");
             ExitCode::from(bootstrap::EXIT_STARTUP as u8)
         }
-        Err(Failure::Other(error)) => {
+        Err(error) => {
             let error = bootstrap::config::redact(&format!("{error:#}"));
             tracing::error!(%error, "service failed");
             ExitCode::FAILURE
@@ -52,35 +51,15 @@ pub async fn run(settings: Settings) -> ExitCode {
     code
 }
 
-enum Failure {
-    Startup(bootstrap::StartupError),
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(error: anyhow::Error) -> Self {
-        Failure::Other(error)
-    }
-}
-
-impl From<bootstrap::StartupError> for Failure {
-    fn from(error: bootstrap::StartupError) -> Self {
-        Failure::Startup(error)
-    }
-}
-
-/// The management server, first: /livez and /startupz answer during the whole startup.
+/// The management server, first: /livez and /startupz answer during the whole startup; stopped
+/// last, so the probes answer until the end.
 fn start_management(
     settings: &Settings,
     startup: &Startup,
     health: &health::Health,
-) -> Result<shutdown::Management, Failure> {
+) -> anyhow::Result<RunningServer> {
     let began = Instant::now();
-    let server = servers::management_server(settings, health)?;
-    let management = shutdown::Management {
-        handle: server.handle(),
-        task: tokio::spawn(server),
-    };
+    let management = RunningServer::spawn(servers::management_server(settings, health)?);
     startup.record(startup::MANAGEMENT_SERVER, began.elapsed());
     Ok(management)
 }
@@ -90,9 +69,8 @@ fn start_management(
 async fn serve(
     settings: &Settings,
     startup: &Startup,
-) -> Result<(Result<(), Failure>, ShutdownDeadline), Failure> {
-    let terminate = bootstrap::shutdown::listen()
-        .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
+) -> anyhow::Result<(anyhow::Result<()>, ShutdownDeadline)> {
+    let terminate = bootstrap::shutdown::listen().context("installing signal handlers")?;
     let parts = startup::parts(settings)?;
     let lifecycle = Lifecycle::new(parts.health.clone());
     // Two stop signals: background workers stop after the API; the health scheduler and the
@@ -101,9 +79,8 @@ async fn serve(
     let stop_health = CancellationToken::new();
     let _watchdog = parts.health.spawn_watchdog(stop_health.clone());
     // Detached: it only logs, and ends with the runtime.
-    tokio::spawn(bootstrap::telemetry::report_client_protocol_errors(
-        std::time::Duration::from_secs(60),
-    ));
+    let every = std::time::Duration::from_secs(60);
+    tokio::spawn(bootstrap::telemetry::report_client_protocol_errors(every));
 
     let management = start_management(settings, startup, &parts.health)?;
 
@@ -112,17 +89,16 @@ async fn serve(
         _ = terminate.cancelled() => None,
         result = startup::start(settings, startup, &parts, &stop_workers, &stop_health) => Some(result?),
     };
-    let Some(running) = started else {
+    let Some(mut serving) = started else {
         tracing::info!("terminated during startup");
         stop_workers.cancel();
         stop_health.cancel();
         let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
         let broker = parts.messaging.close(); // @rabbitmq
         deadline.step("broker connection", broker).await; // @rabbitmq
-        management.stop(&deadline).await;
+        management.stop("management server", &deadline).await;
         return Ok((Ok(()), deadline));
     };
-    let mut serving = shutdown::Serving::start(running);
     lifecycle.ready();
     tracing::info!(
         ready_after_ms = startup.elapsed().as_millis() as u64,

@@ -3,8 +3,9 @@
 use crate::routes::AppState;
 use crate::settings::Settings;
 use crate::{openapi, problem, routes};
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use actix_web::{App, HttpServer, middleware, web};
+use anyhow::Context;
 use bootstrap::web::{AdmissionLimit, ApiConnections, HttpMetrics};
 use health::Health;
 use std::time::Duration;
@@ -29,12 +30,7 @@ pub(super) fn management_server(settings: &Settings, health: &Health) -> anyhow:
     .disable_signals()
     .shutdown_timeout(1)
     .bind((settings.server.host, settings.management.port))
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "binding the management port {}: {e}",
-            settings.management.port
-        )
-    })?
+    .with_context(|| format!("binding the management port {}", settings.management.port))?
     .run())
 }
 
@@ -113,7 +109,7 @@ pub(super) fn api_server(
     .shutdown_timeout(drain_seconds(settings));
     Ok(server
         .bind((settings.server.host, settings.server.port))
-        .map_err(|e| anyhow::anyhow!("binding the API port {}: {e}", settings.server.port))?
+        .with_context(|| format!("binding the API port {}", settings.server.port))?
         .run())
 }
 
@@ -165,12 +161,4 @@ fn api_connections(settings: &Settings, workers: usize) -> anyhow::Result<usize>
         0 => budget,
         wanted => wanted.min(budget),
     })
-}
-
-pub(super) async fn stop_server(
-    handle: ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    handle.stop(true).await;
-    let _ = task.await;
 }

@@ -1,10 +1,8 @@
 //! The graceful shutdown: not ready at once, keep serving through the drain delay, then stop
 //! the API, the background work and the pools under one deadline, probes last.
 
-use super::Failure;
-use super::servers::stop_server;
-use super::startup::{Parts, Running};
-use actix_web::dev::ServerHandle;
+use super::startup::Parts;
+use actix_web::dev::{Server, ServerHandle};
 use bootstrap::Lifecycle;
 use bootstrap::config::ShutdownSettings;
 use bootstrap::shutdown::ShutdownDeadline;
@@ -15,41 +13,46 @@ use tokio::task::{JoinHandle, JoinSet};
 /// server), which take milliseconds once nothing else runs.
 pub(super) const LAST_STEPS: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The management server, stopped last so the probes answer until the end.
-pub(super) struct Management {
-    pub(super) handle: ServerHandle,
-    pub(super) task: JoinHandle<std::io::Result<()>>,
+/// A server on a task of its own.
+pub(super) struct RunningServer {
+    handle: ServerHandle,
+    task: JoinHandle<std::io::Result<()>>,
 }
 
-impl Management {
-    pub(super) async fn stop(self, deadline: &ShutdownDeadline) {
-        deadline
-            .step("management server", stop_server(self.handle, self.task))
-            .await;
+impl RunningServer {
+    pub(super) fn spawn(server: Server) -> Self {
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        Self { handle, task }
+    }
+
+    /// A graceful stop (in-flight requests get the server's shutdown timeout), as a step of
+    /// `deadline`.
+    pub(super) async fn stop(self, step: &'static str, deadline: &ShutdownDeadline) {
+        let stopping = async {
+            self.handle.stop(true).await;
+            let _ = self.task.await;
+        };
+        deadline.step(step, stopping).await;
     }
 }
 
 /// The service while it serves: what startup produced, with the API running.
 pub(super) struct Serving {
+    /// Every background task.
     workers: JoinSet<()>,
+    /// One task per check; stopped last.
     scheduler: JoinSet<()>,
-    api_handle: ServerHandle,
-    /// `None` once the server ended on its own: a finished handle must not be awaited again.
-    api_task: Option<JoinHandle<std::io::Result<()>>>,
+    /// `None` once the server ended on its own: a finished task must not be awaited again.
+    api: Option<RunningServer>,
 }
 
 impl Serving {
-    pub(super) fn start(running: Running) -> Serving {
-        let Running {
-            workers,
-            scheduler,
-            api,
-        } = running;
+    pub(super) fn start(workers: JoinSet<()>, scheduler: JoinSet<()>, api: Server) -> Serving {
         Serving {
             workers,
             scheduler,
-            api_handle: api.handle(),
-            api_task: Some(tokio::spawn(api)),
+            api: Some(RunningServer::spawn(api)),
         }
     }
 
@@ -58,18 +61,18 @@ impl Serving {
     pub(super) async fn until_stopped(
         &mut self,
         terminate: &CancellationToken,
-    ) -> Result<(), Failure> {
-        let Some(task) = self.api_task.as_mut() else {
+    ) -> anyhow::Result<()> {
+        let Some(api) = self.api.as_mut() else {
             return Ok(());
         };
         tokio::select! {
             _ = terminate.cancelled() => Ok(()),
-            ended = task => {
-                self.api_task = None;
-                Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}").into())
+            ended = &mut api.task => {
+                self.api = None;
+                Err(anyhow::anyhow!("the API server stopped on its own: {ended:?}"))
             }
             Some(ended) = self.workers.join_next() => {
-                Err(anyhow::anyhow!("a background worker stopped on its own: {ended:?}").into())
+                Err(anyhow::anyhow!("a background worker stopped on its own: {ended:?}"))
             }
         }
     }
@@ -89,13 +92,12 @@ impl Shutdown<'_> {
         self,
         serving: Serving,
         parts: Parts,
-        management: Management,
+        management: RunningServer,
     ) -> ShutdownDeadline {
         let Serving {
             mut workers,
             scheduler,
-            api_handle,
-            api_task,
+            api,
         } = serving;
         // Draining: not ready from this instant, still serving while endpoints are removed.
         self.lifecycle.draining();
@@ -108,10 +110,8 @@ impl Shutdown<'_> {
         let side_by_side =
             ShutdownDeadline::after(self.settings.timeout.saturating_sub(LAST_STEPS));
         let api = async {
-            if let Some(task) = api_task {
-                side_by_side
-                    .step("api server", stop_server(api_handle, task))
-                    .await;
+            if let Some(api) = api {
+                api.stop("api server", &side_by_side).await;
             }
         };
         self.stop_workers.cancel();
@@ -132,7 +132,7 @@ impl Shutdown<'_> {
         deadline
             .step("health scheduler", scheduler.join_all())
             .await;
-        management.stop(&deadline).await;
+        management.stop("management server", &deadline).await;
         tracing::info!("stopped");
         deadline
     }

@@ -1,22 +1,23 @@
 //! Startup: the phases of this service, in order, under one deadline.
 
+use super::VERSION;
 use super::servers::api_server;
-use super::{Failure, VERSION};
+use super::shutdown::Serving;
 use crate::db;
 use crate::housekeeping::{self, Prunable};
 use crate::messaging::Messaging; // @rabbitmq
 use crate::routes::AppState;
 use crate::settings::Settings;
-use actix_web::dev::Server;
-use bootstrap::config::ConnectionBudget;
+use bootstrap::config::{ConnectionBudget, DatabaseSettings, SslMode};
 use bootstrap::schema::Version;
+use bootstrap::telemetry::{CLIENT_PROTOCOL_ERRORS, SPANS_DROPPED};
+use bootstrap::tls::Verification;
 use bootstrap::{Startup, StartupPhase};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
 use health::{Alarm, CancellationToken, Health, ProbeQuery, Status};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// Logs and traces installed.
 pub const TELEMETRY: StartupPhase = StartupPhase::new("telemetry");
 /// `/livez` and `/startupz` answering.
 pub const MANAGEMENT_SERVER: StartupPhase = StartupPhase::new("management server");
@@ -28,7 +29,6 @@ const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("po
 const BACKGROUND_WORKERS: StartupPhase = StartupPhase::new("background workers");
 /// The first verdict of every critical check.
 const WARM_UP: StartupPhase = StartupPhase::new("warm-up");
-/// The API port bound.
 const API_SERVER: StartupPhase = StartupPhase::new("api server");
 
 /// What the process holds while it runs, created before the dependencies are reached.
@@ -36,27 +36,14 @@ pub(super) struct Parts {
     pub(super) health: Health,
     pub(super) registry: prometheus::Registry,
     pub(super) messaging: Messaging, // @rabbitmq
-    /// Shared by the background tasks.
     pub(super) background_pool: deadpool_postgres::Pool,
-    /// Shared by the API workers.
     pub(super) request_pool: deadpool_postgres::Pool,
-}
-
-/// What startup produced.
-pub(super) struct Running {
-    /// Every background task.
-    pub(super) workers: JoinSet<()>,
-    /// One task per check; stopped last.
-    pub(super) scheduler: JoinSet<()>,
-    pub(super) api: Server,
 }
 
 pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     let registry = prometheus::Registry::new();
-    registry.register(Box::new(
-        bootstrap::telemetry::CLIENT_PROTOCOL_ERRORS.clone(),
-    ))?;
-    registry.register(Box::new(bootstrap::telemetry::SPANS_DROPPED.clone()))?;
+    registry.register(Box::new(CLIENT_PROTOCOL_ERRORS.clone()))?;
+    registry.register(Box::new(SPANS_DROPPED.clone()))?;
     // Raised by every connection to PostgreSQL that ends with an error, the check's own and
     // the pools': readiness follows a dead server within a second, not a poll interval.
     let postgres_lost = Alarm::default();
@@ -81,9 +68,7 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
 
 /// Says once, at startup, that the database's identity is not checked (docs/configuration.md):
 /// libpq's default `prefer` takes any certificate and falls back to plain TCP without a word.
-fn warn_if_unverified(database: &bootstrap::config::DatabaseSettings) {
-    use bootstrap::config::SslMode;
-    use bootstrap::tls::Verification;
+fn warn_if_unverified(database: &DatabaseSettings) {
     let verification = Verification::for_postgres(database.ssl_mode, database.ca_file.is_some());
     if database.ssl_mode == SslMode::Disable || verification == Verification::EncryptOnly {
         tracing::warn!(
@@ -129,10 +114,8 @@ fn database_pools(
     registry.register(Box::new(db::CONNECTIONS_REFUSED.clone()))?;
     let request_pool = db::request_pool(&settings.database, budget.requests, lost)?;
     registry.register(Box::new(PoolGauges::new(request_pool.clone())?))?;
-    Ok((
-        db::background_pool(&settings.database, budget.background, lost)?,
-        request_pool,
-    ))
+    let background_pool = db::background_pool(&settings.database, budget.background, lost)?;
+    Ok((background_pool, request_pool))
 }
 
 pub(super) async fn start(
@@ -141,7 +124,7 @@ pub(super) async fn start(
     parts: &Parts,
     stop_workers: &CancellationToken,
     stop_health: &CancellationToken,
-) -> Result<Running, Failure> {
+) -> anyhow::Result<Serving> {
     database(settings, startup, parts).await?;
     parts.messaging.connected(startup).await?; // @rabbitmq
     let began = Instant::now();
@@ -171,15 +154,11 @@ pub(super) async fn start(
     };
     let api = api_server(settings, state, &parts.registry)?;
     startup.record(API_SERVER, began.elapsed());
-    Ok(Running {
-        workers,
-        scheduler,
-        api,
-    })
+    Ok(Serving::start(workers, scheduler, api))
 }
 
 /// A first connection working, and the schema migrated.
-async fn database(settings: &Settings, startup: &Startup, parts: &Parts) -> Result<(), Failure> {
+async fn database(settings: &Settings, startup: &Startup, parts: &Parts) -> anyhow::Result<()> {
     startup
         .run(POSTGRES_POOL, || async {
             let client = parts.background_pool.get().await?;
@@ -226,24 +205,18 @@ fn background_workers(
     parts: &Parts,
     stop: &CancellationToken,
 ) -> anyhow::Result<JoinSet<()>> {
-    let pool = &parts.background_pool;
     let mut workers = JoinSet::new();
     parts.messaging.spawn(&parts.health, &mut workers, stop)?; // @rabbitmq
-    let retention = &settings.retention;
     let idempotency_keys = Prunable {
         table: "idempotency_keys",
         age_column: "created_at",
-        retention: retention.idempotency_keys,
+        retention: settings.retention.idempotency_keys,
     };
     let prunable = std::iter::once(idempotency_keys)
         .chain(parts.messaging.prunable()) // @rabbitmq
         .collect();
-    let every = retention.prune_every;
-    workers.spawn(housekeeping::run(
-        pool.clone(),
-        prunable,
-        every,
-        stop.clone(),
-    ));
+    let pool = parts.background_pool.clone();
+    let every = settings.retention.prune_every;
+    workers.spawn(housekeeping::run(pool, prunable, every, stop.clone()));
     Ok(workers)
 }

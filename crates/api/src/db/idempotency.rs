@@ -32,7 +32,6 @@ pub async fn lock(db: &impl GenericClient, key: &ScopedKey) -> Result<(), tokio_
     Ok(())
 }
 
-/// The stored response of `key`, if any.
 pub async fn find(
     db: &impl GenericClient,
     key: &ScopedKey,
@@ -53,7 +52,6 @@ pub async fn find(
     }))
 }
 
-/// Stores the response of `key`.
 pub async fn store(
     db: &impl GenericClient,
     key: &ScopedKey,

@@ -31,7 +31,6 @@ pub async fn insert(
     from_row(&row)
 }
 
-/// One item by id.
 pub async fn find(
     db: &impl GenericClient,
     id: Uuid,

@@ -9,8 +9,7 @@ use bootstrap::Backoff;
 use bootstrap::config::DatabaseSettings;
 use bootstrap::schema::Schema;
 use deadpool_postgres::{
-    Client, Connect, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
-    TimeoutType,
+    Client, Connect, Manager, ManagerConfig, Object, Pool, PoolError, Runtime, TimeoutType,
 };
 use futures_util::future::BoxFuture;
 use health::Alarm;
@@ -18,6 +17,7 @@ pub use health::checks::postgres::describe;
 use prometheus::IntCounter;
 use std::sync::LazyLock;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -33,14 +33,10 @@ struct Connector {
     lost: Alarm,
 }
 
+type Connected = Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>;
+
 impl Connect for Connector {
-    fn connect(
-        &self,
-        config: &tokio_postgres::Config,
-    ) -> BoxFuture<
-        '_,
-        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
-    > {
+    fn connect(&self, config: &tokio_postgres::Config) -> BoxFuture<'_, Connected> {
         let config = config.clone();
         let tls = self.tls.clone();
         let lost = self.lost.clone();
@@ -66,7 +62,7 @@ pub fn request_pool(
     size: usize,
     lost: &Alarm,
 ) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape", size, lost)
+    build_pool(settings, "shipshape", size, lost.clone())
 }
 
 /// The background pool: few connections, as a task holds one only for a statement or short
@@ -76,28 +72,20 @@ pub fn background_pool(
     size: usize,
     lost: &Alarm,
 ) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape-background", size, lost)
+    build_pool(settings, "shipshape-background", size, lost.clone())
 }
 
 fn build_pool(
     settings: &DatabaseSettings,
     application: &str,
     max_size: usize,
-    lost: &Alarm,
+    lost: Alarm,
 ) -> anyhow::Result<Pool> {
     let (mut config, tls) = bootstrap::tls::postgres(settings)?;
     config.application_name(application);
-    let manager = Manager::from_connect(
-        config,
-        Connector {
-            tls,
-            lost: lost.clone(),
-        },
-        ManagerConfig {
-            // A broken connection is noticed on use; verifying it would cost a query per checkout.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    // Fast recycling (the default): a broken connection is noticed on use; verifying it would
+    // cost a query per checkout.
+    let manager = Manager::from_connect(config, Connector { tls, lost }, ManagerConfig::default());
     Ok(Pool::builder(manager)
         .max_size(max_size)
         // A request never hangs on a saturated or dead database: it gets a 503 instead.

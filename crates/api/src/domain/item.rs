@@ -29,7 +29,6 @@ pub struct NewItem {
 #[serde(deny_unknown_fields)]
 struct NewItemFields {
     name: String,
-    #[serde(default)]
     note: Option<String>,
 }
 
@@ -43,11 +42,9 @@ impl<'de> Deserialize<'de> for NewItem {
                 f.write_str("a JSON object with `name` and an optional `note`")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NewItem, A::Error> {
-                let fields = NewItemFields::deserialize(MapAccessDeserializer::new(map))?;
-                Ok(NewItem {
-                    name: fields.name,
-                    note: fields.note,
-                })
+                let NewItemFields { name, note } =
+                    NewItemFields::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(NewItem { name, note })
             }
         }
         deserializer.deserialize_map(ObjectOnly)
@@ -79,30 +76,32 @@ impl NewItem {
     pub fn parse(self) -> Result<ValidNewItem, Invalid> {
         let length = self.name.chars().count();
         if !(1..=NAME_MAX).contains(&length) {
-            return Err(Invalid {
-                field: "name",
-                reason: format!("must be 1 to {NAME_MAX} characters, got {length}"),
-            });
+            return invalid(
+                "name",
+                format!("must be 1 to {NAME_MAX} characters, got {length}"),
+            );
         }
         // An invisible name is a mistake: only spaces, controls, format characters (zero-width
         // spaces, BOMs, soft hyphens), baseless marks (variation selectors) or fillers.
         if !self.name.chars().any(is_visible) {
-            return Err(Invalid {
-                field: "name",
-                reason: "must contain a visible character, not only whitespace".into(),
-            });
+            return invalid(
+                "name",
+                "must contain a visible character, not only whitespace",
+            );
         }
         // PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
         for (field, value) in [("name", Some(&self.name)), ("note", self.note.as_ref())] {
             if value.is_some_and(|v| v.contains('\0')) {
-                return Err(Invalid {
-                    field,
-                    reason: "must not contain the NUL character".into(),
-                });
+                return invalid(field, "must not contain the NUL character");
             }
         }
         Ok(ValidNewItem(self))
     }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Result<ValidNewItem, Invalid> {
+    let reason = reason.into();
+    Err(Invalid { field, reason })
 }
 
 fn is_visible(c: char) -> bool {

@@ -5,8 +5,6 @@ pub mod items;
 use crate::db::Database;
 use crate::problem::{self, ApiError};
 use actix_web::web;
-use std::sync::Arc; // @rabbitmq
-use tokio::sync::Notify; // @rabbitmq
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -15,7 +13,7 @@ pub struct AppState {
     pub db: Database,
     // @rabbitmq-begin
     /// Wakes the outbox relay after a write, so events leave within milliseconds.
-    pub outbox_written: Arc<Notify>,
+    pub outbox_written: std::sync::Arc<tokio::sync::Notify>,
     // @rabbitmq-end
 }
 

@@ -10,7 +10,6 @@ pub use sections::*;
 pub use value::{SecretUrl, constant_url, redact};
 
 use serde::de::DeserializeOwned;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// A setting that could not be used.
@@ -20,6 +19,10 @@ use std::path::{Path, PathBuf};
 /// assert_eq!(error.to_string(), r#"APP__SERVER__PORT="abc" is invalid: expected a TCP port (1-65535)"#);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{variable}{}: expected {expected}",
+    .value.as_ref().map_or(" is missing".into(), |value| format!("={value:?} is invalid"))
+)]
 pub struct ConfigError {
     /// The environment variable that sets the key (`APP__SERVER__PORT`).
     pub variable: String,
@@ -36,23 +39,6 @@ impl ConfigError {
             variable: env_name(key),
             value,
             expected: expected.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.value {
-            Some(value) => write!(
-                f,
-                "{}={value:?} is invalid: expected {}",
-                self.variable, self.expected
-            ),
-            None => write!(
-                f,
-                "{} is missing: expected {}",
-                self.variable, self.expected
-            ),
         }
     }
 }
@@ -78,9 +64,7 @@ impl Sources {
     /// Reads `APP_CONFIG_DIR` and `APP_ENV` from the process environment.
     pub fn from_env() -> Self {
         Self {
-            dir: std::env::var_os("APP_CONFIG_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("config")),
+            dir: std::env::var_os("APP_CONFIG_DIR").map_or_else(|| "config".into(), PathBuf::from),
             app_env: std::env::var("APP_ENV").ok().filter(|v| !v.is_empty()),
         }
     }
@@ -132,10 +116,9 @@ fn from_layers<T: DeserializeOwned>(raw: &config::Config) -> Result<T, ConfigErr
         let expected = expected
             .split_once(" for key `")
             .map_or(expected, |(expected, _)| expected);
-        let value = match raw.get_string(&key) {
-            Ok(value) => redact(&value),
-            Err(_) => "(not a single value)".into(),
-        };
+        let value = raw
+            .get_string(&key)
+            .map_or_else(|_| "(not a single value)".into(), |value| redact(&value));
         ConfigError::new(&key, Some(value), redact(expected))
     })
 }

@@ -8,6 +8,7 @@ use super::value::{
 };
 use super::{ConfigError, SecretUrl, display, redact};
 use serde::Deserialize;
+use serde::de::IntoDeserializer;
 use smart_default::SmartDefault;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,7 +71,8 @@ pub struct ManagementSettings {
 }
 
 /// libpq's `sslmode`, read from the `sslmode` parameter of `APP__DATABASE__URL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Plain TCP.
     Disable,
@@ -85,20 +87,6 @@ pub enum SslMode {
     VerifyFull,
 }
 
-impl std::str::FromStr for SslMode {
-    type Err = ();
-    fn from_str(raw: &str) -> Result<Self, ()> {
-        Ok(match raw {
-            "disable" => Self::Disable,
-            "prefer" => Self::Prefer,
-            "require" => Self::Require,
-            "verify-ca" => Self::VerifyCa,
-            "verify-full" => Self::VerifyFull,
-            _ => return Err(()),
-        })
-    }
-}
-
 /// `APP__DATABASE__*`.
 #[derive(Debug, Clone, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
@@ -108,7 +96,6 @@ pub struct DatabaseSettings {
     pub url: SecretUrl,
     /// The URL's `sslmode` (prefer).
     #[serde(skip)]
-    #[default(SslMode::Prefer)]
     pub ssl_mode: SslMode,
     /// PEM bundle of the authorities that sign the server's certificate (unset: the system's).
     #[serde(deserialize_with = "optional_file")]
@@ -250,17 +237,16 @@ impl DatabaseSettings {
         else {
             return Ok(());
         };
-        self.ssl_mode = mode.parse().map_err(|()| {
+        let parsed = SslMode::deserialize(mode.into_deserializer());
+        self.ssl_mode = parsed.map_err(|_: serde::de::value::Error| {
             ConfigError::new(
                 "database.url",
                 Some(format!("sslmode={mode}")),
                 "sslmode disable, prefer, require, verify-ca or verify-full",
             )
         })?;
-        let mut stripped = url.clone();
-        let kept = kept.join("&");
-        stripped.set_query((!kept.is_empty()).then_some(kept.as_str()));
-        self.url = SecretUrl::from(stripped);
+        let kept = Some(kept.join("&")).filter(|kept| !kept.is_empty());
+        self.url.0.set_query(kept.as_deref());
         Ok(())
     }
 }
@@ -391,16 +377,9 @@ pub fn require_scheme(key: &str, url: &SecretUrl, schemes: &[&str]) -> Result<()
     if schemes.contains(&url.url().scheme()) {
         return Ok(());
     }
-    let expected = schemes
-        .iter()
-        .map(|s| format!("{s}://"))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    Err(ConfigError::new(
-        key,
-        Some(url.to_string()),
-        format!("a URL starting with {expected}"),
-    ))
+    // ["postgres", "postgresql"]: "postgres:// or postgresql://".
+    let expected = format!("a URL starting with {}://", schemes.join(":// or "));
+    Err(ConfigError::new(key, Some(url.to_string()), expected))
 }
 
 /// Refuses a CA file that is not a readable PEM bundle, naming the variable of `key`.

@@ -19,7 +19,7 @@ use url::Url;
 /// # Ok::<(), url::ParseError>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretUrl(Url);
+pub struct SecretUrl(pub(super) Url);
 
 impl SecretUrl {
     /// The full URL, password included: pass it to a client, never to a logger.
@@ -31,17 +31,6 @@ impl SecretUrl {
     pub fn url(&self) -> &Url {
         &self.0
     }
-
-    /// The user-info password and a `?password=` (libpq's keyword) masked.
-    fn redacted(&self) -> String {
-        redact(self.0.as_str())
-    }
-}
-
-impl From<Url> for SecretUrl {
-    fn from(url: Url) -> Self {
-        Self(url)
-    }
 }
 
 impl std::str::FromStr for SecretUrl {
@@ -51,15 +40,16 @@ impl std::str::FromStr for SecretUrl {
     }
 }
 
+/// The user-info password and a `?password=` (libpq's keyword) masked.
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
+        f.write_str(&redact(self.0.as_str()))
     }
 }
 
 impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretUrl({})", self.redacted())
+        write!(f, "SecretUrl({self})")
     }
 }
 
@@ -140,14 +130,11 @@ pub fn constant_url(raw: &'static str) -> SecretUrl {
 
 /// One value of a layer as text, parsed by `parse`: the config crate gives numbers and booleans
 /// of TOML as text too, and refuses a table or list where a value belongs.
-pub fn text<'de, D, T>(
+pub fn text<'de, D: Deserializer<'de>, T>(
     deserializer: D,
     expected: &str,
     parse: impl FnOnce(&str) -> Option<T>,
-) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-{
+) -> Result<T, D::Error> {
     let raw = String::deserialize(deserializer)?;
     parse(raw.trim()).ok_or_else(|| D::Error::custom(format!("expected {expected}")))
 }

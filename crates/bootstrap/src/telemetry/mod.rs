@@ -3,12 +3,11 @@
 //! propagation is always on, so a trace continues through this service into the calls and
 //! messages it sends even when it does not export.
 
-use opentelemetry::trace::TraceContextExt;
 mod export;
 
 pub use export::SPANS_DROPPED;
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use prometheus::IntCounter;
@@ -165,18 +164,14 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let current = tracing::Span::current();
-        let ids = (!current.is_none())
-            .then(|| {
-                let context = current.context();
-                let span = context.span();
-                let ids = span.span_context();
-                ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
-            })
-            .flatten();
-        let Some((trace_id, span_id)) = ids else {
+        // Outside any span the context is empty, its ids invalid.
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let ids = span.span_context();
+        if !ids.is_valid() {
             return self.0.format_event(ctx, writer, event);
-        };
+        }
+        let (trace_id, span_id) = (ids.trace_id(), ids.span_id());
         let mut line = String::new();
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
         match line.strip_prefix('{') {

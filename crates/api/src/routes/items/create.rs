@@ -46,7 +46,8 @@ pub async fn create(
     let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
 
     let headers = crate::messaging::trace::current_headers(); // @rabbitmq
-    let outcome = state
+    let written = &state.outbox_written; // @rabbitmq
+    state
         .db
         .run(async move |client| {
             let tx = client.transaction().await?;
@@ -58,7 +59,7 @@ pub async fn create(
                             "Idempotency-Key was already used with a different request body".into(),
                         ));
                     }
-                    return Ok(Outcome::Replayed(stored));
+                    return Ok(replay(&stored));
                 }
             }
             let item = db::items::insert(&tx, &new).await?;
@@ -78,23 +79,12 @@ pub async fn create(
                 db::idempotency::store(&tx, key, &stored).await?;
             }
             tx.commit().await?;
-            Ok(Outcome::Created(item))
-        })
-        .await?;
-    match outcome {
-        Outcome::Replayed(stored) => Ok(replay(&stored)),
-        Outcome::Created(item) => {
-            state.outbox_written.notify_one(); // @rabbitmq
+            written.notify_one(); // @rabbitmq
             Ok(HttpResponse::Created()
                 .insert_header((LOCATION, super::location(item.id)))
                 .json(item))
-        }
-    }
-}
-
-enum Outcome {
-    Created(Item),
-    Replayed(Stored),
+        })
+        .await
 }
 
 fn idempotency_key(req: &HttpRequest, caller: &Caller) -> Result<Option<ScopedKey>, ApiError> {
@@ -111,24 +101,20 @@ fn idempotency_key(req: &HttpRequest, caller: &Caller) -> Result<Option<ScopedKe
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= KEY_MAX)
-        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()));
+        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {KEY_MAX} visible ASCII characters"
+            ))
+        })?;
     // Per caller: a replay must not return another's response. Anonymous keeps the old scope.
     let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
     let scope = match caller {
         Caller::Anonymous => format!("{} {route}", req.method()),
         Caller::Principal(principal) => format!("{} {route} as {principal}", req.method()),
     };
-    key.map(|k| {
-        Some(ScopedKey {
-            scope,
-            key: k.to_owned(),
-        })
-    })
-    .ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "Idempotency-Key must be 1 to {KEY_MAX} visible ASCII characters"
-        ))
-    })
+    let key = key.to_owned();
+    Ok(Some(ScopedKey { scope, key }))
 }
 
 fn replay(stored: &Stored) -> HttpResponse {

@@ -1,6 +1,6 @@
 use crate::db;
 use crate::domain::item::Item;
-use crate::problem::{ApiError, Problem};
+use crate::problem::{ApiError, Problem, clip};
 use crate::routes::AppState;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -49,32 +49,25 @@ pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = match query.limit {
-        None => DEFAULT_LIMIT,
-        Some(n) if n >= 1 => n.min(MAX_LIMIT),
-        Some(n) => {
-            return Err(ApiError::BadRequest(format!(
-                "limit must be at least 1, got {n}"
-            )));
-        }
-    };
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit < 1 {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be at least 1, got {limit}"
+        )));
+    }
+    let limit = limit.min(MAX_LIMIT);
     let after = match query.cursor.as_deref() {
         None | Some("") => None,
-        Some(raw) => Some(Uuid::parse_str(raw).map_err(|_| {
-            ApiError::BadRequest(format!(
-                "invalid cursor {:?}",
-                crate::problem::clip(raw, 64)
-            ))
-        })?),
+        Some(raw) => Some(
+            Uuid::parse_str(raw)
+                .map_err(|_| ApiError::BadRequest(format!("invalid cursor {:?}", clip(raw, 64))))?,
+        ),
     };
     let (items, cut) = state
         .db
         .run(async |client| Ok(db::items::page(&*client, after, limit, PAGE_BYTES).await?))
         .await?;
-    let next_cursor = if cut || items.len() as i64 == limit {
-        items.last().map(|item| item.id.to_string())
-    } else {
-        None
-    };
+    let more = cut || items.len() as i64 == limit;
+    let next_cursor = items.last().filter(|_| more).map(|i| i.id.to_string());
     Ok(HttpResponse::Ok().json(ItemPage { items, next_cursor }))
 }
