@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows deleted per statement.
 const BATCH: i64 = 1000;
-/// Bound on one batch: past it PostgreSQL cancels the batch, and the next round retries.
-const BATCH_TIMEOUT: &str = "SET LOCAL statement_timeout = '5s'";
+/// Bounds one batch (5 s): past it PostgreSQL cancels the batch, and the next round retries.
+const BATCH_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '5s'";
 /// Batches per table and round: what is left waits for the next round.
 const MAX_BATCHES: usize = 100;
 
@@ -63,7 +63,7 @@ async fn prune(pool: &Pool, table: &Prunable, stop: &CancellationToken) -> anyho
         }
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
-        tx.batch_execute(BATCH_TIMEOUT).await?;
+        tx.batch_execute(BATCH_STATEMENT_TIMEOUT).await?;
         let deleted = tx
             .execute(&sql, &[&table.retention.as_secs_f64(), &BATCH])
             .await?;

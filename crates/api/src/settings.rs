@@ -316,6 +316,10 @@ mod tests {
         assert_eq!(error.variable, "APP__RABBITMQ__CA_FILE");
         let plain = load(&[("rabbitmq.ca_file", not_pem.to_str().unwrap())]).unwrap_err();
         assert!(plain.expected.contains("amqps://"), "{plain}");
+        assert!(
+            plain.to_string().contains("is invalid"),
+            "a set file is not missing: {plain}"
+        );
         // @rabbitmq-end
         let disabled = load(&[
             ("database.url", "postgres://db/app?sslmode=disable"),
@@ -323,6 +327,11 @@ mod tests {
         ])
         .unwrap_err();
         assert!(disabled.expected.contains("sslmode=disable"), "{disabled}");
+        let said = disabled.to_string();
+        assert!(
+            said.contains("is invalid"),
+            "a set file is not missing: {said}"
+        );
         // Empty means unset: a chart can always render the variable.
         assert_eq!(
             load(&[("database.ca_file", "")]).unwrap().database.ca_file,

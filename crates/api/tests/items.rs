@@ -112,7 +112,9 @@ fn crud_and_every_error_case() {
         "/v1/items?limit=0",
         "/v1/items?cursor=zzz",
     ] {
-        assert_problem(http.get(service.api_url(path)).send().unwrap(), 400);
+        let response = http.get(service.api_url(path)).send().unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        assert_problem(response, 400);
     }
     assert_problem(
         http.get(service.api_url("/nothing/here")).send().unwrap(),

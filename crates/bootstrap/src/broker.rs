@@ -85,12 +85,11 @@ impl BrokerSupervisor {
 
     /// Waits until a connection with its topology is up.
     pub async fn connected(&self) -> Arc<Connection> {
-        // A stop that never comes: returns with a connection, or waits on if the supervisor is gone.
+        // A stop that never comes: a connection, or (the supervisor gone) a wait for good.
         let never = CancellationToken::new();
-        loop {
-            if let Some(connection) = next_connection(&mut self.link(), &never).await {
-                return connection;
-            }
+        match next_connection(&mut self.link(), &never).await {
+            Some(connection) => connection,
+            None => std::future::pending().await,
         }
     }
 

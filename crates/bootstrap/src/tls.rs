@@ -143,7 +143,9 @@ pub fn postgres(
         // A CA file asks for verification, and `prefer` would fall back to plain TCP when the
         // server (or somebody in between) declines TLS: with one, TLS is required.
         SslMode::Prefer if !has_ca_file => tokio_postgres::config::SslMode::Prefer,
-        _ => tokio_postgres::config::SslMode::Require,
+        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
     });
     let verification = Verification::for_postgres(settings.ssl_mode, has_ca_file);
     let tls = client_config(settings.ca_file.as_deref(), verification)

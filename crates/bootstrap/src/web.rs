@@ -14,10 +14,7 @@ use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::{FutureExt, Stream, StreamExt};
-use prometheus::{
-    HistogramVec, IntCounterVec, IntGauge, Registry, register_histogram_vec_with_registry,
-    register_int_counter_vec_with_registry,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -216,18 +213,23 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     /// Creates the metrics in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let requests = register_int_counter_vec_with_registry!(
-            "http_requests_total",
-            "API requests by method, route and status.",
+        // Built, then registered: prometheus' register_*! macros unwrap inside.
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "API requests by method, route and status.",
+            ),
             &["method", "route", "status"],
-            registry,
         )?;
-        let duration = register_histogram_vec_with_registry!(
-            "http_request_duration_seconds",
-            "API request latency by method and route.",
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "API request latency by method and route.",
+            ),
             &["method", "route"],
-            registry,
         )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
         Ok(Self { requests, duration })
     }
 }

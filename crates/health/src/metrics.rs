@@ -78,7 +78,7 @@ impl HealthMetrics {
 
     pub(crate) fn lifecycle_changed(&self, now: LifecycleState) {
         for state in LifecycleState::ALL {
-            let value = f64::from(u8::from(state == now));
+            let value = if state == now { 1.0 } else { 0.0 };
             self.lifecycle
                 .with_label_values(&[state.as_str()])
                 .set(value);

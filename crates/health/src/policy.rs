@@ -1,5 +1,6 @@
 //! How often a check runs and how its results turn into a status.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// Tuning of one check, valid by construction: [`CheckPolicy::builder`] refuses a zero interval,
@@ -22,9 +23,8 @@ use std::time::Duration;
 pub struct CheckPolicy {
     interval: Duration,
     timeout: Duration,
-    /// At least 1, as `success_threshold`: [`CheckPolicyBuilder::build`] makes sure.
-    failure_threshold: u32,
-    success_threshold: u32,
+    failure_threshold: NonZeroU32,
+    success_threshold: NonZeroU32,
     critical: bool,
 }
 
@@ -47,14 +47,17 @@ pub enum PolicyError {
     ZeroThreshold,
 }
 
+const ONE: NonZeroU32 = NonZeroU32::MIN;
+const TWO: NonZeroU32 = NonZeroU32::MIN.saturating_add(1);
+
 impl Default for CheckPolicy {
     /// Every 2 s, 1 s timeout, failing after 2 failures, passing after 1 success, critical.
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
-            failure_threshold: 2,
-            success_threshold: 1,
+            failure_threshold: TWO,
+            success_threshold: ONE,
             critical: true,
         }
     }
@@ -63,7 +66,11 @@ impl Default for CheckPolicy {
 impl CheckPolicy {
     /// A builder starting from [`CheckPolicy::default`].
     pub fn builder() -> CheckPolicyBuilder {
-        CheckPolicyBuilder(CheckPolicy::default())
+        CheckPolicyBuilder {
+            policy: CheckPolicy::default(),
+            failure_threshold: 2,
+            success_threshold: 1,
+        }
     }
 
     /// The same policy, critical or not (criticality has no invariant to keep).
@@ -85,12 +92,12 @@ impl CheckPolicy {
 
     /// Consecutive failures before the check reports failure.
     pub fn failure_threshold(&self) -> u32 {
-        self.failure_threshold
+        self.failure_threshold.get()
     }
 
     /// Consecutive successes before a failed check reports success again.
     pub fn success_threshold(&self) -> u32 {
-        self.success_threshold
+        self.success_threshold.get()
     }
 
     /// Critical checks fail readiness; the others turn the status to `warn`.
@@ -115,7 +122,7 @@ impl CheckPolicy {
     /// black hole, a frozen server): `failure_threshold x interval + timeout`.
     pub fn detection_bound(&self) -> Duration {
         self.interval
-            .saturating_mul(self.failure_threshold)
+            .saturating_mul(self.failure_threshold.get())
             .saturating_add(self.timeout)
     }
 }
@@ -123,53 +130,61 @@ impl CheckPolicy {
 /// Builds a [`CheckPolicy`]; [`CheckPolicyBuilder::build`] checks the invariants.
 #[derive(Debug, Clone, Copy)]
 #[must_use]
-pub struct CheckPolicyBuilder(CheckPolicy);
+pub struct CheckPolicyBuilder {
+    policy: CheckPolicy,
+    failure_threshold: u32,
+    success_threshold: u32,
+}
 
 impl CheckPolicyBuilder {
     /// Time between the starts of two runs (2 s).
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.0.interval = interval;
+        self.policy.interval = interval;
         self
     }
 
     /// Bound on one run, at most the interval (1 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.0.timeout = timeout;
+        self.policy.timeout = timeout;
         self
     }
 
     /// Consecutive failures before the check fails (2).
     pub fn failure_threshold(mut self, runs: u32) -> Self {
-        self.0.failure_threshold = runs;
+        self.failure_threshold = runs;
         self
     }
 
     /// Consecutive successes before a failed check passes again (1).
     pub fn success_threshold(mut self, runs: u32) -> Self {
-        self.0.success_threshold = runs;
+        self.success_threshold = runs;
         self
     }
 
     /// Whether a failure makes the pod unready (true).
     pub fn critical(mut self, critical: bool) -> Self {
-        self.0.critical = critical;
+        self.policy.critical = critical;
         self
     }
 
     /// The policy, or why it cannot exist.
     pub fn build(self) -> Result<CheckPolicy, PolicyError> {
-        let CheckPolicyBuilder(policy) = self;
-        let (interval, timeout) = (policy.interval, policy.timeout);
+        let CheckPolicy {
+            interval, timeout, ..
+        } = self.policy;
         if interval.is_zero() || timeout.is_zero() {
             return Err(PolicyError::Zero);
         }
         if timeout > interval {
             return Err(PolicyError::TimeoutAboveInterval { interval, timeout });
         }
-        if policy.failure_threshold == 0 || policy.success_threshold == 0 {
-            return Err(PolicyError::ZeroThreshold);
-        }
-        Ok(policy)
+        Ok(CheckPolicy {
+            failure_threshold: NonZeroU32::new(self.failure_threshold)
+                .ok_or(PolicyError::ZeroThreshold)?,
+            success_threshold: NonZeroU32::new(self.success_threshold)
+                .ok_or(PolicyError::ZeroThreshold)?,
+            ..self.policy
+        })
     }
 }
 

@@ -194,9 +194,12 @@ impl Health {
     /// Aggregate status of the checks alone, ignoring the lifecycle.
     pub fn checks_status(&self, query: &ProbeQuery<'_>) -> Status {
         let now = Instant::now();
-        let degraded = |slot: &CheckSlot| match slot.policy.is_critical() {
-            true => Status::Fail,
-            false => Status::Warn,
+        let degraded = |slot: &CheckSlot| {
+            if slot.policy.is_critical() {
+                Status::Fail
+            } else {
+                Status::Warn
+            }
         };
         self.slots()
             .iter()

@@ -18,6 +18,7 @@ use health::{Alarm, CancellationToken, Health, ProbeQuery, Status};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
+/// Logs and traces installed.
 pub const TELEMETRY: StartupPhase = StartupPhase::new("telemetry");
 /// `/livez` and `/startupz` answering.
 pub const MANAGEMENT_SERVER: StartupPhase = StartupPhase::new("management server");
@@ -29,6 +30,7 @@ const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("po
 const BACKGROUND_WORKERS: StartupPhase = StartupPhase::new("background workers");
 /// The first verdict of every critical check.
 const WARM_UP: StartupPhase = StartupPhase::new("warm-up");
+/// The API port bound.
 const API_SERVER: StartupPhase = StartupPhase::new("api server");
 
 /// What the process holds while it runs, created before the dependencies are reached.
@@ -36,7 +38,9 @@ pub(super) struct Parts {
     pub(super) health: Health,
     pub(super) registry: prometheus::Registry,
     pub(super) messaging: Messaging, // @rabbitmq
+    /// Shared by the background tasks.
     pub(super) background_pool: deadpool_postgres::Pool,
+    /// Shared by the API workers.
     pub(super) request_pool: deadpool_postgres::Pool,
 }
 
@@ -154,6 +158,8 @@ pub(super) async fn start(
     };
     let api = api_server(settings, state, &parts.registry)?;
     startup.record(API_SERVER, began.elapsed());
+    // Spawned last, with no await after it: `serve` races this future against SIGTERM, and one
+    // dropped after the spawn would leave the API serving with nobody to stop it.
     Ok(Serving::start(workers, scheduler, api))
 }
 

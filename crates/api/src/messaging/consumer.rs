@@ -58,11 +58,12 @@ impl From<ApiError> for ProcessError {
 }
 
 /// The consumer task. The database being away (or a conflict a retry resolves) is not the
-/// message's fault: deliveries are held and retried (while the `postgres` check fails, until it
-/// passes), so an outage delays events and dead-letters none. Any other failure is an attempt,
-/// counted in the `x-attempts` header of a copy that waits in the retry queue ([`retry_delay`]), so
-/// a restart or another replica continues the count; after [`MAX_ATTEMPTS`] it is dead-lettered.
-/// A failing batch is taken apart, so one bad event costs no other an attempt.
+/// message's fault: deliveries are held and retried with backoff (while the `postgres` check
+/// fails, until it passes), so an outage delays events and dead-letters none. Any other failure
+/// is an attempt, counted in the `x-attempts` header of a copy that waits in the retry queue
+/// ([`retry_delay`]), so a restart or another replica continues the count; after
+/// [`MAX_ATTEMPTS`] it is dead-lettered. A failing batch is taken apart, so one bad event costs
+/// no other an attempt.
 #[derive(Debug, Clone)]
 pub struct Consumer {
     /// PostgreSQL, each event's work bounded by the query timeout.
@@ -107,11 +108,15 @@ impl Consumer {
                     next = arrived.next() => next,
                 };
                 let Some(next) = next else { break };
+                let mut batch = Vec::with_capacity(next.len());
                 let mut failed = None;
-                let batch = next
-                    .into_iter()
-                    .filter_map(|d| d.map_err(|e| failed = Some(e)).ok());
-                self.handle(&channel, batch.collect(), &stop).await;
+                for delivery in next {
+                    match delivery {
+                        Ok(delivery) => batch.push(delivery),
+                        Err(error) => failed = Some(error),
+                    }
+                }
+                self.handle(&channel, batch, &stop).await;
                 if let Some(error) = failed {
                     tracing::warn!(%error, "consumer: delivery stream failed");
                     break;
@@ -321,12 +326,15 @@ async fn requeue(acker: &lapin::Acker, multiple: bool) {
 
 /// Logs an ack that did not reach the broker: it redelivers, and the redelivery changes nothing.
 fn acknowledged(outcome: Result<bool, lapin::Error>) {
-    let error = match outcome {
-        Ok(true) => return,
-        Ok(false) => "not sent, the channel closed".to_owned(),
-        Err(error) => error.to_string(),
-    };
-    tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "consumer: ack not sent, the channel closed; the broker will redeliver (harmless)"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "consumer: ack failed; the broker will redeliver (harmless)");
+        }
+    }
 }
 
 /// Attempts a message has used, from its `x-attempts` header (0 for a first delivery).

@@ -57,8 +57,11 @@ impl Backlog {
 /// a stuck relay shows) and warns when the oldest pending event is older than the configured lag.
 #[derive(Debug)]
 pub struct OutboxLagCheck {
+    /// The relay's pool: the check reads the table the relay drains.
     pub pool: Pool,
+    /// The metrics each run keeps current.
     pub backlog: Arc<Backlog>,
+    /// The oldest pending event's age past which the check warns (`APP__OUTBOX__LAG_WARN_AFTER`).
     pub warn_after: Duration,
 }
 

@@ -81,7 +81,7 @@ impl RabbitMqSettings {
             if self.url.url().scheme() == "amqp" {
                 return Err(ConfigError::new(
                     "rabbitmq.ca_file",
-                    None,
+                    Some(path.display().to_string()),
                     "no CA file with an amqp:// URL (use amqps:// for TLS)",
                 ));
             }

@@ -212,7 +212,7 @@ impl DatabaseSettings {
             if self.ssl_mode == SslMode::Disable {
                 return Err(ConfigError::new(
                     "database.ca_file",
-                    None,
+                    Some(display(path)),
                     "no CA file with sslmode=disable (TLS is off)",
                 ));
             }

@@ -128,15 +128,16 @@ pub fn constant_url(raw: &'static str) -> SecretUrl {
     SecretUrl(Url::parse(raw).unwrap_or_else(|e| panic!("default URL {raw}: {e}")))
 }
 
-/// One value of a layer as text, parsed by `parse`: the config crate gives numbers and booleans
-/// of TOML as text too, and refuses a table or list where a value belongs.
+/// One value of a config layer as text, parsed by `parse`. The config crate gives TOML's numbers
+/// and booleans as text too; a table or list where a value belongs is refused like a bad value.
 pub fn text<'de, D: Deserializer<'de>, T>(
     deserializer: D,
     expected: &str,
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> Result<T, D::Error> {
-    let raw = String::deserialize(deserializer)?;
-    parse(raw.trim()).ok_or_else(|| D::Error::custom(format!("expected {expected}")))
+    let refused = || D::Error::custom(format!("expected {expected}"));
+    let raw = String::deserialize(deserializer).map_err(|_| refused())?;
+    parse(raw.trim()).ok_or_else(refused)
 }
 
 /// A TCP port, 1-65535.

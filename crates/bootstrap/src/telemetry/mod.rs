@@ -32,13 +32,27 @@ pub struct Telemetry {
     exporting: bool,
 }
 
+/// Telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `RUST_LOG` is not a valid filter.
+    #[error("RUST_LOG is invalid: {0}")]
+    Filter(String),
+    /// The OTLP exporter could not be built from the `OTEL_*` variables.
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT is set but the exporter cannot start: {0}")]
+    Exporter(String),
+    /// A global subscriber was already installed.
+    #[error("installing the tracing subscriber: {0}")]
+    Install(String),
+}
+
 impl Telemetry {
     /// Installs the global subscriber for `service_name`; an error names the variable at fault.
-    pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
+    pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let filter = match std::env::var("RUST_LOG") {
             Ok(raw) if !raw.is_empty() => {
-                EnvFilter::try_new(&raw).map_err(|e| anyhow::anyhow!("RUST_LOG is invalid: {e}"))?
+                EnvFilter::try_new(&raw).map_err(|e| TelemetryError::Filter(e.to_string()))?
             }
             _ => EnvFilter::new("info"),
         };
@@ -46,7 +60,7 @@ impl Telemetry {
         let tracer = provider.tracer(service_name.to_owned());
         subscriber(filter, std::io::stdout().is_terminal(), tracer)
             .try_init()
-            .map_err(|e| anyhow::anyhow!("installing the tracing subscriber: {e}"))?;
+            .map_err(|e| TelemetryError::Install(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(provider.clone());
         Ok(Telemetry {
             provider,
@@ -120,7 +134,7 @@ fn shown<S>(spans: bool, events: LevelFilter, most_verbose: LevelFilter) -> impl
 
 /// A provider that exports over OTLP when an endpoint is configured, and otherwise only gives
 /// spans their trace context (no processor, nothing leaves the process).
-fn tracer_provider(service_name: &str) -> anyhow::Result<(SdkTracerProvider, bool)> {
+fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), TelemetryError> {
     let endpoint_set = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -133,9 +147,7 @@ fn tracer_provider(service_name: &str) -> anyhow::Result<(SdkTracerProvider, boo
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()
-        .map_err(|e| {
-            anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT is set but the exporter cannot start: {e}")
-        })?;
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let service_name =
         std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.to_owned());
     let resource = opentelemetry_sdk::Resource::builder()
