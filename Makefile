@@ -23,7 +23,7 @@ VENV := $(CURDIR)/.venv
 IMAGE_FILE := deploy/Dockerfile
 IMAGE ?= localhost/shipshape:dev
 
-.PHONY: help run build bench test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check chart-docs probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
+.PHONY: help run build test integration lint fmt fmt-check clippy hadolint workflow-lint fuzz chart-check chart-docs probe-contract probe-docs e2e e2e-docs image image-context image-check deps-up deps-down tools tools-chart tools-lint tools-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -34,11 +34,12 @@ run: build deps-up ## Run the service on :8080 (API) and :9090 (probes, metrics)
 build: ## Build the workspace
 	$(CARGO) build --workspace
 
+# @template-begin
+.PHONY: bench
 bench: tools deps-up ## Probe cost vs reference servers, startup, detection, RSS; writes docs/benchmarks.md (+ .svg)
 	$(CARGO) build --release --workspace --bins
 	target/release/bench
 
-# @template-begin
 .PHONY: template
 template: $(VENV)/.installed ## Write template/ (the cargo-generate template, not committed) from the working tree
 	$(VENV)/bin/python deploy/tools/template-sync.py

@@ -4,7 +4,8 @@
 # repository, as release.yml publishes it); prove that no trace of the default name is left (and,
 # without the broker, no trace of the broker); build it with its lock file, run its unit tests,
 # fmt and clippy, lint its chart, and start the binary against PostgreSQL (and RabbitMQ) until
-# /readyz is 200, create and read an item, and stop it with SIGTERM (exit 0).
+# /readyz is 200, create and read an item, and stop it with SIGTERM (exit 0); then replace the
+# example as docs/extending.md says and run the project's tests against what replaced it.
 # Needs CARGO_GENERATE, HELM4 and PYTHON (with PyYAML). Generated projects build in target/:
 # their dependencies are already compiled there.
 set -euo pipefail
@@ -261,6 +262,44 @@ sys.exit(0 if any(d.split()[0] == "itoa" for d in package["dependencies"]) else 
   echo "the workflow's job pushed $branch with the conflict marked and opened one draft pull request"
 }
 
+# As docs/extending.md ("Replacing the example") says: the example's routes, type, queries, table,
+# events and own tests go, a resource of the service's own (deploy/template/replacement/) takes
+# their place, and tests/common/example.rs points at it. Then the project builds, lints and
+# passes the tests that reach the resource only through that module.
+replace_example() { # $1: a copy of the project, $2: rabbitmq choice
+  local project=$1 api=$1/crates/api variant=plain tests=(--test probes --test faults --test config
+    --test tls --test traces --test lifecycle --test limits --test migrations)
+  if [[ $2 == true ]]; then variant=broker tests=(--test consumer --test outbox); fi
+  edit() { # $1: file, rest: sed expressions; each must change the file
+    local file=$1 before; shift
+    before=$(cat "$file")
+    sed -i "$@" "$file"
+    if [[ $(cat "$file") == "$before" ]]; then echo "$file: the edit ($*) no longer applies" >&2; exit 1; fi
+  }
+  rm -r "$api/src/routes/items" "$api/src/domain" "$api/src/db/items.rs" "$api/tests/items.rs"
+  edit "$api/src/main.rs" '/^mod domain;$/d'
+  edit "$api/src/db/mod.rs" '/^pub mod items;$/d'
+  edit "$api/src/routes/mod.rs" -e 's/^pub mod items;$/pub mod notes;/' -e 's/items::mount/notes::mount/'
+  edit "$api/src/openapi.rs" -e 's/routes::items;/routes::notes;/' -e 's/items::Api/notes::Api/'
+  "$PYTHON" deploy/tools/template-sync.py --file "$variant" deploy/template/replacement/notes.rs \
+    >"$api/src/routes/notes.rs"
+  cp deploy/template/replacement/V2__notes.sql "$api/src/db/migrations/"
+  edit "$api/tests/common/example.rs" -e 's|"/v1/items"|"/v1/notes"|' -e 's|"items"|"notes"|' \
+    -e 's|"name": name|"text": name|'
+  if [[ $2 == true ]]; then
+    edit "$api/tests/common/example.rs" -e 's|"item\.created"|"note.created"|' -e 's|"item\.deleted"|"note.deleted"|'
+  fi
+  if grep -rn -E '/v1/items|(FROM|INTO|TABLE) items|domain::' --include='*.rs' "$api/src" "$api/tests"; then
+    echo "the lines above still use the example" >&2; exit 1
+  fi
+  (cd "$project" \
+     && cargo fmt --all \
+     && cargo build --workspace --all-targets --quiet \
+     && run_tests "$work/replaced-unit-$2.log" --workspace --lib --bins \
+     && cargo clippy --workspace --all-targets --quiet -- -D warnings \
+     && run_tests "$work/replaced-integration-$2.log" -p "$name" "${tests[@]}")
+}
+
 for rabbitmq in true false; do
   echo "== rabbitmq=$rabbitmq: cargo generate --path, and --git --branch template"
   generate "$work/by-path-$rabbitmq" "$rabbitmq" --path "$work/template"
@@ -294,13 +333,13 @@ for rabbitmq in true false; do
      && cargo fmt --all --check \
      && cargo clippy --workspace --all-targets --locked --quiet -- -D warnings)
   if [[ $rabbitmq == false ]]; then
-    # The root's suite covers the broker variant; this one has its own test files. Those that
-    # need only PostgreSQL (and no tool of `make tools`) run here.
-    echo "== integration and fault tests of the service without the broker"
-    (cd "$project" && run_tests "$work/integration.log" -p "$name" \
-       --test items --test probes --test faults --test config --test tls --test traces \
-       --test lifecycle --test limits --test migrations)
+    # The root's suite covers the broker variant with the example; here the example's own tests
+    # run, and the rest (those that need only PostgreSQL) run below against the resource that
+    # replaces it.
+    echo "== the example's tests in the service without the broker"
+    (cd "$project" && run_tests "$work/integration.log" -p "$name" --test items)
   fi
+  cp -a "$project" "$work/replaced-$rabbitmq"
 
   if [[ $rabbitmq == true ]]; then
     echo "== its one migration makes the schema this repository's history makes"
@@ -327,5 +366,8 @@ for rabbitmq in true false; do
   echo "== make template-update from release A to release B, with local edits"
   [[ -n ${source_b:-} ]] || release_b
   update_to_b "$project" "$rabbitmq"
+
+  echo "== the example replaced by a resource of its own; its tests against that"
+  replace_example "$work/replaced-$rabbitmq" "$rabbitmq"
 done
 echo "template-check passed"

@@ -44,8 +44,9 @@ impl Problem {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("no item with id {0}")]
-    NotFound(uuid::Uuid),
+    /// What was not found (`"item"`), and the id asked for.
+    #[error("no {0} with id {1}")]
+    NotFound(&'static str, uuid::Uuid),
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
     #[error("the request body is larger than {0} bytes")]
@@ -89,7 +90,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(..) => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,

@@ -161,12 +161,7 @@ fn a_broker_under_a_resource_alarm_is_reported() {
     let service = spawn(&env_for(&shared.database_url(), &rabbit.url(), &[]));
     service.wait_for_status("pass", Duration::from_secs(30));
     // A publishing connection: the relay sends this item's event.
-    let created = service
-        .http()
-        .post(service.api_url("/v1/items"))
-        .json(&serde_json::json!({"name": "before the alarm"}))
-        .send()
-        .unwrap();
+    let created = example::post(&service, &example::body("before the alarm"), None);
     assert_eq!(created.status().as_u16(), 201);
     testkit::wait_until("the event consumed", Duration::from_secs(20), || {
         psql_in(&shared.name, "SELECT count(*) FROM processed_events") == "1"
@@ -174,12 +169,7 @@ fn a_broker_under_a_resource_alarm_is_reported() {
 
     rabbit.ctl(&["set_vm_memory_high_watermark", "0.000001"]);
     // The broker blocks a connection when it next publishes: the relay, with this event.
-    let during = service
-        .http()
-        .post(service.api_url("/v1/items"))
-        .json(&serde_json::json!({"name": "during the alarm"}))
-        .send()
-        .unwrap();
+    let during = example::post(&service, &example::body("during the alarm"), None);
     assert_eq!(
         during.status().as_u16(),
         201,

@@ -15,11 +15,17 @@ use testkit::load::{LoadReport, wrk, wrk_scripted};
 /// The default total.
 const MAX_CONNECTIONS: usize = 16;
 
-const WRITES: &str = r#"
+/// wrk's script of the writes: a `POST` of one body.
+fn writes() -> String {
+    format!(
+        r#"
 wrk.method = "POST"
-wrk.body = '{"name":"written under load"}'
+wrk.body = '{}'
 wrk.headers["Content-Type"] = "application/json"
-"#;
+"#,
+        example::body("written under load")
+    )
+}
 
 /// Sessions the service holds on `postgres`'s `app` database (the sampler's own psql session
 /// is in the `postgres` database).
@@ -40,7 +46,7 @@ fn saturate(
     service: &Service,
     duration: Duration,
 ) -> (usize, LoadReport, LoadReport) {
-    let id = post(service, &serde_json::json!({"name": "read me"}), None)
+    let id = example::post(service, &example::body("read me"), None)
         .json::<serde_json::Value>()
         .unwrap()["id"]
         .as_str()
@@ -48,6 +54,7 @@ fn saturate(
         .to_owned();
     let most = AtomicUsize::new(0);
     let done = AtomicBool::new(false);
+    let writes = writes();
     std::thread::scope(|scope| {
         let sampler = scope.spawn(|| {
             while !done.load(Ordering::Relaxed) {
@@ -55,9 +62,9 @@ fn saturate(
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        let reads = scope.spawn(|| wrk(&service.api_url(&format!("/v1/items/{id}")), 48, duration));
-        let writes =
-            scope.spawn(|| wrk_scripted(&service.api_url("/v1/items"), 48, duration, Some(WRITES)));
+        let reads = scope.spawn(|| wrk(&service.api_url(&example::one(&id)), 48, duration));
+        let writes = scope
+            .spawn(|| wrk_scripted(&service.api_url(example::PATH), 48, duration, Some(&writes)));
         let (reads, writes) = (reads.join(), writes.join());
         // Stopped before any load's failure is raised, or the scope would wait for it forever.
         done.store(true, Ordering::Relaxed);
@@ -175,7 +182,7 @@ fn a_full_server_is_pressure_not_an_outage() {
     );
     let readiness = service.watch_probe("/readyz");
     let reads = wrk(
-        &service.api_url("/v1/items?limit=5"),
+        &service.api_url(&example::page(5)),
         32,
         Duration::from_secs(5),
     );

@@ -217,9 +217,9 @@ fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let response = service
         .http()
-        .post(service.api_url("/v1/items"))
+        .post(service.api_url(example::PATH))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .json(&json!({"name": "traced"}))
+        .json(&example::body("traced"))
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 201);
@@ -230,7 +230,7 @@ fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
     assert_eq!(
         service
             .http()
-            .delete(service.api_url(&format!("/v1/items/{id}")))
+            .delete(service.api_url(&example::one(&id)))
             .send()
             .unwrap()
             .status()
@@ -242,13 +242,13 @@ fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
         psql_in(
             &db,
             "SELECT coalesce(string_agg(event_type || '=' || count, ',' ORDER BY event_type), '') FROM event_counts",
-        ) == "item.created=1,item.deleted=1"
+        ) == format!("{}=1,{}=1", example::CREATED, example::DELETED)
     });
     // The consumer's span continued the HTTP request's trace through the broker.
     let consumed = service
         .logs()
         .lines()
-        .find(|l| l.contains("event consumed") && l.contains("item.created"))
+        .find(|l| l.contains("event consumed") && l.contains(example::CREATED))
         .unwrap()
         .to_owned();
     assert!(
@@ -257,14 +257,14 @@ fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
     );
 
     // A message that is not an event: dead-lettered, and the consumer keeps going.
-    publish_raw(&shared, "item.created", b"not json at all");
+    publish_raw(&shared, example::CREATED, b"not json at all");
     testkit::wait_until(
         "the poison message in the DLQ",
         Duration::from_secs(20),
         || queue_depth(&shared, "shipshape.items.dlq") == 1,
     );
     assert_eq!(
-        post(&service, &json!({"name": "after poison"}), None)
+        example::post(&service, &example::body("after poison"), None)
             .status()
             .as_u16(),
         201
@@ -272,15 +272,21 @@ fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
     testkit::wait_until("the next event consumed", Duration::from_secs(20), || {
         psql_in(
             &db,
-            "SELECT count FROM event_counts WHERE event_type = 'item.created'",
+            &format!(
+                "SELECT count FROM event_counts WHERE event_type = '{}'",
+                example::CREATED
+            ),
         ) == "2"
     });
     // Redelivery is harmless: replaying a processed event changes nothing.
     let event = psql_in(
         &db,
-        "SELECT payload::text FROM outbox WHERE routing_key = 'item.created' ORDER BY seq LIMIT 1",
+        &format!(
+            "SELECT payload::text FROM outbox WHERE routing_key = '{}' ORDER BY seq LIMIT 1",
+            example::CREATED
+        ),
     );
-    publish_raw(&shared, "item.created", event.as_bytes());
+    publish_raw(&shared, example::CREATED, event.as_bytes());
     std::thread::sleep(Duration::from_millis(500));
     testkit::wait_until(
         "the duplicate acknowledged",
@@ -290,7 +296,10 @@ fn events_reach_the_consumer_once_and_poison_goes_to_the_dead_letter_queue() {
     assert_eq!(
         psql_in(
             &db,
-            "SELECT count FROM event_counts WHERE event_type = 'item.created'"
+            &format!(
+                "SELECT count FROM event_counts WHERE event_type = '{}'",
+                example::CREATED
+            )
         ),
         "2"
     );

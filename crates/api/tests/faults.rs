@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 const RECOVERY: Duration = Duration::from_secs(20);
@@ -91,15 +90,15 @@ fn a_request_whose_query_fails_does_not_change_readiness() {
     env.push(("APP__DATABASE__QUERY_TIMEOUT", "20s"));
     let service = spawn(&shared.env_with(&shared.database_url(), &env));
     service.wait_for_status("pass", Duration::from_secs(30));
-    // Another session holds a lock on the items: the next read waits on it, in flight.
-    let locker = lock_items(&shared.name);
+    // Another session holds a lock on the example's table: the next read waits on it, in flight.
+    let locker = example::lock(&shared.name);
     let waiting_read = format!(
         "FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'shipshape' \
          AND wait_event_type = 'Lock'",
         shared.name
     );
     let readiness = service.watch_probe("/readyz");
-    let path = format!("/v1/items/{}", uuid::Uuid::now_v7());
+    let path = example::one(uuid::Uuid::now_v7());
     let (status, _, body) = std::thread::scope(|scope| {
         let read = scope.spawn(|| service.api(&path));
         testkit::wait_until(
@@ -118,7 +117,7 @@ fn a_request_whose_query_fails_does_not_change_readiness() {
     testkit::wait_until("readiness watched after the failure", RECOVERY, || {
         readiness.polls() >= failed_at + 10
     });
-    release_items(&shared.name, locker);
+    example::release(&shared.name, locker);
     let (polls, failures) = readiness.finish();
     assert!(
         failures.is_empty(),
@@ -144,7 +143,7 @@ fn dropped_connections_of_a_live_server_never_change_readiness() {
         shared.name
     );
     for round in 0..5 {
-        let created = post(&service, &json!({"name": format!("round {round}")}), None);
+        let created = example::post(&service, &example::body(&format!("round {round}")), None);
         assert_eq!(created.status().as_u16(), 201, "round {round}");
         // Every connection of the replica, the check's and the pools', at once, every 2 s:
         // each raises the postgres alarm; each triggered run reconnects and passes.
@@ -272,13 +271,13 @@ fn every_request_is_bounded_when_the_database_freezes() {
     service.wait_for_status("pass", Duration::from_secs(30));
     let id = uuid::Uuid::now_v7();
     // Warm the pool: the requests below find an open connection to the frozen server.
-    for path in [format!("/v1/items/{id}"), "/v1/items?limit=5".to_owned()] {
+    for path in [example::one(id), example::page(5)] {
         assert!(service.api(&path).0 < 500, "{path}");
     }
 
     postgres.pause();
     let bound = query_timeout + Duration::from_secs(2);
-    for path in [format!("/v1/items/{id}"), "/v1/items?limit=5".to_owned()] {
+    for path in [example::one(id), example::page(5)] {
         let began = Instant::now();
         let response = service.http().get(service.api_url(&path)).send();
         let took = began.elapsed();
@@ -293,7 +292,7 @@ fn every_request_is_bounded_when_the_database_freezes() {
     }
     postgres.resume();
     testkit::wait_until("reads work again", RECOVERY, || {
-        service.api(&format!("/v1/items/{id}")).0 == 404
+        service.api(&example::one(id)).0 == 404
     });
 }
 

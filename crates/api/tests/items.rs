@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::example::post;
 use common::*;
 use reqwest::blocking::Response;
 use serde_json::{Value, json};

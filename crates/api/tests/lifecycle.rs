@@ -146,25 +146,15 @@ fn probes_are_not_access_logged_and_state_changes_are_logged_once() {
     );
 }
 
-/// Holds an exclusive lock on `items` for `hold` from a psql session of its own, so API requests
-/// that touch the table stay in flight; returns once the lock is held.
-fn lock_items(database: &str, hold: Duration) -> std::thread::JoinHandle<()> {
-    let sql = format!(
-        "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
-        hold.as_secs_f64()
-    );
-    let db = database.to_owned();
-    let handle = std::thread::spawn(move || {
-        psql_in(&db, &sql);
-    });
-    let check = format!(
-        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-         WHERE d.datname = '{database}' AND l.mode = 'AccessExclusiveLock' AND l.granted AND l.locktype = 'relation'"
-    );
-    testkit::wait_until("the items lock", Duration::from_secs(10), || {
-        psql(&check) != "0"
-    });
-    handle
+/// Holds the example's table exclusively for `hold` ([`example::lock`]), so API requests that
+/// touch it stay in flight; returns once the lock is held, with the thread that releases it.
+fn lock_for(database: &str, hold: Duration) -> std::thread::JoinHandle<()> {
+    let locker = example::lock(database);
+    let database = database.to_owned();
+    std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        example::release(&database, locker);
+    })
 }
 
 #[test]
@@ -179,9 +169,9 @@ fn a_request_in_flight_at_sigterm_completes() {
     );
     let service = spawn(&env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
-    let lock = lock_items(&shared.name, Duration::from_secs(3));
+    let lock = lock_for(&shared.name, Duration::from_secs(3));
     std::thread::scope(|scope| {
-        let in_flight = scope.spawn(|| list_items(&service));
+        let in_flight = scope.spawn(|| list(&service));
         // Wait until the request is inside the service, blocked on the lock.
         wait_for_a_request_on_a_lock(&shared);
         service.signal(Signal::SIGTERM);
@@ -210,10 +200,10 @@ fn a_request_slower_than_the_shutdown_leaves_the_background_work_its_time() {
     let service = spawn(&env);
     service.wait_for_status("pass", Duration::from_secs(30));
     // The request waits on the lock until its query timeout (5 s): past the whole budget.
-    let lock = lock_items(&shared.name, Duration::from_secs(8));
+    let lock = lock_for(&shared.name, Duration::from_secs(8));
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let _ = list_items(&service);
+            let _ = list(&service);
         });
         wait_for_a_request_on_a_lock(&shared);
         service.signal(Signal::SIGTERM);
@@ -249,11 +239,9 @@ fn a_saturated_pool_does_not_flip_readiness_and_shows_in_the_gauges() {
     );
     let service = spawn(&env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
-    let lock = lock_items(&shared.name, Duration::from_secs(4));
+    let lock = lock_for(&shared.name, Duration::from_secs(4));
     std::thread::scope(|scope| {
-        let requests: Vec<_> = (0..5)
-            .map(|_| scope.spawn(|| list_items(&service)))
-            .collect();
+        let requests: Vec<_> = (0..5).map(|_| scope.spawn(|| list(&service))).collect();
         // Both pooled connections busy, the other requests queued for one.
         testkit::wait_until("a saturated pool", Duration::from_secs(5), || {
             let metrics = service.probe("/metrics").2;
@@ -292,11 +280,11 @@ fn wait_for_a_request_on_a_lock(shared: &Shared) {
     );
 }
 
-/// `GET /v1/items` with 20 s to answer (it waits on the items lock); its status.
-fn list_items(service: &Service) -> reqwest::Result<u16> {
+/// `GET` of the example's collection with 20 s to answer (it waits on the lock); its status.
+fn list(service: &Service) -> reqwest::Result<u16> {
     service
         .http()
-        .get(service.api_url("/v1/items"))
+        .get(service.api_url(example::PATH))
         .timeout(Duration::from_secs(20))
         .send()
         .map(|r| r.status().as_u16())

@@ -72,11 +72,14 @@ fn stalled_uploads_under_a_small_file_limit_never_starve_the_probes() {
     let readiness = service.watch_probe("/readyz");
 
     let began = Instant::now();
-    let head = b"POST /v1/items HTTP/1.1\r\nHost: shipshape\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na";
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: shipshape\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na",
+        example::PATH
+    );
     let uploads: Vec<TcpStream> = (0..UPLOADS)
         .map(|_| {
             let mut stream = TcpStream::connect(("127.0.0.1", service.api_port)).unwrap();
-            stream.write_all(head).unwrap();
+            stream.write_all(head.as_bytes()).unwrap();
             stream
         })
         .collect();
@@ -118,7 +121,7 @@ fn stalled_uploads_under_a_small_file_limit_never_starve_the_probes() {
             &failures[..failures.len().min(5)]
         );
     }
-    assert_eq!(service.api("/v1/items").0, 200, "the API serves again");
+    assert_eq!(service.api(example::PATH).0, 200, "the API serves again");
     assert!(
         !service.logs().contains("Too many open files"),
         "the process ran out of descriptors:\n{}",
@@ -147,15 +150,15 @@ fn malformed_requests_are_400_counted_and_not_logged_as_errors() {
     let shared = Shared::new("malformed");
     let service = spawn(&shared.env());
     service.wait_for("/readyz", 200, Duration::from_secs(30));
-    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
-    let cases: [&[u8]; 4] = [
-        b"GET /v1/items HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
-        long_uri.as_bytes(),
-        b"NOT-HTTP\r\n\r\n",
-        b"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+    let path = example::PATH;
+    let cases = [
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"),
+        format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)),
+        "NOT-HTTP\r\n\r\n".to_owned(),
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n"),
     ];
-    for request in cases {
-        let status = raw_status(&service, request);
+    for request in &cases {
+        let status = raw_status(&service, request.as_bytes());
         assert!(status.starts_with("HTTP/1.1 400"), "{status}");
     }
     let counted = service.metric("http_client_protocol_errors_total");
@@ -197,7 +200,7 @@ fn a_flood_of_idle_management_connections_leaves_the_api_its_descriptors() {
     // The API keeps its descriptors: it serves while the flood lasts.
     for _ in 0..5 {
         assert_eq!(
-            service.api("/v1/items").0,
+            service.api(example::PATH).0,
             200,
             "the API failed during the flood"
         );
@@ -261,7 +264,7 @@ fn past_the_limit_of_requests_in_flight_requests_are_refused_at_once_and_probes_
     env.push(("APP__DATABASE__QUERY_TIMEOUT".into(), "60s".into()));
     let service = spawn(&env);
     service.wait_for("/readyz", 200, Duration::from_secs(30));
-    let id = post(&service, &serde_json::json!({"name": "held"}), None)
+    let id = example::post(&service, &example::body("held"), None)
         .json::<serde_json::Value>()
         .unwrap()["id"]
         .as_str()
@@ -270,9 +273,9 @@ fn past_the_limit_of_requests_in_flight_requests_are_refused_at_once_and_probes_
     let liveness = service.watch_probe("/livez");
     let readiness = service.watch_probe("/readyz");
 
-    // A session holding the items table: two reads of it wait, each holding a place.
-    let locker = lock_items(&shared.name);
-    let path = format!("/v1/items/{id}");
+    // A session holding the example's table: two reads of it wait, each holding a place.
+    let locker = example::lock(&shared.name);
+    let path = example::one(&id);
     std::thread::scope(|scope| {
         let held: Vec<_> = (0..2)
             .map(|_| scope.spawn(|| service.api(&path).0))
@@ -282,7 +285,7 @@ fn past_the_limit_of_requests_in_flight_requests_are_refused_at_once_and_probes_
         });
         refusals_while_full(&service);
         // The places come back when the held requests end.
-        release_items(&shared.name, locker);
+        example::release(&shared.name, locker);
         for read in held {
             assert_eq!(read.join().unwrap(), 200, "a held read failed");
         }
@@ -305,18 +308,18 @@ fn refusals_while_full(service: &Service) {
     // at once, the connection kept for the next.
     let mut stream = TcpStream::connect(("127.0.0.1", service.api_port)).unwrap();
     let mut answers = Vec::new();
-    let body = r#"{"name":"shed"}"#;
+    let body = example::body("shed").to_string();
     let write = format!(
-        "POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        example::PATH,
         body.len()
     );
+    let read = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", example::PATH);
     let began = Instant::now();
     for _ in 0..20 {
         stream.write_all(write.as_bytes()).unwrap();
         answers.push(read_answer(&mut stream));
-        stream
-            .write_all(b"GET /v1/items HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        stream.write_all(read.as_bytes()).unwrap();
         answers.push(read_answer(&mut stream));
     }
     let took = began.elapsed();

@@ -8,7 +8,6 @@ mod common;
 
 use bootstrap::config::MigrationSettings;
 use common::*;
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn history(database: &str) -> String {
@@ -34,7 +33,10 @@ fn five_replicas_starting_together_on_an_empty_database_all_become_ready() {
         format!("{0}/{0}", release_migrations())
     );
     for service in &services {
-        assert_eq!(post(service, &json!({"name": "works"}), None).status(), 201);
+        assert_eq!(
+            example::post(service, &example::body("works"), None).status(),
+            201
+        );
     }
 }
 
@@ -51,25 +53,26 @@ fn a_rollback_serves_on_the_schema_a_later_release_migrated() {
         &shared.name,
         &format!(
             "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
-             VALUES (1000, 'add_priority', '2026-12-05T00:00:00Z', '1'); {NEXT_RELEASE_EXPAND}"
+             VALUES (1000, 'add_priority', '2026-12-05T00:00:00Z', '1'); {}",
+            example::next_release_expand()
         ),
     );
     // `helm rollback`, or a pod of the old release restarted during the rollout.
     let service = spawn(&shared.env());
     service.wait_for("/readyz", 200, Duration::from_secs(30));
-    let created = post(&service, &json!({"name": "after the rollback"}), None);
+    let created = example::post(&service, &example::body("after the rollback"), None);
     assert_eq!(created.status(), 201, "{}", service.logs());
     let id = created.json::<serde_json::Value>().unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(service.api(&format!("/v1/items/{id}")).0, 200);
-    assert_eq!(service.api("/v1/items?limit=5").0, 200);
+    assert_eq!(service.api(&example::one(&id)).0, 200);
+    assert_eq!(service.api(&example::page(5)).0, 200);
     // The later column took its default; the history still has the later release's row.
     assert_eq!(
         psql_in(
             &shared.name,
-            &format!("SELECT priority FROM items WHERE id = '{id}'")
+            &format!("SELECT priority FROM {} WHERE id = '{id}'", example::TABLE)
         ),
         "0"
     );
@@ -158,7 +161,10 @@ fn with_migrations_run_by_a_release_step_startup_waits_for_the_schema() {
     );
     assert_eq!(service.probe("/startupz").0, 503);
     assert_eq!(
-        psql_in(&shared.name, "SELECT to_regclass('items') IS NULL"),
+        psql_in(
+            &shared.name,
+            &format!("SELECT to_regclass('{}') IS NULL", example::TABLE)
+        ),
         "t",
         "the replica migrated by itself"
     );
@@ -168,7 +174,7 @@ fn with_migrations_run_by_a_release_step_startup_waits_for_the_schema() {
     assert_eq!(code, Some(0), "{out}{err}");
     service.wait_for("/readyz", 200, Duration::from_secs(30));
     assert_eq!(
-        post(&service, &json!({"name": "migrated"}), None).status(),
+        example::post(&service, &example::body("migrated"), None).status(),
         201
     );
 }
@@ -178,13 +184,13 @@ fn ddl_waiting_for_a_lock_never_stalls_reads_and_writes_past_the_lock_timeout() 
     let shared = Shared::new("locksafety");
     let service = spawn(&shared.env());
     service.wait_for("/readyz", 200, Duration::from_secs(30));
-    let created = post(&service, &json!({"name": "read me"}), None);
+    let created = example::post(&service, &example::body("read me"), None);
     let id = created.json::<serde_json::Value>().unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
 
-    // A long transaction (a report, a stuck session) holds a lock on `items`.
+    // A long transaction (a report, a stuck session) holds a lock on the example's table.
     let mut holder = std::process::Command::new("psql")
         .args(["-h", "127.0.0.1", "-U", "postgres", "-XAq", &shared.name])
         .stdin(std::process::Stdio::piped())
@@ -192,12 +198,16 @@ fn ddl_waiting_for_a_lock_never_stalls_reads_and_writes_past_the_lock_timeout() 
         .spawn()
         .unwrap();
     let mut stdin = holder.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, b"BEGIN; SELECT count(*) FROM items;\n").unwrap();
+    let report = format!("BEGIN; SELECT count(*) FROM {};\n", example::TABLE);
+    std::io::Write::write_all(&mut stdin, report.as_bytes()).unwrap();
     testkit::wait_until("the lock to be held", Duration::from_secs(10), || {
         psql_in(
             &shared.name,
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-             WHERE c.relname = 'items' AND l.mode = 'AccessShareLock' AND l.granted",
+            &format!(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = '{}' AND l.mode = 'AccessShareLock' AND l.granted",
+                example::TABLE
+            ),
         ) != "0"
     });
 
@@ -208,15 +218,15 @@ fn ddl_waiting_for_a_lock_never_stalls_reads_and_writes_past_the_lock_timeout() 
     let url = shared.database_url();
     let migration = std::thread::spawn(move || migrate_to_next_release(&url, &tuning));
 
-    // The ALTER TABLE queues for its lock over and over; requests on `items` keep flowing.
+    // The ALTER TABLE queues for its lock over and over; requests on the table keep flowing.
     let began = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut requests = 0;
     while began.elapsed() < Duration::from_secs(6) {
         let sent = Instant::now();
-        assert_eq!(service.api(&format!("/v1/items/{id}")).0, 200);
+        assert_eq!(service.api(&example::one(&id)).0, 200);
         assert_eq!(
-            post(&service, &json!({"name": "during"}), None).status(),
+            example::post(&service, &example::body("during"), None).status(),
             201
         );
         slowest = slowest.max(sent.elapsed());
@@ -242,30 +252,34 @@ fn ddl_waiting_for_a_lock_never_stalls_reads_and_writes_past_the_lock_timeout() 
     assert_eq!(applied, ["V1000__add_priority"]);
     let _ = holder.wait();
     assert!(history(&shared.name).ends_with(",1000"));
-    assert_eq!(service.api(&format!("/v1/items/{id}")).0, 200);
+    assert_eq!(service.api(&example::one(&id)).0, 200);
 }
 
 #[test]
 fn an_index_built_concurrently_runs_outside_a_transaction() {
     let shared = Shared::new("concurrently");
-    let index = "-- shipshape:no-transaction\n\
-                 CREATE INDEX CONCURRENTLY IF NOT EXISTS items_priority ON items (priority)";
+    let table = example::TABLE;
+    let index = format!(
+        "-- shipshape:no-transaction\n\
+         CREATE INDEX CONCURRENTLY IF NOT EXISTS {table}_priority ON {table} (priority)"
+    );
+    let index_migration = format!("V1001__{table}_priority_index");
+    let expand = example::next_release_expand();
     let later = [
-        ("V1000__add_priority", NEXT_RELEASE_EXPAND),
-        ("V1001__items_priority_index", index),
+        ("V1000__add_priority", expand.as_str()),
+        (index_migration.as_str(), index.as_str()),
     ];
     let tuning = MigrationSettings::default();
     // PostgreSQL refuses CREATE INDEX CONCURRENTLY inside a transaction block: this passes only
     // when the marked file runs on its own.
     let applied = migrate_with(&shared.database_url(), &tuning, &later).unwrap();
-    assert!(applied.ends_with(&[
-        "V1000__add_priority".into(),
-        "V1001__items_priority_index".into()
-    ]));
+    assert!(applied.ends_with(&["V1000__add_priority".into(), index_migration.clone()]));
     assert_eq!(
         psql_in(
             &shared.name,
-            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_priority'::regclass"
+            &format!(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = '{table}_priority'::regclass"
+            )
         ),
         "t"
     );

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -26,12 +25,8 @@ fn a_broker_killed_mid_load_loses_no_event() {
                 scope.spawn(move || {
                     (0..50)
                         .map(|i| {
-                            let response = service
-                                .http()
-                                .post(service.api_url("/v1/items"))
-                                .json(&json!({"name": format!("w{w} i{i}")}))
-                                .send()
-                                .unwrap();
+                            let response =
+                                example::post(service, &example::body(&format!("w{w} i{i}")), None);
                             done.fetch_add(1, Ordering::SeqCst);
                             // Spread the 200 writes over the outage.
                             std::thread::sleep(Duration::from_millis(40));
@@ -66,7 +61,11 @@ fn a_broker_killed_mid_load_loses_no_event() {
     testkit::wait_until("all 200 events consumed", Duration::from_secs(60), || {
         psql_in(
             &db,
-            "SELECT count(*) FROM processed_events p JOIN outbox o ON o.event_id = p.event_id WHERE o.routing_key = 'item.created'",
+            &format!(
+                "SELECT count(*) FROM processed_events p JOIN outbox o ON o.event_id = p.event_id \
+                 WHERE o.routing_key = '{}'",
+                example::CREATED
+            ),
         ) == "200"
     });
     assert_eq!(
@@ -77,7 +76,10 @@ fn a_broker_killed_mid_load_loses_no_event() {
     assert_eq!(
         psql_in(
             &db,
-            "SELECT count FROM event_counts WHERE event_type = 'item.created'"
+            &format!(
+                "SELECT count FROM event_counts WHERE event_type = '{}'",
+                example::CREATED
+            )
         ),
         "200"
     );
@@ -109,12 +111,7 @@ fn a_stuck_relay_shows_as_lag_and_leaves_the_request_pool_alone() {
     // A frozen broker: the relay's publish gets no confirm.
     rabbit.pause();
     let post = |name: &str| {
-        service
-            .http()
-            .post(service.api_url("/v1/items"))
-            .json(&json!({"name": name}))
-            .send()
-            .unwrap()
+        example::post(&service, &example::body(name), None)
             .status()
             .as_u16()
     };

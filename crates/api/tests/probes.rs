@@ -237,7 +237,7 @@ fn made_up_methods_do_not_grow_the_metrics() {
         let method = reqwest::Method::from_bytes(format!("M{i}X").as_bytes()).unwrap();
         let _ = service
             .http()
-            .request(method, service.api_url("/v1/items"))
+            .request(method, service.api_url(example::PATH))
             .send()
             .unwrap();
     }

@@ -19,21 +19,28 @@ use testkit::load::{LoadReport, wrk_scripted};
 /// What the load does during the rollout.
 #[derive(Clone, Copy, PartialEq)]
 enum Load {
-    /// GET /v1/items?limit=5 at full speed.
+    /// GET a page of the example's collection (`example::page(5)`) at full speed.
     Reads,
-    /// POST /v1/items at full speed: every replica's request pool busy, and its background
-    /// work with it, while old, new and draining replicas together hold connections on a
-    /// server with a stock `max_connections` (100). After the first replica is replaced, a
-    /// next release's expand migration runs as its migration Job would (`ALTER TABLE items`
-    /// under the write load); the replicas started after it run on a schema they do not know.
+    /// POST to the example's collection at full speed: every replica's request pool busy, and
+    /// its background work with it, while old, new and draining replicas together hold
+    /// connections on a server with a stock `max_connections` (100). After the first replica is
+    /// replaced, a next release's expand migration runs as its migration Job would (`ALTER
+    /// TABLE` of the example's table under the write load); the replicas started after it run
+    /// on a schema they do not know.
     Writes,
 }
 
-const WRITES: &str = r#"
+/// wrk's script of the writes: a `POST` of one body.
+fn writes() -> String {
+    format!(
+        r#"
 wrk.method = "POST"
-wrk.body = '{"name":"written during the rollout"}'
+wrk.body = '{}'
 wrk.headers["Content-Type"] = "application/json"
-"#;
+"#,
+        example::body("written during the rollout")
+    )
+}
 
 /// Endpoint-propagation lag between SIGTERM and the balancer dropping the replica
 /// (`E2E_PROPAGATION_LAG_MS`, default 1000; try up to 3000).
@@ -115,12 +122,7 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
     }
     // Something for the load to read.
     for n in 0..20 {
-        let response = old[0]
-            .http()
-            .post(old[0].api_url("/v1/items"))
-            .json(&serde_json::json!({"name": format!("seed {n}")}))
-            .send()
-            .unwrap();
+        let response = example::post(&old[0], &example::body(&format!("seed {n}")), None);
         assert_eq!(response.status().as_u16(), 201);
     }
 
@@ -129,16 +131,17 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
     let window = step * u32::try_from(replicas).unwrap()
         + chart.seconds("APP__SHUTDOWN__TIMEOUT")
         + Duration::from_secs(if blip { 25 } else { 10 });
+    let writes = writes();
     let (url, connections, script) = match kind {
         Load::Reads => (
-            format!("http://127.0.0.1:{}/v1/items?limit=5", balancer.port),
+            format!("http://127.0.0.1:{}{}", balancer.port, example::page(5)),
             32,
             None,
         ),
         Load::Writes => (
-            format!("http://127.0.0.1:{}/v1/items", balancer.port),
+            format!("http://127.0.0.1:{}{}", balancer.port, example::PATH),
             32,
-            Some(WRITES),
+            Some(writes.as_str()),
         ),
     };
     let per_pod: usize = chart
@@ -259,18 +262,21 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
             }
         }
         if kind == Load::Writes {
-            let items: u64 = postgres
-                .psql("app", "SELECT count(*) FROM items")
+            let rows: u64 = postgres
+                .psql("app", &format!("SELECT count(*) FROM {}", example::TABLE))
                 .parse()
                 .unwrap();
             assert!(
-                items >= load.requests + 20,
-                "{} items answered 201 but only {items} rows (20 seeded)",
+                rows >= load.requests + 20,
+                "{} writes answered 201 but only {rows} rows (20 seeded)",
                 load.requests
             );
             assert_eq!(
-                postgres.psql("app", "SELECT count(*) FROM items WHERE priority = 0"),
-                items.to_string(),
+                postgres.psql(
+                    "app",
+                    &format!("SELECT count(*) FROM {} WHERE priority = 0", example::TABLE)
+                ),
+                rows.to_string(),
                 "the expand migration's column took its default on every row"
             );
             // @rabbitmq-begin
@@ -279,14 +285,17 @@ fn rolling_update(test: &str, drain: &str, blip: bool, kind: Load) -> Outcome {
                 Duration::from_secs(120),
                 || {
                     postgres.psql("app", "SELECT count(*) FROM processed_events")
-                        == items.to_string()
+                        == rows.to_string()
                 },
             );
             let created = postgres.psql(
                 "app",
-                "SELECT count(*) FROM outbox WHERE routing_key = 'item.created'",
+                &format!(
+                    "SELECT count(*) FROM outbox WHERE routing_key = '{}'",
+                    example::CREATED
+                ),
             );
-            assert_eq!(created, items.to_string(), "an item without its event");
+            assert_eq!(created, rows.to_string(), "an item without its event");
             // @rabbitmq-end
         }
         Outcome {
@@ -316,8 +325,8 @@ struct Sessions(std::sync::Mutex<SessionSamples>);
 impl Sessions {
     /// One look at `pg_stat_activity`; tolerant: the server may be full, or restarting (the
     /// blip). The replicas running before and after the query bound what it may see. Client
-    /// backends only: an autovacuum worker on `items` (the writes scenario) has the database's
-    /// name but no `application_name`, and takes no `max_connections` slot.
+    /// backends only: an autovacuum worker on the example's table (the writes scenario) has the
+    /// database's name but no `application_name`, and takes no `max_connections` slot.
     fn sample(&self, postgres: &Postgres, alive: &std::sync::atomic::AtomicUsize, per_pod: usize) {
         let before = alive.load(std::sync::atomic::Ordering::SeqCst);
         let out = std::process::Command::new("psql")

@@ -92,12 +92,7 @@ fn verified_tls_makes_the_service_ready_and_serving() {
     let service = spawn(&env);
     service.wait_for("/readyz", 200, READY);
     service.wait_for_status("pass", READY);
-    let created = service
-        .http()
-        .post(service.api_url("/v1/items"))
-        .json(&serde_json::json!({"name": "over tls"}))
-        .send()
-        .unwrap();
+    let created = example::post(&service, &example::body("over tls"), None);
     assert_eq!(created.status().as_u16(), 201, "{:?}", created.text());
     assert!(!service.logs().contains(UNVERIFIED), "{}", service.logs());
 }

@@ -46,9 +46,9 @@ fn one_write_is_one_trace_across_the_service() {
 
     let created = service
         .http()
-        .post(service.api_url("/v1/items"))
+        .post(service.api_url(example::PATH))
         .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
-        .json(&serde_json::json!({"name": "traced"}))
+        .json(&example::body("traced"))
         .send()
         .unwrap();
     assert_eq!(created.status().as_u16(), 201);
@@ -71,7 +71,7 @@ fn one_write_is_one_trace_across_the_service() {
     // @rabbitmq-end
     assert_eq!(
         server.attribute("http.route"),
-        Some("/v1/items"),
+        Some(example::PATH),
         "{server:?}"
     );
     for span in &spans {
@@ -141,12 +141,7 @@ fn a_stalled_collector_never_holds_a_request_and_dropped_spans_are_counted() {
     let mut slowest = Duration::ZERO;
     for n in 0..200 {
         let began = std::time::Instant::now();
-        let created = service
-            .http()
-            .post(service.api_url("/v1/items"))
-            .json(&serde_json::json!({ "name": format!("item {n}") }))
-            .send()
-            .unwrap();
+        let created = example::post(&service, &example::body(&format!("item {n}")), None);
         assert_eq!(created.status().as_u16(), 201);
         slowest = slowest.max(began.elapsed());
     }

@@ -3,8 +3,8 @@
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 
-/// An `Idempotency-Key` scoped by method, route pattern and caller (`POST /v1/items`,
-/// `POST /v1/items as alice`): one key sent to two endpoints, or by two callers, is two keys.
+/// An `Idempotency-Key` scoped by method, route pattern and caller (`POST /v1/orders`,
+/// `POST /v1/orders as alice`): one key sent to two endpoints, or by two callers, is two keys.
 #[derive(Debug, Clone)]
 pub struct ScopedKey {
     pub scope: String,

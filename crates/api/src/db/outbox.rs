@@ -1,15 +1,19 @@
 //! The transactional outbox: events written with the change, published later by the relay.
 
-use crate::domain::item::ItemEvent;
 use deadpool_postgres::GenericClient;
+use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Stores `event` (with trace headers) in the caller's transaction.
+/// Stores the event `id` of type `kind` (its routing key), its body `event` and the trace
+/// headers in the caller's transaction. The body is a JSON object with `id` and `type`, which the
+/// consumer reads.
 pub async fn enqueue(
     db: &impl GenericClient,
-    event: &ItemEvent,
+    id: Uuid,
+    kind: &str,
+    event: &impl Serialize,
     headers: &Value,
 ) -> Result<(), tokio_postgres::Error> {
     let statement = db
@@ -18,7 +22,7 @@ pub async fn enqueue(
         )
         .await?;
     let payload = serde_json::to_value(event).unwrap_or(Value::Null);
-    db.execute(&statement, &[&event.id, &event.kind, &payload, headers])
+    db.execute(&statement, &[&id, &kind, &payload, headers])
         .await
         .map(|_| ())
 }

@@ -1,10 +1,9 @@
-//! The item-events consumer: manual acks, bounded prefetch, idempotent processing, and a
+//! The events consumer: manual acks, bounded prefetch, idempotent processing, and a
 //! dead-letter queue for messages that cannot be parsed or keep failing. Deliveries already arrived
 //! are processed as a batch: one transaction records them (each event id once, so a redelivery
 //! changes nothing) and one `multiple` ack after the commit settles them.
 
 use crate::db::Database;
-use crate::domain::item::ItemEvent;
 use crate::problem::ApiError;
 use bootstrap::Backoff;
 use futures_util::StreamExt;
@@ -34,6 +33,16 @@ pub fn retry_delay(attempts_used: u32) -> Duration {
 }
 /// Header of a republished message: the attempts it has used so far.
 const ATTEMPTS_HEADER: &str = "x-attempts";
+
+/// What the consumer reads of any event, whatever the resource: its own id (also the AMQP
+/// `message_id`: a redelivery is recognised by it) and its type (the routing key). The rest of
+/// the body is the resource's.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Event {
+    pub id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
 
 /// Why processing an event failed.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +171,7 @@ impl Consumer {
         let Some(last) = received.last().map(|r| r.delivery.acker.clone()) else {
             return;
         };
-        let events: Vec<ItemEvent> = received.iter().map(|r| r.event.clone()).collect();
+        let events: Vec<Event> = received.iter().map(|r| r.event.clone()).collect();
         match self.process_while_available(&events, stop).await {
             Some(Ok(first_times)) => {
                 // Every earlier delivery of this channel is settled: one ack covers the batch.
@@ -230,7 +239,7 @@ impl Consumer {
     /// Processes `events` (whether each was new), waiting out database outages; `None` if stopped.
     async fn process_while_available(
         &self,
-        events: &[ItemEvent],
+        events: &[Event],
         stop: &CancellationToken,
     ) -> Option<Result<Vec<bool>, ProcessError>> {
         let first = events.first().map(|event| event.id).unwrap_or_default();
@@ -353,7 +362,7 @@ fn attempts_used(headers: Option<&FieldTable>) -> u32 {
 /// by [`Database::run`]: a frozen database is "unavailable", its hung connection dropped.
 async fn record(
     client: &mut deadpool_postgres::Client,
-    events: &[ItemEvent],
+    events: &[Event],
 ) -> Result<Vec<bool>, ApiError> {
     let ids: Vec<uuid::Uuid> = events.iter().map(|event| event.id).collect();
     // Inserted in id order: two consumers holding the same redelivered ids lock them in one
@@ -399,7 +408,7 @@ async fn record(
 /// A parsed delivery and the span that continues its producer's trace.
 struct Received {
     delivery: Delivery,
-    event: ItemEvent,
+    event: Event,
     span: tracing::Span,
 }
 
@@ -414,7 +423,7 @@ impl Received {
             event_type = tracing::field::Empty
         );
         super::trace::continue_trace(&span, delivery.properties.headers().as_ref());
-        let event = match serde_json::from_slice::<ItemEvent>(&delivery.data) {
+        let event = match serde_json::from_slice::<Event>(&delivery.data) {
             Ok(event) => event,
             Err(error) => {
                 span.in_scope(|| {

@@ -7,8 +7,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ExchangeKind};
 use std::sync::Arc;
 
-/// Routing pattern of the events the consumer handles.
-pub const ITEM_EVENTS: &str = "item.*";
+/// Routing pattern of the events the consumer handles: every event on the service's exchange.
+const EVERY_EVENT: &str = "#";
 
 /// Where a failed attempt waits before its next one: a queue nobody consumes, whose messages
 /// return to `queue` when their `expiration` runs out (RabbitMQ's dead-lettering, no plugin).
@@ -59,7 +59,7 @@ async fn declare_on(connection: &Connection, exchange: &str, queue: &str) -> lap
         .queue_bind(
             queue.into(),
             exchange.into(),
-            ITEM_EVENTS.into(),
+            EVERY_EVENT.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

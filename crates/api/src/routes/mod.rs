@@ -1,5 +1,6 @@
 //! HTTP routes of the API server.
 
+pub mod idempotency;
 pub mod items;
 
 use crate::db::Database;
@@ -32,16 +33,5 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
             ApiError::BadRequest(format!("invalid query: {error}")).into()
         }),
     )
-    .service(
-        web::resource("/v1/items")
-            .route(web::get().to(items::list::list))
-            .route(web::post().to(items::create::create))
-            .default_service(web::to(problem::method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/items/{id}")
-            .route(web::get().to(items::get::get))
-            .route(web::delete().to(items::delete::delete))
-            .default_service(web::to(problem::method_not_allowed)),
-    );
+    .configure(items::mount);
 }

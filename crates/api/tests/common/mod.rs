@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 pub mod chart;
+pub mod example;
 
 pub use testkit::RabbitMq; // @rabbitmq
 pub use testkit::{Fault, FaultProxy, Postgres, Service, Signal};
@@ -23,14 +24,10 @@ mod embedded {
     refinery::embed_migrations!("src/db/migrations");
 }
 
-/// The expand step of adding a field in a next release: a column with a default, which this
-/// release's queries neither read nor write (docs/migrations.md).
-pub const NEXT_RELEASE_EXPAND: &str =
-    "ALTER TABLE items ADD COLUMN priority integer NOT NULL DEFAULT 0";
-
 /// Applies what `migrate` of a next release would: this release's migrations and the expand
-/// migration `V1000__add_priority`, through the same code (`bootstrap::schema`), under the lock
-/// and the timeouts of `tuning`. Returns the migrations it applied.
+/// migration `V1000__add_priority` ([`example::next_release_expand`]), through the same code
+/// (`bootstrap::schema`), under the lock and the timeouts of `tuning`. Returns the migrations it
+/// applied.
 pub fn migrate_to_next_release(
     database_url: &str,
     tuning: &bootstrap::config::MigrationSettings,
@@ -38,7 +35,7 @@ pub fn migrate_to_next_release(
     migrate_with(
         database_url,
         tuning,
-        &[("V1000__add_priority", NEXT_RELEASE_EXPAND)],
+        &[("V1000__add_priority", &example::next_release_expand())],
     )
 }
 
@@ -177,37 +174,6 @@ pub fn psql_in(database: &str, sql: &str) -> String {
     testkit::postgres::psql(5432, database, sql)
 }
 
-/// A psql session holding `items` in `database` exclusively (for at most 60 s), returned once
-/// the lock is granted: every read of the table waits on it until [`release_items`].
-pub fn lock_items(database: &str) -> std::process::Child {
-    let locker = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", database, "-Xqc"])
-        .arg("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)")
-        .env("PGAPPNAME", "locker")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lock_held = format!(
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-         WHERE a.application_name = 'locker' AND l.mode = 'AccessExclusiveLock' AND l.granted \
-         AND a.datname = '{database}'"
-    );
-    testkit::wait_until("the lock held", std::time::Duration::from_secs(10), || {
-        psql(&lock_held) != "0"
-    });
-    locker
-}
-
-/// Ends the session of [`lock_items`]: the reads waiting on it go on.
-pub fn release_items(database: &str, mut locker: std::process::Child) {
-    psql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = 'locker' AND datname = '{database}'"
-    ));
-    let _ = locker.wait();
-}
-
 // @rabbitmq-begin
 fn rabbitmqctl(args: &[&str]) {
     let output = Command::new("rabbitmqctl").args(args).output().unwrap();
@@ -268,19 +234,6 @@ pub fn check_output(service: &Service, check: &str) -> String {
         .as_str()
         .unwrap_or("")
         .to_owned()
-}
-
-/// `POST /v1/items` with `body` (and an `Idempotency-Key`).
-pub fn post(
-    service: &Service,
-    body: &serde_json::Value,
-    key: Option<&str>,
-) -> reqwest::blocking::Response {
-    let mut request = service.http().post(service.api_url("/v1/items")).json(body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    request.send().unwrap()
 }
 
 /// Parses a verbose health+json body.

@@ -31,11 +31,11 @@ pub async fn delete(
         .run(async move |client| {
             let tx = client.transaction().await?;
             if !db::items::delete(&tx, id).await? {
-                return Err(ApiError::NotFound(id));
+                return Err(ApiError::NotFound("item", id));
             }
             // @rabbitmq-begin
             let event = ItemEvent::new(ItemEventKind::Deleted, id);
-            db::outbox::enqueue(&tx, &event, &headers).await?;
+            db::outbox::enqueue(&tx, event.id, &event.kind, &event, &headers).await?;
             // @rabbitmq-end
             tx.commit().await?;
             Ok(())

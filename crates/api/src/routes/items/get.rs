@@ -25,6 +25,6 @@ pub async fn get(
         .db
         .run(async |client| Ok(db::items::find(&*client, id).await?))
         .await?
-        .ok_or(ApiError::NotFound(id))?;
+        .ok_or(ApiError::NotFound("item", id))?;
     Ok(HttpResponse::Ok().json(item))
 }
