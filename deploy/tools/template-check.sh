@@ -270,33 +270,39 @@ replace_example() { # $1: a copy of the project, $2: rabbitmq choice
   local project=$1 api=$1/crates/api variant=plain tests=(--test probes --test faults --test config
     --test tls --test traces --test lifecycle --test limits --test migrations)
   if [[ $2 == true ]]; then variant=broker tests=(--test consumer --test outbox); fi
-  edit() { # $1: file, rest: sed expressions; each must change the file
-    local file=$1 before; shift
-    before=$(cat "$file")
-    sed -i "$@" "$file"
-    if [[ $(cat "$file") == "$before" ]]; then echo "$file: the edit ($*) no longer applies" >&2; exit 1; fi
+  edit() { # $1: file, rest: sed expressions, each of which must change the file
+    local file=$1 expression before; shift
+    for expression in "$@"; do
+      before=$(cat "$file")
+      sed -i "$expression" "$file"
+      if [[ $(cat "$file") == "$before" ]]; then echo "$file: $expression no longer applies" >&2; exit 1; fi
+    done
   }
   rm -r "$api/src/routes/items" "$api/src/domain" "$api/src/db/items.rs" "$api/tests/items.rs"
   edit "$api/src/main.rs" '/^mod domain;$/d'
   edit "$api/src/db/mod.rs" '/^pub mod items;$/d'
-  edit "$api/src/routes/mod.rs" -e 's/^pub mod items;$/pub mod notes;/' -e 's/items::mount/notes::mount/'
-  edit "$api/src/openapi.rs" -e 's/routes::items;/routes::notes;/' -e 's/items::Api/notes::Api/'
+  edit "$api/src/routes/mod.rs" 's/^pub mod items;$/pub mod notes;/' 's/items::mount/notes::mount/'
+  edit "$api/src/openapi.rs" 's/routes::items;/routes::notes;/' 's/items::Api/notes::Api/'
   "$PYTHON" deploy/tools/template-sync.py --file "$variant" deploy/template/replacement/notes.rs \
     >"$api/src/routes/notes.rs"
   cp deploy/template/replacement/V2__notes.sql "$api/src/db/migrations/"
-  edit "$api/tests/common/example.rs" -e 's|"/v1/items"|"/v1/notes"|' -e 's|"items"|"notes"|' \
-    -e 's|"name": name|"text": name|'
+  edit "$api/tests/common/example.rs" 's|"/v1/items"|"/v1/notes"|' 's|"items"|"notes"|' \
+    's|"name": name|"text": name|'
   if [[ $2 == true ]]; then
-    edit "$api/tests/common/example.rs" -e 's|"item\.created"|"note.created"|' -e 's|"item\.deleted"|"note.deleted"|'
+    edit "$api/tests/common/example.rs" 's|"item\.created"|"note.created"|' 's|"item\.deleted"|"note.deleted"|'
   fi
-  if grep -rn -E '/v1/items|(FROM|INTO|TABLE) items|domain::' --include='*.rs' "$api/src" "$api/tests"; then
+  edit "$project/.github/workflows/e2e.yml" 's|/v1/items?|/v1/notes?|'
+  # Nothing that runs against the service may name the example (docs describe it until the team
+  # rewrites them; bootstrap's and the alert rules' tests carry sample data of their own).
+  if grep -rn -E '/v1/items|(FROM|INTO|TABLE) items|domain::' --exclude='*.sql' "$api" \
+       "$project/.github" "$project/config" "$project/deploy"; then
     echo "the lines above still use the example" >&2; exit 1
   fi
   (cd "$project" \
-     && cargo fmt --all \
-     && cargo build --workspace --all-targets --quiet \
+     && cargo fmt --all --check \
+     && cargo build --workspace --all-targets --locked --quiet \
      && run_tests "$work/replaced-unit-$2.log" --workspace --lib --bins \
-     && cargo clippy --workspace --all-targets --quiet -- -D warnings \
+     && cargo clippy --workspace --all-targets --locked --quiet -- -D warnings \
      && run_tests "$work/replaced-integration-$2.log" -p "$name" "${tests[@]}")
 }
 

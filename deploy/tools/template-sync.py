@@ -425,6 +425,8 @@ def main():
         sys.exit(f"{len(hits)} mentions of the broker in {tree}" if hits else 0)
     if "--file" in sys.argv:  # one file's text in a variant, on stdout (template-check's stand-in)
         kind, name = sys.argv[sys.argv.index("--file") + 1:][:2]
+        if kind not in ("broker", "plain"):
+            sys.exit(f"--file broker|plain FILE, not {kind}")
         sys.stdout.write(variant(pathlib.Path(name).read_text(), kind == "broker", name))
         return
     if "--variant" in sys.argv:

@@ -57,14 +57,10 @@ fn ratios(r: &Results) -> Vec<Ratio> {
         ),
     ];
     for route in &r.request_path {
-        // @rabbitmq-begin
         // Short enough for the label column.
         let name = route
             .route
             .replace(", broker away (relay and consumers idle)", " (broker away)");
-        // @rabbitmq-else
-        // let name = route.route;
-        // @rabbitmq-end
         out.push(Ratio::new(
             format!("{name} req/s vs floor"),
             route.throughput(),
@@ -78,7 +74,6 @@ fn ratios(r: &Results) -> Vec<Ratio> {
             false,
         ));
     }
-    // @rabbitmq-begin
     out.push(Ratio::new(
         "relay vs lapin publisher",
         r.pipeline.relay_vs_raw(),
@@ -91,7 +86,6 @@ fn ratios(r: &Results) -> Vec<Ratio> {
         Some(0.9),
         true,
     ));
-    // @rabbitmq-end
     out.push(Ratio::new(
         "RSS last minute vs minute 1",
         1.0 + r.soak.rss_growth(),

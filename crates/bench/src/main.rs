@@ -6,7 +6,7 @@
 
 mod chart;
 mod overload;
-mod pipeline; // @rabbitmq
+mod pipeline;
 mod report;
 mod request_path;
 mod soak;
@@ -21,8 +21,8 @@ use testkit::{Postgres, Service};
 /// Load of every throughput run: 64 keep-alive connections for this long.
 pub const CONNECTIONS: u32 = 64;
 pub const RUN: Duration = Duration::from_secs(10);
-// The machine's shared broker, for the service and the naive handler. // @rabbitmq
-const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f"; // @rabbitmq
+// The machine's shared broker, for the service and the naive handler.
+const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// One measured server.
 #[derive(Debug, Clone)]
@@ -53,8 +53,8 @@ pub struct Results {
     pub binary_size: u64,
     /// The API's routes against the floor handler.
     pub request_path: Vec<request_path::Comparison>,
-    // The relay and the consumer against their floors. // @rabbitmq
-    pub pipeline: pipeline::Pipeline, // @rabbitmq
+    // The relay and the consumer against their floors.
+    pub pipeline: pipeline::Pipeline,
     /// Memory over ten minutes of mixed load; tracing exported against not.
     pub soak: soak::Soak,
 }
@@ -101,7 +101,6 @@ fn main() -> anyhow::Result<()> {
         println!("{}", report::detection_rows(&detections, &recoveries));
         return Ok(());
     }
-    // @rabbitmq-begin
     if section.as_deref() == Some("pipeline") {
         let outcome = migrate(&service_binary, &env)
             .and_then(|()| pipeline::measure(&service_binary, &database, &env));
@@ -109,7 +108,6 @@ fn main() -> anyhow::Result<()> {
         println!("{}", report::pipeline_rows(&outcome?));
         return Ok(());
     }
-    // @rabbitmq-end
     // The overload section last: it pins this process (and what it starts) to the first CPU.
     let outcome = measure(&release, &service_binary, &database).and_then(|results| {
         eprintln!("bench: overload, with and without the admission limit");
@@ -148,7 +146,6 @@ fn main() -> anyhow::Result<()> {
         results.ours_transactions_per_1000 < 1.0,
         "regression: probes cause database transactions"
     );
-    // @rabbitmq-begin
     let pipeline = &results.pipeline;
     anyhow::ensure!(
         pipeline.relay_vs_raw() >= 0.25 && pipeline.consumer_vs_relay() >= 0.5,
@@ -163,7 +160,6 @@ fn main() -> anyhow::Result<()> {
         pipeline.relay_drained_after,
         pipeline.consumer_caught_up_after
     );
-    // @rabbitmq-end
     anyhow::ensure!(
         results.soak.rss_growth() < 0.5,
         "regression: RSS grew {:.0} % over the mixed load",
@@ -177,9 +173,9 @@ fn main() -> anyhow::Result<()> {
     // Under the goals (0.85x, 1.3x) by a margin for a noisy machine: a regression, not noise.
     for route in &results.request_path {
         let minimum = match route.route {
-            // The write route also pays for the event pipeline on the same two cores (0.5x // @rabbitmq
-            // today, docs/benchmarks.md says why); with the broker away it is held to 0.6. // @rabbitmq
-            request_path::WRITE_ROUTE => 0.3, // @rabbitmq
+            // The write route also pays for the event pipeline on the same two cores (0.5x
+            // today, docs/benchmarks.md says why); with the broker away it is held to 0.6.
+            request_path::WRITE_ROUTE => 0.3,
             // The logged read pays for its access line and span (0.7x today).
             request_path::LOGGED_ROUTE => 0.4,
             _ => 0.6,
@@ -212,11 +208,9 @@ fn service_env(database: &str) -> Vec<(&'static str, String)> {
             format!("postgres://postgres@127.0.0.1:5432/{database}?sslmode=disable"),
         ),
         ("APP__SERVER__WORKERS", request_path::WORKERS.into()),
-        // @rabbitmq-begin
         ("APP__RABBITMQ__URL", RABBITMQ_URL.into()),
         ("APP__RABBITMQ__EXCHANGE", "bench.events".into()),
         ("APP__RABBITMQ__QUEUE", "bench.items".into()),
-        // @rabbitmq-end
         ("RUST_LOG", "warn".into()),
     ]
 }
@@ -241,11 +235,9 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
     let env = [
         ("APP__DATABASE__URL", database_url.as_str()),
-        // @rabbitmq-begin
         ("APP__RABBITMQ__URL", RABBITMQ_URL),
         ("APP__RABBITMQ__EXCHANGE", "bench.events"),
         ("APP__RABBITMQ__QUEUE", "bench.items"),
-        // @rabbitmq-end
         ("RUST_LOG", "warn"),
     ];
 
@@ -317,7 +309,7 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
             port,
             &[
                 ("DATABASE_URL", &database_url),
-                ("RABBITMQ_URL", RABBITMQ_URL), // @rabbitmq
+                ("RABBITMQ_URL", RABBITMQ_URL),
             ],
         )?;
         let load = wrk(&format!("http://127.0.0.1:{port}/readyz"), CONNECTIONS, RUN);
@@ -338,10 +330,8 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
     let service_env = service_env(database);
     let service_env = borrowed(&service_env);
     let request_path = request_path::measure(release, service_binary, database, &service_env)?;
-    // @rabbitmq-begin
     eprintln!("bench: the event pipeline against its floors");
     let pipeline = pipeline::measure(service_binary, database, &service_env)?;
-    // @rabbitmq-end
     let item = request_path::seed(database)?;
     let soak = soak::measure(service_binary, database, &service_env, &item)?;
 
@@ -384,7 +374,7 @@ fn measure(release: &Path, service_binary: &Path, database: &str) -> anyhow::Res
         loaded_rss,
         binary_size: std::fs::metadata(service_binary)?.len(),
         request_path,
-        pipeline, // @rabbitmq
+        pipeline,
         soak,
     })
 }
@@ -405,8 +395,8 @@ fn detection_and_recovery(service_binary: &Path) -> anyhow::Result<(Vec<Duration
         service_binary,
         &[
             ("APP__DATABASE__URL", &url),
-            ("APP__RABBITMQ__URL", RABBITMQ_URL),    // @rabbitmq
-            ("APP__RABBITMQ__QUEUE", "bench.items"), // @rabbitmq
+            ("APP__RABBITMQ__URL", RABBITMQ_URL),
+            ("APP__RABBITMQ__QUEUE", "bench.items"),
             ("RUST_LOG", "warn"),
         ],
     );

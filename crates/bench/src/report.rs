@@ -1,6 +1,6 @@
 //! The results as a table and as docs/benchmarks.md.
 
-use crate::pipeline::Pipeline; // @rabbitmq
+use crate::pipeline::Pipeline;
 use crate::request_path::{Comparison, POOL_SIZE, ROUNDS, Round, WORKERS};
 use crate::soak::Soak;
 use crate::{Results, ratio};
@@ -46,7 +46,7 @@ pub fn table(r: &Results) -> String {
     ));
     out.push_str(&detection_rows(&r.detections, &r.recoveries));
     out.push_str(&request_path_rows(&r.request_path));
-    out.push_str(&pipeline_rows(&r.pipeline)); // @rabbitmq
+    out.push_str(&pipeline_rows(&r.pipeline));
     out.push_str(&soak_rows(&r.soak));
     out.push_str(&format!("| idle RSS | {} | <= 30 MiB |\n", mib(r.idle_rss)));
     out.push_str(&format!(
@@ -178,7 +178,6 @@ pub fn soak_rows(s: &Soak) -> String {
     out
 }
 
-// @rabbitmq-begin
 /// The event pipeline's rows of the table.
 pub fn pipeline_rows(p: &Pipeline) -> String {
     let (connections, load) = Pipeline::load_shape();
@@ -232,7 +231,6 @@ pub fn pipeline_rows(p: &Pipeline) -> String {
     ));
     out
 }
-// @rabbitmq-end
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -260,21 +258,12 @@ fn today() -> String {
 }
 
 /// What the naive readiness handler does per probe.
-// @rabbitmq-begin
 const NAIVE_PROBE: &str = "runs `SELECT 1` on a pooled connection and opens an AMQP channel";
-// @rabbitmq-else
-// const NAIVE_PROBE: &str = "runs `SELECT 1` on a pooled connection";
-// @rabbitmq-end
 
 /// What the service does besides answering while it is measured.
-// @rabbitmq-begin
 const BACKGROUND: &str = " (during the POST run its relay publishes every event and its consumers record it, on the same 2 cores; a second POST run with the broker unreachable leaves the relay and the consumers idle, so it compares the request path alone)";
-// @rabbitmq-else
-// const BACKGROUND: &str = "";
-// @rabbitmq-end
 
 /// What is compared for the event pipeline.
-// @rabbitmq-begin
 const PIPELINE: &str = "\
 - **event pipeline**: the outbox relay draining 20 000 pre-filled outbox rows (the service just\n  \
   started, with its defaults of 4 publishing loops and 4 consumers) against a minimal lapin\n  \
@@ -289,24 +278,13 @@ const PIPELINE: &str = "\
   clock) to the consumer's `processed_at` (the start of the transaction that records it; its\n  \
   commit follows within that transaction's two statements) at a steady 200 POST/s.\n\
 ";
-// @rabbitmq-else
-// const PIPELINE: &str = "";
-// @rabbitmq-end
 
 /// The pipeline's part of the regression guard.
-// @rabbitmq-begin
 const GUARD_PIPELINE: &str = ", when the relay falls under 0.25x the minimal publisher or the consumer\n\
 under 0.5x the relay, when the outbox or the consumer is not done 30 s after the POST load";
-// @rabbitmq-else
-// const GUARD_PIPELINE: &str = "";
-// @rabbitmq-end
 
 /// The write route's floor in the regression guard.
-// @rabbitmq-begin
 const GUARD_WRITE: &str = " (`POST /v1/items` with the relay and consumers running: 0.3x)";
-// @rabbitmq-else
-// const GUARD_WRITE: &str = "";
-// @rabbitmq-end
 
 /// Where the request path's time goes: a profile taken by hand (not by `make bench`).
 const PROFILE: &str = "
@@ -419,7 +397,6 @@ Fixed since (2026-12-04), in four steps:
 ";
 
 /// What the event pipeline costs a write, beside the request path.
-// @rabbitmq-begin
 const PROFILE_PIPELINE: &str = "
 Where a `POST` goes with the relay and the consumers running (the same script, the same runs;
 microseconds of CPU per request): the floor spends 282 in PostgreSQL, 140 in its workers and 24
@@ -437,9 +414,6 @@ the workers) and took 3 356 requests/s (0.86x); that is the `broker away` row. T
 service's two cores; where they have their own (any real deployment), the request path is the
 `broker away` row.
 ";
-// @rabbitmq-else
-// const PROFILE_PIPELINE: &str = "";
-// @rabbitmq-end
 
 /// p99 at saturation, read by hand.
 const PROFILE_TAIL: &str = "

@@ -177,7 +177,7 @@ pub fn measure(
 
     let mut floor_rounds = Vec::with_capacity(ROUNDS);
     let mut our_rounds = Vec::with_capacity(ROUNDS);
-    let mut away_rounds = Vec::with_capacity(ROUNDS); // @rabbitmq
+    let mut away_rounds = Vec::with_capacity(ROUNDS);
     let mut logged_rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         settle(database);
@@ -193,10 +193,8 @@ pub fn measure(
         )?;
         floor_rounds.push(run(&format!("http://127.0.0.1:{port}")));
         drop(floor_server);
-        // @rabbitmq-begin
         // The floor's events are not the service's to publish while it is measured.
         mark_outbox_sent(database);
-        // @rabbitmq-end
         settle(database);
 
         let service = Service::spawn_untuned(service_binary, env);
@@ -212,7 +210,6 @@ pub fn measure(
         warm(&service.api_url(""));
         logged_rounds.push(wrk(&service.api_url(&routes[0].1), CONNECTIONS, RUN));
         drop(service);
-        // @rabbitmq-begin
         // The same writes with the broker away: the relay and the consumers idle, so what is
         // left is the request path alone (the floor publishes nothing either).
         mark_outbox_sent(database);
@@ -229,14 +226,12 @@ pub fn measure(
             Some(WRITE),
         ));
         drop(service);
-        // @rabbitmq-end
     }
     let comparisons = routes.iter().enumerate().map(|(index, (route, _, _))| {
         let ours = our_rounds.iter().map(|round| round[index].clone());
         Comparison::against_floor(route, Some(GOALS), ours, &floor_rounds, index)
     });
     let logged = Comparison::against_floor(LOGGED_ROUTE, None, logged_rounds, &floor_rounds, 0);
-    // @rabbitmq-begin
     let idle_pipeline = Comparison::against_floor(
         "POST /v1/items, broker away (relay and consumers idle)",
         Some(GOALS),
@@ -245,9 +240,6 @@ pub fn measure(
         routes.len() - 1,
     );
     Ok(comparisons.chain([idle_pipeline, logged]).collect())
-    // @rabbitmq-else
-    // Ok(comparisons.chain([logged]).collect())
-    // @rabbitmq-end
 }
 
 /// Leaves the database as quiet for each server as for the one before: the previous server's
@@ -262,7 +254,6 @@ pub fn settle(database: &str) {
     testkit::postgres::psql(5432, database, "CHECKPOINT");
 }
 
-// @rabbitmq-begin
 /// Marks every queued event sent, so the next server starts with an empty outbox.
 fn mark_outbox_sent(database: &str) {
     testkit::postgres::psql(
@@ -271,7 +262,6 @@ fn mark_outbox_sent(database: &str) {
         "UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL",
     );
 }
-// @rabbitmq-end
 
 #[cfg(test)]
 mod tests {

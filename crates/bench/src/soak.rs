@@ -176,7 +176,6 @@ fn write_load(
 /// Waits until the service's background work has caught up with what the load wrote, so the
 /// next run does not start with a backlog of it.
 fn settle(database: &str) {
-    // @rabbitmq-begin
     testkit::wait_until("the outbox drained", Duration::from_secs(120), || {
         testkit::postgres::psql(
             5432,
@@ -184,8 +183,4 @@ fn settle(database: &str) {
             "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
         ) == "0"
     });
-    // @rabbitmq-else
-    // // Nothing outlives a request: there is no background work to wait for.
-    // let _ = database;
-    // @rabbitmq-end
 }

@@ -11,6 +11,7 @@ use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json; // @rabbitmq
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -94,7 +95,10 @@ pub async fn create(
             let note = note(&tx.query_one(sql, &[&Uuid::now_v7(), &new.text]).await?)?;
             let location = format!("/v1/notes/{}", note.id);
             idempotency::record(&tx, key.as_ref(), request, &note, &location).await?;
-            event(&tx, "note.created", note.id, &headers).await?; // @rabbitmq
+            // @rabbitmq-begin
+            let event = json!({"id": Uuid::now_v7(), "type": "note.created", "note_id": note.id});
+            db::outbox::enqueue(&tx, &event, &headers).await?;
+            // @rabbitmq-end
             tx.commit().await?;
             written.notify_one(); // @rabbitmq
             Ok(HttpResponse::Created()
@@ -159,24 +163,13 @@ pub async fn delete(
             if tx.execute(sql, &[&id]).await? == 0 {
                 return Err(ApiError::NotFound("note", id));
             }
-            event(&tx, "note.deleted", id, &headers).await?; // @rabbitmq
+            // @rabbitmq-begin
+            let event = json!({"id": Uuid::now_v7(), "type": "note.deleted", "note_id": id});
+            db::outbox::enqueue(&tx, &event, &headers).await?;
+            // @rabbitmq-end
             tx.commit().await?;
             written.notify_one(); // @rabbitmq
             Ok(HttpResponse::NoContent().finish())
         })
         .await
 }
-
-// @rabbitmq-begin
-/// Writes an event about note `id` to the outbox, in the write's transaction.
-async fn event(
-    tx: &deadpool_postgres::Transaction<'_>,
-    kind: &str,
-    id: Uuid,
-    headers: &serde_json::Value,
-) -> Result<(), tokio_postgres::Error> {
-    let event_id = Uuid::now_v7();
-    let event = serde_json::json!({"id": event_id, "type": kind, "note_id": id});
-    db::outbox::enqueue(tx, event_id, kind, &event, headers).await
-}
-// @rabbitmq-end

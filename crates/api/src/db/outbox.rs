@@ -1,30 +1,37 @@
 //! The transactional outbox: events written with the change, published later by the relay.
 
+use crate::problem::ApiError;
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Stores the event `id` of type `kind` (its routing key), its body `event` and the trace
-/// headers in the caller's transaction. The body is a JSON object with `id` and `type`, which the
-/// consumer reads.
+/// Stores `event` (with trace headers) in the caller's transaction. An event is a JSON object
+/// with its own `id` (a UUID: the AMQP `message_id`, and what the consumer recognises a
+/// redelivery by) and its `type` (the routing key); the rest is the resource's.
 pub async fn enqueue(
     db: &impl GenericClient,
-    id: Uuid,
-    kind: &str,
     event: &impl Serialize,
     headers: &Value,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), ApiError> {
+    let payload = serde_json::to_value(event).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let id = payload["id"]
+        .as_str()
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let (Some(id), Some(kind)) = (id, payload["type"].as_str()) else {
+        return Err(ApiError::Internal(format!(
+            "an event needs a UUID `id` and a `type`: {payload}"
+        )));
+    };
     let statement = db
         .prepare_cached(
             "INSERT INTO outbox (event_id, routing_key, payload, headers) VALUES ($1, $2, $3, $4)",
         )
         .await?;
-    let payload = serde_json::to_value(event).unwrap_or(Value::Null);
     db.execute(&statement, &[&id, &kind, &payload, headers])
-        .await
-        .map(|_| ())
+        .await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone)]

@@ -151,15 +151,14 @@ impl ItemEventKind {
     }
 }
 
-/// The JSON body of an event message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// The JSON body of an event message: `id` and `type`, which every event has, then the item's.
+#[derive(Debug, Clone, Serialize)]
 pub struct ItemEvent {
     /// The event's own id; also the AMQP `message_id`.
     pub id: Uuid,
-    /// `item.created` or `item.deleted` from this release; text, not [`ItemEventKind`], so that
-    /// during a rollout a consumer counts a newer release's types rather than refusing them.
+    /// `item.created` or `item.deleted`: the routing key.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: &'static str,
     pub item_id: Uuid,
     pub occurred_at: DateTime<Utc>,
 }
@@ -168,7 +167,7 @@ impl ItemEvent {
     pub fn new(kind: ItemEventKind, item_id: Uuid) -> Self {
         Self {
             id: Uuid::now_v7(),
-            kind: kind.routing_key().to_owned(),
+            kind: kind.routing_key(),
             item_id,
             occurred_at: Utc::now(),
         }

@@ -38,10 +38,10 @@ const ATTEMPTS_HEADER: &str = "x-attempts";
 /// `message_id`: a redelivery is recognised by it) and its type (the routing key). The rest of
 /// the body is the resource's.
 #[derive(Debug, Clone, serde::Deserialize)]
-pub struct Event {
-    pub id: uuid::Uuid,
+struct Event {
+    id: uuid::Uuid,
     #[serde(rename = "type")]
-    pub kind: String,
+    kind: String,
 }
 
 /// Why processing an event failed.

@@ -6,7 +6,7 @@
 use actix_web::{App, HttpResponse, HttpServer, web};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::{Deserialize, Serialize};
-use serde_json::json; // @rabbitmq
+use serde_json::json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -106,7 +106,6 @@ async fn create(pool: web::Data<Pool>, body: web::Json<NewItem>) -> HttpResponse
         let row = tx
             .query_one(&insert, &[&Uuid::now_v7(), &body.name, &body.note])
             .await?;
-        // @rabbitmq-begin
         let event_id = Uuid::now_v7();
         let event = json!({
             "id": event_id,
@@ -121,7 +120,6 @@ async fn create(pool: web::Data<Pool>, body: web::Json<NewItem>) -> HttpResponse
             .await?;
         tx.execute(&outbox, &[&event_id, &"item.created", &event, &json!({})])
             .await?;
-        // @rabbitmq-end
         tx.commit().await?;
         Ok::<_, tokio_postgres::Error>(row)
     }

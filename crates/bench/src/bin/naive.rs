@@ -1,20 +1,15 @@
 //! Reference: the readiness handler this template replaces. Every probe request runs
-// @rabbitmq-begin
 //! `SELECT 1` on a pooled PostgreSQL connection and opens an AMQP channel, so probe load
 //! becomes database and broker load. `make bench` measures it next to shipshape's cached probe.
-// @rabbitmq-else
-// //! `SELECT 1` on a pooled PostgreSQL connection, so probe load becomes database load.
-// //! `make bench` measures it next to shipshape's cached probe.
-// @rabbitmq-end
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use deadpool_postgres::{Manager, Pool};
-use lapin::{Connection, ConnectionProperties}; // @rabbitmq
+use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
 
 struct Dependencies {
     pool: Pool,
-    broker: Connection, // @rabbitmq
+    broker: Connection,
 }
 
 async fn readyz(deps: web::Data<Arc<Dependencies>>) -> HttpResponse {
@@ -26,7 +21,6 @@ async fn readyz(deps: web::Data<Arc<Dependencies>>) -> HttpResponse {
             .map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     };
-    // @rabbitmq-begin
     let broker = async {
         let channel = deps
             .broker
@@ -42,12 +36,6 @@ async fn readyz(deps: web::Data<Arc<Dependencies>>) -> HttpResponse {
         (Ok(()), Ok(())) => HttpResponse::Ok().body(r#"{"status":"pass"}"#),
         _ => HttpResponse::ServiceUnavailable().body(r#"{"status":"fail"}"#),
     }
-    // @rabbitmq-else
-    // match database.await {
-    //     Ok(()) => HttpResponse::Ok().body(r#"{"status":"pass"}"#),
-    //     Err(_) => HttpResponse::ServiceUnavailable().body(r#"{"status":"fail"}"#),
-    // }
-    // @rabbitmq-end
 }
 
 #[actix_web::main]
@@ -60,16 +48,12 @@ async fn main() -> anyhow::Result<()> {
     let pool = Pool::builder(Manager::new(database, tokio_postgres::NoTls))
         .max_size(16)
         .build()?;
-    // @rabbitmq-begin
     let broker = Connection::connect(
         &std::env::var("RABBITMQ_URL")?,
         ConnectionProperties::default(),
     )
     .await?;
     let deps = Arc::new(Dependencies { pool, broker });
-    // @rabbitmq-else
-    // let deps = Arc::new(Dependencies { pool });
-    // @rabbitmq-end
     HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(deps.clone()))

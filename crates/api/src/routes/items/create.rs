@@ -52,7 +52,7 @@ pub async fn create(
             let item = db::items::insert(&tx, &new).await?;
             // @rabbitmq-begin
             let event = ItemEvent::new(ItemEventKind::Created, item.id);
-            db::outbox::enqueue(&tx, event.id, &event.kind, &event, &headers).await?;
+            db::outbox::enqueue(&tx, &event, &headers).await?;
             // @rabbitmq-end
             let location = super::location(item.id);
             idempotency::record(&tx, key.as_ref(), request, &item, &location).await?;

@@ -35,7 +35,7 @@ pub async fn delete(
             }
             // @rabbitmq-begin
             let event = ItemEvent::new(ItemEventKind::Deleted, id);
-            db::outbox::enqueue(&tx, event.id, &event.kind, &event, &headers).await?;
+            db::outbox::enqueue(&tx, &event, &headers).await?;
             // @rabbitmq-end
             tx.commit().await?;
             Ok(())
