@@ -1,7 +1,6 @@
 //! The one place the tests name the example resource (its path, its table, a body its POST
 //! accepts); docs/extending.md, "Replacing the example", says how to point it at your own.
-//! Only `items.rs`, the example's own tests, names it elsewhere (the consumer's tests publish
-//! events of their own, whose types need not be the resource's).
+//! Only `items.rs`, the example's own tests, names it elsewhere.
 
 use super::{Service, psql};
 use std::process::{Child, Command, Stdio};
