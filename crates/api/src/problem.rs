@@ -21,24 +21,6 @@ pub struct Problem {
     pub detail: Option<String>,
 }
 
-impl Problem {
-    /// The document for `status`, titled with RFC 9110's reason phrase.
-    fn new(status: StatusCode, detail: Option<String>) -> Self {
-        let title = match status {
-            // RFC 9110's names, where the http crate keeps older ones.
-            StatusCode::PAYLOAD_TOO_LARGE => "Content Too Large",
-            StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable Content",
-            _ => status.canonical_reason().unwrap_or("Error"),
-        };
-        Self {
-            kind: "about:blank",
-            title,
-            status: status.as_u16(),
-            detail,
-        }
-    }
-}
-
 /// What a handler can fail with. `Display` is the client's detail: `Internal` only logs its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -101,16 +83,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        match self {
-            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
-            ApiError::Unavailable(cause) => tracing::warn!(%cause, "database unavailable"),
-            _ => {}
-        }
         // Details quote client input (an unknown field's name, a bad cursor): never whole.
         let detail = clip(&self.to_string(), DETAIL_MAX).into_owned();
         let mut response = problem(self.status_code(), Some(detail));
         match self {
-            ApiError::Unavailable(_) => {
+            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
                 let one_second = HeaderValue::from_static("1");
                 response.headers_mut().insert(RETRY_AFTER, one_second);
             }
@@ -149,9 +128,21 @@ pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The problem document for `status` as a response.
+/// The problem document for `status` as a response, titled with RFC 9110's reason phrase.
 fn problem(status: StatusCode, detail: Option<String>) -> HttpResponse {
-    let body = serde_json::to_vec(&Problem::new(status, detail)).unwrap_or_default();
+    let title = match status {
+        // RFC 9110's names, where the http crate keeps older ones.
+        StatusCode::PAYLOAD_TOO_LARGE => "Content Too Large",
+        StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable Content",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    };
+    let document = Problem {
+        kind: "about:blank",
+        title,
+        status: status.as_u16(),
+        detail,
+    };
+    let body = serde_json::to_vec(&document).unwrap_or_default();
     HttpResponse::build(status)
         .insert_header((CONTENT_TYPE, "application/problem+json"))
         .body(body)

@@ -1,7 +1,6 @@
-//! The RabbitMQ connection supervisor: one connection per process, connected in the background
-//! (the broker may be down at startup), published to its followers (`None` while down) and
-//! reconnected with backoff. lapin's own recovery stays off: it skips the first connect, does not
-//! tell the process the link is down, and would fight this one over the connection.
+//! The RabbitMQ connection supervisor: one connection per process, published to its followers
+//! (`None` while down) and reconnected with backoff; lapin's own recovery stays off (why:
+//! docs/architecture.md).
 
 use crate::Backoff;
 use crate::config::SecretUrl;
@@ -155,8 +154,6 @@ async fn supervise(
 /// let mut link = supervisor.link();
 /// while let Some(connection) = bootstrap::broker::next_connection(&mut link, &stop).await {
 ///     // ... use `connection` until it fails, then wait for the next one.
-/// #   drop(connection);
-/// #   break;
 /// }
 /// # }
 /// ```

@@ -2,7 +2,6 @@
 
 use crate::Backoff;
 use std::fmt::Display;
-use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -13,11 +12,9 @@ use tokio::time::Instant;
 /// use bootstrap::StartupPhase;
 /// use std::time::Duration;
 ///
-/// const CACHE: StartupPhase = StartupPhase::new("cache").waiting_for("redis");
 /// const MIGRATIONS: StartupPhase = StartupPhase::new("migrations")
 ///     .waiting_for("postgres")
 ///     .backoff(Duration::from_millis(500), Duration::from_secs(10));
-/// assert_eq!(CACHE.dependency(), Some("redis"));
 /// assert_eq!(MIGRATIONS.to_string(), "migrations");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +50,6 @@ impl StartupPhase {
         self.max_retry = max;
         self
     }
-
-    /// The dependency the phase waits on, named when the deadline passes.
-    pub const fn dependency(&self) -> Option<&'static str> {
-        self.dependency
-    }
 }
 
 impl Display for StartupPhase {
@@ -68,7 +60,7 @@ impl Display for StartupPhase {
 
 /// A required phase did not finish before the startup deadline.
 #[derive(Debug, thiserror::Error)]
-#[error("startup deadline of {} exceeded in phase \"{phase}\"{} after {attempts} attempt(s): {last_error}", humantime::format_duration(*deadline), phase.dependency().map(|d| format!(" waiting for {d}")).unwrap_or_default())]
+#[error("startup deadline of {} exceeded in phase \"{phase}\"{} after {attempts} attempt(s): {last_error}", humantime::format_duration(*deadline), phase.dependency.map(|d| format!(" waiting for {d}")).unwrap_or_default())]
 pub struct StartupError {
     /// The phase that did not finish.
     pub phase: StartupPhase,
@@ -83,11 +75,9 @@ pub struct StartupError {
 /// Runs the phases of one startup against one deadline.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyhow::Result<()> {
 /// use bootstrap::{Startup, StartupPhase};
-/// use std::time::Duration;
-///
-/// let startup = Startup::new(Duration::from_secs(5));
+/// let startup = Startup::new(std::time::Duration::from_secs(5));
 /// let mut tries = 0;
 /// let value = startup
 ///     .run(StartupPhase::new("warm-up"), || {
@@ -95,10 +85,9 @@ pub struct StartupError {
 ///         let ready = tries >= 2;
 ///         async move { if ready { Ok(42) } else { Err(anyhow::anyhow!("cache not ready")) } }
 ///     })
-///     .await
-///     .unwrap();
+///     .await?;
 /// assert_eq!((value, tries), (42, 2));
-/// # }
+/// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct Startup {

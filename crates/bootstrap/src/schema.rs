@@ -1,7 +1,5 @@
-//! A release's schema: migrations applied safely during a rolling update, and a database's
-//! history compared with them. refinery embeds and records them; they are applied here, one per
-//! transaction, so each statement runs under a lock timeout and is retried when another
-//! transaction holds the lock (docs/migrations.md).
+//! A release's schema (docs/migrations.md): refinery embeds and records the migrations; they are
+//! applied here, one per transaction, so each statement runs under a lock timeout.
 
 use crate::Backoff;
 use crate::config::{DatabaseSettings, MigrationSettings};
@@ -52,23 +50,16 @@ pub struct SchemaStatus {
 /// A release's migrations, in version order.
 ///
 /// ```no_run
-/// use bootstrap::config::{DatabaseSettings, MigrationSettings};
-/// use bootstrap::schema::Schema;
-/// use refinery::Migration;
-///
 /// # async fn example() -> anyhow::Result<()> {
-/// let schema = Schema::new(vec![Migration::unapplied(
-///     "V1__items",
-///     "CREATE TABLE items (id uuid PRIMARY KEY)",
-/// )?]);
-/// let status = schema
+/// use bootstrap::config::{DatabaseSettings, MigrationSettings};
+/// let items = refinery::Migration::unapplied("V1__items", "CREATE TABLE items (id uuid)")?;
+/// let status = bootstrap::schema::Schema::new(vec![items])
 ///     .migrate(&DatabaseSettings::default(), &MigrationSettings::default(), |version, took| {
-///         println!("applied {version} in {} ms", took.as_millis());
+///         println!("applied {version} in {took:?}");
 ///     })
 ///     .await?;
 /// assert!(status.pending.is_empty());
-/// # Ok(())
-/// # }
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Schema {

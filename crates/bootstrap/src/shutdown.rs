@@ -75,11 +75,7 @@ impl ShutdownDeadline {
 
     /// Runs `work` until it finishes or the deadline passes; `None`, logged by step name, when cut
     /// short. Work already finished completes even after the deadline.
-    pub async fn step<T>(
-        &self,
-        name: &'static str,
-        work: impl std::future::Future<Output = T>,
-    ) -> Option<T> {
+    pub async fn step<T>(&self, name: &'static str, work: impl Future<Output = T>) -> Option<T> {
         let output = tokio::time::timeout_at(self.at, work).await.ok();
         if output.is_none() {
             tracing::warn!(

@@ -15,6 +15,7 @@ use rustls::{
 };
 use std::path::Path;
 use std::sync::Arc;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How much of the server's certificate is verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,10 +125,7 @@ pub(crate) fn client_config(
 /// ```
 pub fn postgres(
     settings: &DatabaseSettings,
-) -> anyhow::Result<(
-    tokio_postgres::Config,
-    tokio_postgres_rustls::MakeRustlsConnect,
-)> {
+) -> anyhow::Result<(tokio_postgres::Config, MakeRustlsConnect)> {
     // `sslmode` is read here too, so settings that skipped `validate` cannot lose it.
     let mut settings = settings.clone();
     settings.take_ssl_mode()?;
@@ -150,7 +148,7 @@ pub fn postgres(
     let verification = Verification::for_postgres(settings.ssl_mode, has_ca_file);
     let tls = client_config(settings.ca_file.as_deref(), verification)
         .context("APP__DATABASE__CA_FILE")?;
-    Ok((config, tokio_postgres_rustls::MakeRustlsConnect::new(tls)))
+    Ok((config, MakeRustlsConnect::new(tls)))
 }
 
 /// What libpq's weaker modes check: with `chain`, the chain as [`WebPkiServerVerifier`] does

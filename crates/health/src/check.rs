@@ -31,6 +31,14 @@ impl Observation {
             output: None,
         }
     }
+
+    /// An observation with only a text.
+    pub(crate) fn text(output: impl Into<String>) -> Self {
+        Self {
+            output: Some(output.into()),
+            ..Self::default()
+        }
+    }
 }
 
 /// Why a check failed. Shown in the verbose probe body and in logs: never put credentials in it.
@@ -45,9 +53,7 @@ impl CheckFailure {
     }
 }
 
-/// An async probe of one dependency.
-///
-/// The scheduler runs it under its own interval and timeout; probe handlers never call it. Do the
+/// An async probe of one dependency, run by the scheduler (never by a probe handler). Do the
 /// cheapest real round trip that proves the dependency works (e.g. `SELECT 1`), on a connection
 /// of its own, never one from the request pool.
 ///
@@ -55,12 +61,9 @@ impl CheckFailure {
 /// use health::{Check, CheckFailure, Observation};
 ///
 /// struct DiskSpace;
-///
 /// #[async_trait::async_trait]
 /// impl Check for DiskSpace {
-///     async fn run(&self) -> Result<Observation, CheckFailure> {
-///         Ok(Observation::default())
-///     }
+///     async fn run(&self) -> Result<Observation, CheckFailure> { Ok(Observation::default()) }
 /// }
 /// ```
 #[async_trait]
@@ -81,47 +84,35 @@ pub trait Check: Send + Sync + 'static {
 }
 
 /// A signal that a dependency may have just failed (a driver's connection ended, a client library
-/// reported its link down). Raising it runs the check at once and, while the failure is not yet
-/// confirmed, every [`CheckPolicy::recheck_after`](crate::CheckPolicy::recheck_after), so
-/// readiness follows a death in well under a poll interval. Raising never waits; raises during a
-/// run collapse into one more run; raises while the check is failing are ignored. An alarm belongs
-/// to one check: share it among whatever can see that dependency fail, not among checks.
+/// reported its link down): the check runs at once and, until the failure is confirmed or cleared,
+/// every [`CheckPolicy::recheck_after`](crate::CheckPolicy::recheck_after); ignored while the
+/// check is failing (docs/health.md, the event path). An alarm belongs to one check: share it
+/// among whatever can see that dependency fail, not among checks.
 ///
 /// ```
 /// use health::{Alarm, Check, CheckFailure, CheckPolicy, Health, Observation};
 ///
 /// struct Cache(Alarm);
-///
 /// #[async_trait::async_trait]
 /// impl Check for Cache {
-///     fn alarm(&self) -> Option<Alarm> {
-///         Some(self.0.clone())
-///     }
-///     async fn run(&self) -> Result<Observation, CheckFailure> {
-///         Ok(Observation::default())
-///     }
+///     fn alarm(&self) -> Option<Alarm> { Some(self.0.clone()) }
+///     async fn run(&self) -> Result<Observation, CheckFailure> { Ok(Observation::default()) }
 /// }
 ///
-/// let alarm = Alarm::default();
 /// // Whatever sees the cache's connection die holds a clone and raises it.
-/// let on_disconnect = alarm.clone();
+/// let on_disconnect = Alarm::default();
 /// let health = Health::builder("demo", "1.0.0")
-///     .check("cache", CheckPolicy::default(), Cache(alarm))
+///     .check("cache", CheckPolicy::default(), Cache(on_disconnect.clone()))
 ///     .build()?;
 /// on_disconnect.raise(); // the check's scheduler task runs it now
 /// # Ok::<(), health::HealthError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct Alarm(Arc<Notify>);
+pub struct Alarm(pub(crate) Arc<Notify>);
 
 impl Alarm {
-    /// Asks for a run of the check now (one pending request at most).
+    /// Asks for a run of the check now (one pending request at most); never waits.
     pub fn raise(&self) {
         self.0.notify_one();
-    }
-
-    /// Resolves once the alarm has been raised (at once if it was raised since the last time).
-    pub(crate) async fn raised(&self) {
-        self.0.notified().await;
     }
 }

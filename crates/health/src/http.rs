@@ -42,14 +42,9 @@ async fn method_not_allowed() -> HttpResponse {
         .finish()
 }
 
-fn answer(
-    health: &Health,
-    status: Status,
-    query: &ProbeQuery<'_>,
-    only: Option<&str>,
-) -> HttpResponse {
-    if query.verbose() || only.is_some() {
-        respond(status, health.verbose_body(status, query, only))
+fn answer(health: &Health, status: Status, query: &ProbeQuery<'_>) -> HttpResponse {
+    if query.verbose() {
+        respond(status, health.verbose_body(status, query, None))
     } else {
         respond(status, minimal_body(status))
     }
@@ -80,28 +75,24 @@ async fn livez(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
             "checks": {"runtime:heartbeat": [{
                 "componentId": "runtime",
                 "status": status,
-                "observedValue": health.heartbeat_age().as_secs_f64() * 1000.0,
+                "observedValue": health.heartbeat().age().as_secs_f64() * 1000.0,
                 "observedUnit": "ms",
             }]},
         });
         return respond(status, body.to_string());
     }
-    answer(&health, status, &query, None)
+    answer(&health, status, &query)
 }
 
 async fn readyz(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
     let query = ProbeQuery::parse(req.query_string());
-    answer(&health, health.readiness(&query), &query, None)
+    answer(&health, health.readiness(&query), &query)
 }
 
-async fn readyz_check(
-    health: web::Data<Health>,
-    req: HttpRequest,
-    name: web::Path<String>,
-) -> HttpResponse {
-    let query = ProbeQuery::parse(req.query_string());
+async fn readyz_check(health: web::Data<Health>, name: web::Path<String>) -> HttpResponse {
     if let Some(status) = health.check_status(&name) {
-        return answer(&health, status, &query, Some(&name));
+        let body = health.verbose_body(status, &ProbeQuery::default(), Some(&name));
+        return respond(status, body);
     }
     // The name is the client's: reflect at most 64 characters of it.
     let shown: String = name.chars().take(64).collect();
@@ -113,7 +104,7 @@ async fn readyz_check(
 
 async fn startupz(health: web::Data<Health>, req: HttpRequest) -> HttpResponse {
     let query = ProbeQuery::parse(req.query_string());
-    answer(&health, health.startup(), &query, None)
+    answer(&health, health.startup(), &query)
 }
 
 async fn metrics(health: web::Data<Health>) -> HttpResponse {

@@ -43,9 +43,4 @@ impl LifecycleState {
     pub(crate) fn from_u8(raw: u8) -> Self {
         Self::ALL[usize::from(raw).min(Self::ALL.len() - 1)]
     }
-
-    /// `/startupz` passes once startup has finished, and keeps passing while draining.
-    pub const fn startup_done(self) -> bool {
-        !matches!(self, LifecycleState::Starting)
-    }
 }

@@ -10,7 +10,6 @@ use tokio::sync::watch;
 /// pauses while `postgres` fails, rather than hammering a database that is away.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use health::{Check, CheckFailure, CheckPolicy, Health, Observation, Status};
 ///
 /// struct Down;
@@ -25,7 +24,7 @@ use tokio::sync::watch;
 /// let listener = health.listen("cache").expect("a registered check");
 /// assert_eq!(listener.status(), Status::Fail); // not checked yet
 /// assert!(health.listen("nothing").is_none());
-/// # Ok(()) }
+/// # Ok::<(), health::HealthError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct StatusListener(pub(crate) watch::Receiver<Status>);
@@ -39,12 +38,11 @@ impl StatusListener {
     /// Waits until the status satisfies `wanted` (at once when it already does) and returns
     /// it. Waits forever if the [`crate::Health`] it came from is gone.
     pub async fn wait_until(&mut self, wanted: impl Fn(Status) -> bool) -> Status {
-        // Copied out first: the borrow must not be held across the await below.
-        let heard = self.0.wait_for(|status| wanted(*status)).await.map(|s| *s);
-        match heard {
-            Ok(status) => status,
-            Err(_) => std::future::pending().await,
+        // Copied out at once: the borrow must not be held across the await below.
+        if let Ok(status) = self.0.wait_for(|status| wanted(*status)).await.map(|s| *s) {
+            return status;
         }
+        std::future::pending().await
     }
 
     /// Waits until the check no longer fails.

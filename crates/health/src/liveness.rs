@@ -1,6 +1,5 @@
-//! The liveness watchdog: proof the process itself makes progress. Liveness never depends on a
-//! dependency (a database outage restarting every pod turns a blip into an outage); it fails only
-//! when the async runtime stops ticking: a deadlock, a blocked executor thread, a runaway loop.
+//! The liveness watchdog: fails only when the async runtime stops ticking (a deadlock, a blocked
+//! thread, a runaway loop), never for a dependency: restarting all pods makes a blip an outage.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ impl Heartbeat {
     pub(crate) fn new(stall_after: Duration) -> Self {
         Self {
             base: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0), // a beat now
             stall_after,
         }
     }

@@ -61,12 +61,12 @@ impl HealthMetrics {
         self.panics.with_label_values(&[check]).inc();
     }
 
-    /// Sets the status gauge only (staleness is not a transition of the check itself).
+    /// Sets the status gauge only (staleness is not a transition of the check itself). A check's
+    /// status is `pass` or `fail`, never `warn`.
     pub(crate) fn check_shown_as(&self, check: &str, critical: bool, status: Status) {
         let critical = if critical { "true" } else { "false" };
-        self.status
-            .with_label_values(&[check, critical])
-            .set(status.as_gauge());
+        let value = if status == Status::Pass { 1.0 } else { 0.0 };
+        self.status.with_label_values(&[check, critical]).set(value);
     }
 
     pub(crate) fn check_changed(&self, check: &str, critical: bool, to: Status) {
@@ -78,10 +78,8 @@ impl HealthMetrics {
 
     pub(crate) fn lifecycle_changed(&self, now: LifecycleState) {
         for state in LifecycleState::ALL {
-            let value = if state == now { 1.0 } else { 0.0 };
-            self.lifecycle
-                .with_label_values(&[state.as_str()])
-                .set(value);
+            let gauge = self.lifecycle.with_label_values(&[state.as_str()]);
+            gauge.set(if state == now { 1.0 } else { 0.0 });
         }
     }
 }

@@ -13,8 +13,6 @@ use std::time::Duration;
 ///
 /// let policy = CheckPolicy::builder().interval(Duration::from_secs(1)).build()?;
 /// assert_eq!(policy.stale_after(), Duration::from_secs(3));
-/// assert!(policy.detection_bound() <= Duration::from_secs(4));
-///
 /// let refused = CheckPolicy::builder().interval(Duration::from_secs(1)).timeout(Duration::from_secs(2)).build();
 /// assert!(refused.is_err());
 /// # Ok::<(), health::PolicyError>(())
@@ -47,17 +45,14 @@ pub enum PolicyError {
     ZeroThreshold,
 }
 
-const ONE: NonZeroU32 = NonZeroU32::MIN;
-const TWO: NonZeroU32 = NonZeroU32::MIN.saturating_add(1);
-
 impl Default for CheckPolicy {
     /// Every 2 s, 1 s timeout, failing after 2 failures, passing after 1 success, critical.
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
-            failure_threshold: TWO,
-            success_threshold: ONE,
+            failure_threshold: NonZeroU32::MIN.saturating_add(1),
+            success_threshold: NonZeroU32::MIN,
             critical: true,
         }
     }
@@ -111,19 +106,9 @@ impl CheckPolicy {
     }
 
     /// After an [`Alarm`](crate::Alarm), the spacing (interval / 8) of the runs that confirm or
-    /// clear the failure. Thresholds still count runs: a death is reported after
-    /// `(failure_threshold - 1) x recheck_after` plus the runs, while one dropped connection (the
-    /// next run reconnects and passes) changes nothing.
+    /// clear the failure; thresholds still count runs (docs/health.md, the event path).
     pub fn recheck_after(&self) -> Duration {
         self.interval / 8
-    }
-
-    /// Worst case from a dependency dying to this check reporting it when no alarm rings (a
-    /// black hole, a frozen server): `failure_threshold x interval + timeout`.
-    pub fn detection_bound(&self) -> Duration {
-        self.interval
-            .saturating_mul(self.failure_threshold.get())
-            .saturating_add(self.timeout)
     }
 }
 
@@ -169,20 +154,17 @@ impl CheckPolicyBuilder {
 
     /// The policy, or why it cannot exist.
     pub fn build(self) -> Result<CheckPolicy, PolicyError> {
-        let CheckPolicy {
-            interval, timeout, ..
-        } = self.policy;
+        let (interval, timeout) = (self.policy.interval, self.policy.timeout);
         if interval.is_zero() || timeout.is_zero() {
             return Err(PolicyError::Zero);
         }
         if timeout > interval {
             return Err(PolicyError::TimeoutAboveInterval { interval, timeout });
         }
+        let threshold = |runs| NonZeroU32::new(runs).ok_or(PolicyError::ZeroThreshold);
         Ok(CheckPolicy {
-            failure_threshold: NonZeroU32::new(self.failure_threshold)
-                .ok_or(PolicyError::ZeroThreshold)?,
-            success_threshold: NonZeroU32::new(self.success_threshold)
-                .ok_or(PolicyError::ZeroThreshold)?,
+            failure_threshold: threshold(self.failure_threshold)?,
+            success_threshold: threshold(self.success_threshold)?,
             ..self.policy
         })
     }

@@ -71,14 +71,12 @@ impl HealthBuilder {
         for slot in &self.checks {
             metrics.check_shown_as(&slot.name, slot.policy.is_critical(), Status::Fail);
         }
-        let heartbeat = Heartbeat::new(self.stall_after);
-        heartbeat.beat();
         Ok(Health(Arc::new(Inner {
             service_id: self.service_id,
             version: self.version,
             lifecycle: AtomicU8::new(LifecycleState::Starting as u8),
             checks: self.checks.into_boxed_slice(),
-            heartbeat,
+            heartbeat: Heartbeat::new(self.stall_after),
             metrics,
             registry: self.registry,
         })))
@@ -164,31 +162,23 @@ impl Health {
         Some(LifecycleState::from_u8(previous))
     }
 
-    /// `/livez`: pass while the runtime ticks and every check's result is fresh. Never looks at a
-    /// dependency: a run's timeout is at most its interval, so a result goes stale (3 intervals)
-    /// only when its scheduler task is gone or stuck, which only a restart mends.
+    /// `/livez`: pass while the runtime ticks and every check's result is fresh. A run's timeout is
+    /// at most its interval, so a result goes stale only when its task is gone or stuck.
     pub fn liveness(&self) -> Status {
         let now = Instant::now();
         let fresh = |slot: &CheckSlot| !slot.is_stale(&slot.state.load(), now);
         Status::pass_if(self.0.heartbeat.alive() && self.slots().iter().all(fresh))
     }
 
-    /// Time since the runtime last ticked.
-    pub fn heartbeat_age(&self) -> Duration {
-        self.0.heartbeat.age()
-    }
-
-    /// `/startupz`: pass once every startup phase has finished.
+    /// `/startupz`: pass once every startup phase has finished, and on while draining.
     pub fn startup(&self) -> Status {
-        Status::pass_if(self.lifecycle().startup_done())
+        Status::pass_if(self.lifecycle() != LifecycleState::Starting)
     }
 
     /// `/readyz`: fail outside lifecycle `ready` or if a critical check fails; warn if others do.
     pub fn readiness(&self, query: &ProbeQuery<'_>) -> Status {
-        if self.lifecycle() != LifecycleState::Ready {
-            return Status::Fail;
-        }
-        self.checks_status(query)
+        let ready = Status::pass_if(self.lifecycle() == LifecycleState::Ready);
+        ready.max(self.checks_status(query))
     }
 
     /// Aggregate status of the checks alone, ignoring the lifecycle.

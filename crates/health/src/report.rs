@@ -20,29 +20,25 @@ pub const HEALTH_JSON: &str = "application/health+json";
 /// assert!(!query.excludes_name("postgres"));
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ProbeQuery<'a> {
-    raw: &'a str,
-    verbose: bool,
-}
+pub struct ProbeQuery<'a>(&'a str);
 
 impl<'a> ProbeQuery<'a> {
-    /// Reads `verbose` and `exclude` out of a query string (without the `?`).
+    /// A query string (without the `?`); `verbose` and `exclude` are read from it on demand.
     pub fn parse(raw: &'a str) -> Self {
-        let verbose = raw.split('&').any(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            key == "verbose" && !matches!(value, "0" | "false")
-        });
-        Self { raw, verbose }
+        Self(raw)
     }
 
     /// True when the body should list every check.
     pub fn verbose(&self) -> bool {
-        self.verbose
+        self.0.split('&').any(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            key == "verbose" && !matches!(value, "0" | "false")
+        })
     }
 
     /// True when `name` is listed in an `exclude` parameter.
     pub fn excludes_name(&self, name: &str) -> bool {
-        self.raw
+        self.0
             .split('&')
             .filter_map(|pair| pair.strip_prefix("exclude="))
             .flat_map(|list| list.split(','))
@@ -50,7 +46,7 @@ impl<'a> ProbeQuery<'a> {
     }
 
     pub(crate) fn excludes(&self, slot: &CheckSlot) -> bool {
-        !self.raw.is_empty() && (self.excludes_name(&slot.name) || self.excludes_name(&slot.key))
+        !self.0.is_empty() && (self.excludes_name(&slot.name) || self.excludes_name(&slot.key))
     }
 }
 

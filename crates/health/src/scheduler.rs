@@ -45,7 +45,7 @@ impl Health {
                     let alarmed = tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = ticker.tick() => false,
-                        () = slot.alarm.raised() => true,
+                        () = slot.alarm.0.notified() => true,
                     };
                     let runs = run_until_decided(&health, slot, alarmed, &mut last_alarm);
                     if shutdown.run_until_cancelled(runs).await.is_none() {
@@ -59,9 +59,8 @@ impl Health {
 }
 
 /// One run; after an alarm, re-runs every `recheck_after` while a failure is not yet confirmed.
-/// Alarms are answered at least `recheck_after` apart, so a dependency dropping connections in a
-/// loop cannot make its check loop too. Alarms while failing are ignored: they hasten bad news
-/// only, and recovery keeps the poll's pace.
+/// Alarms are answered at least `recheck_after` apart (a dependency dropping connections in a loop
+/// cannot make its check loop too) and ignored while failing: recovery keeps the poll's pace.
 async fn run_until_decided(
     health: &Health,
     slot: &CheckSlot,

@@ -26,10 +26,7 @@ impl CheckState {
     fn pending() -> Self {
         Self {
             status: Status::Fail,
-            observation: Observation {
-                output: Some("not checked yet".to_owned()),
-                ..Observation::default()
-            },
+            observation: Observation::text("not checked yet"),
             time: SystemTime::now(),
             at: Instant::now(),
             has_run: false,
@@ -47,10 +44,7 @@ impl CheckState {
             Ok(_) => (0, self.consecutive_successes.saturating_add(1)),
             Err(_) => (self.consecutive_failures.saturating_add(1), 0),
         };
-        let observation = outcome.unwrap_or_else(|reason| Observation {
-            output: Some(reason),
-            ..Observation::default()
-        });
+        let observation = outcome.unwrap_or_else(Observation::text);
         let status = match self.status {
             Status::Pass if failures >= policy.failure_threshold() => Status::Fail,
             Status::Fail | Status::Warn if successes >= policy.success_threshold() => Status::Pass,
@@ -114,11 +108,7 @@ impl CheckSlot {
 
     /// Status as of `now`: a result older than the staleness bound counts as a failure.
     pub(crate) fn status_at(&self, state: &CheckState, now: Instant) -> Status {
-        if self.is_stale(state, now) {
-            Status::Fail
-        } else {
-            state.status
-        }
+        std::cmp::max(state.status, Status::pass_if(!self.is_stale(state, now)))
     }
 
     pub(crate) fn is_stale(&self, state: &CheckState, now: Instant) -> bool {

@@ -35,15 +35,6 @@ impl Status {
     pub(crate) const fn pass_if(ok: bool) -> Self {
         if ok { Status::Pass } else { Status::Fail }
     }
-
-    /// Value exported in the `health_check_status` gauge (1 pass, 0.5 warn, 0 fail).
-    pub const fn as_gauge(self) -> f64 {
-        match self {
-            Status::Pass => 1.0,
-            Status::Warn => 0.5,
-            Status::Fail => 0.0,
-        }
-    }
 }
 
 impl std::fmt::Display for Status {

@@ -4,7 +4,7 @@
 use crate::db;
 use crate::settings::Settings;
 use bootstrap::Telemetry;
-use bootstrap::schema::{SchemaStatus, Version};
+use bootstrap::schema::Version;
 use std::process::ExitCode;
 
 /// Applies the pending migrations (or, with `check`, lists them) within
@@ -34,7 +34,7 @@ pub async fn run(settings: &Settings, check: bool) -> ExitCode {
     }
 }
 
-/// Whether the schema is up to date afterwards.
+/// Applies or lists the migrations, printing each; whether the schema is up to date afterwards.
 async fn migrate(settings: &Settings, check: bool) -> anyhow::Result<bool> {
     let schema = db::schema();
     let status = if check {
@@ -47,18 +47,15 @@ async fn migrate(settings: &Settings, check: bool) -> anyhow::Result<bool> {
             .migrate(&settings.database, &settings.migrations, print)
             .await?
     };
-    report(&status, check);
-    Ok(!check || status.pending.is_empty())
-}
-
-fn report(status: &SchemaStatus, check: bool) {
     for version in &status.pending {
         println!("pending {version}");
     }
     for version in &status.unknown {
         println!("applied by a later release: {version}");
     }
-    if !check || status.pending.is_empty() {
+    let up_to_date = !check || status.pending.is_empty();
+    if up_to_date {
         println!("schema up to date");
     }
+    Ok(up_to_date)
 }

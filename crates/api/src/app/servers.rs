@@ -142,14 +142,10 @@ fn max_in_flight(settings: &Settings) -> anyhow::Result<usize> {
 /// (raised to its hard value first) leaves for them.
 fn api_connections(settings: &Settings, workers: usize) -> anyhow::Result<usize> {
     let pooled = settings.connection_budget()?.total() as u64;
-    let budget = match bootstrap::limits::FileLimit::raise() {
+    let budget = match bootstrap::limits::raise_file_limit() {
         Ok(limit) => {
-            let budget = limit.api_connections(pooled, workers);
-            tracing::info!(
-                file_limit = limit.soft,
-                api_connections = budget,
-                "file limit"
-            );
+            let budget = bootstrap::limits::api_connections(limit, pooled, workers);
+            tracing::info!(file_limit = limit, api_connections = budget, "file limit");
             budget
         }
         Err(error) => {

@@ -38,9 +38,14 @@ pub(super) struct Parts {
     pub(super) health: Health,
     pub(super) registry: prometheus::Registry,
     pub(super) messaging: Messaging, // @rabbitmq
-    /// Shared by the background tasks.
+    /// Shared by the background tasks: few connections, as a task holds one only for a statement
+    /// or short transaction, never across a call out. Used on the main runtime, which outlives
+    /// the workers.
     pub(super) background_pool: deadpool_postgres::Pool,
-    /// Shared by the API workers.
+    /// Shared by every API worker, so no request waits while a connection is idle. Driver tasks
+    /// live on the worker that opened them (docs/architecture.md): a stopped worker's connections
+    /// close and are discarded at next checkout. Known limit: at shutdown, a worker that stops
+    /// first fails a slower worker's request using one of its connections.
     pub(super) request_pool: deadpool_postgres::Pool,
 }
 
@@ -116,9 +121,10 @@ fn database_pools(
     }
     registry.register(Box::new(gauges))?;
     registry.register(Box::new(db::CONNECTIONS_REFUSED.clone()))?;
-    let request_pool = db::request_pool(&settings.database, budget.requests, lost)?;
+    let request_pool = db::pool(&settings.database, "shipshape", budget.requests, lost)?;
     registry.register(Box::new(PoolGauges::new(request_pool.clone())?))?;
-    let background_pool = db::background_pool(&settings.database, budget.background, lost)?;
+    let background = "shipshape-background";
+    let background_pool = db::pool(&settings.database, background, budget.background, lost)?;
     Ok((background_pool, request_pool))
 }
 

@@ -1,6 +1,5 @@
 //! PostgreSQL: the request and background pools, migrations, and the example's queries.
 
-pub mod idempotency;
 pub mod items;
 pub mod outbox; // @rabbitmq
 
@@ -53,38 +52,18 @@ impl Connect for Connector {
     }
 }
 
-/// The request pool, shared by every API worker so no request waits while a connection is idle.
-/// Driver tasks live on the worker that opened them (docs/architecture.md): a stopped worker's
-/// connections close and are discarded at next checkout. Known limit: at shutdown, a worker that
-/// stops first fails a slower worker's request using one of its connections.
-pub fn request_pool(
-    settings: &DatabaseSettings,
-    size: usize,
-    lost: &Alarm,
-) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape", size, lost.clone())
-}
-
-/// The background pool: few connections, as a task holds one only for a statement or short
-/// transaction, never across a call out. Use it on the main runtime, which outlives the workers.
-pub fn background_pool(
-    settings: &DatabaseSettings,
-    size: usize,
-    lost: &Alarm,
-) -> anyhow::Result<Pool> {
-    build_pool(settings, "shipshape-background", size, lost.clone())
-}
-
-fn build_pool(
+/// A pool of `max_size` connections, named `application` in `pg_stat_activity`.
+pub fn pool(
     settings: &DatabaseSettings,
     application: &str,
     max_size: usize,
-    lost: Alarm,
+    lost: &Alarm,
 ) -> anyhow::Result<Pool> {
     let (mut config, tls) = bootstrap::tls::postgres(settings)?;
     config.application_name(application);
     // Fast recycling (the default): a broken connection is noticed on use; verifying it would
     // cost a query per checkout.
+    let lost = lost.clone();
     let manager = Manager::from_connect(config, Connector { tls, lost }, ManagerConfig::default());
     Ok(Pool::builder(manager)
         .max_size(max_size)

@@ -51,14 +51,6 @@ impl<'de> Deserialize<'de> for NewItem {
     }
 }
 
-/// A validation failure, reported as 422.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct Invalid {
-    pub field: &'static str,
-    pub reason: String,
-}
-
 /// A [`NewItem`] that passed [`NewItem::parse`]: the only kind the database takes.
 #[derive(Debug, Clone, Serialize)]
 #[serde(transparent)]
@@ -72,36 +64,27 @@ impl std::ops::Deref for ValidNewItem {
 }
 
 impl NewItem {
-    /// The item, once it keeps the rules its type cannot express.
-    pub fn parse(self) -> Result<ValidNewItem, Invalid> {
+    /// The item, once it keeps the rules its type cannot express; else why not (a 422's detail).
+    pub fn parse(self) -> Result<ValidNewItem, String> {
         let length = self.name.chars().count();
         if !(1..=NAME_MAX).contains(&length) {
-            return invalid(
-                "name",
-                format!("must be 1 to {NAME_MAX} characters, got {length}"),
-            );
+            return Err(format!(
+                "name: must be 1 to {NAME_MAX} characters, got {length}"
+            ));
         }
         // An invisible name is a mistake: only spaces, controls, format characters (zero-width
         // spaces, BOMs, soft hyphens), baseless marks (variation selectors) or fillers.
         if !self.name.chars().any(is_visible) {
-            return invalid(
-                "name",
-                "must contain a visible character, not only whitespace",
-            );
+            return Err("name: must contain a visible character, not only whitespace".into());
         }
         // PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
         for (field, value) in [("name", Some(&self.name)), ("note", self.note.as_ref())] {
             if value.is_some_and(|v| v.contains('\0')) {
-                return invalid(field, "must not contain the NUL character");
+                return Err(format!("{field}: must not contain the NUL character"));
             }
         }
         Ok(ValidNewItem(self))
     }
-}
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> Result<ValidNewItem, Invalid> {
-    let reason = reason.into();
-    Err(Invalid { field, reason })
 }
 
 fn is_visible(c: char) -> bool {
@@ -134,23 +117,6 @@ pub struct Item {
 }
 
 // @rabbitmq-begin
-/// What happened to an item, as published on the events exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ItemEventKind {
-    Created,
-    Deleted,
-}
-
-impl ItemEventKind {
-    /// The routing key and the `type` field.
-    pub const fn routing_key(self) -> &'static str {
-        match self {
-            ItemEventKind::Created => "item.created",
-            ItemEventKind::Deleted => "item.deleted",
-        }
-    }
-}
-
 /// The JSON body of an event message: `id` and `type`, which every event has, then the item's.
 #[derive(Debug, Clone, Serialize)]
 pub struct ItemEvent {
@@ -164,10 +130,18 @@ pub struct ItemEvent {
 }
 
 impl ItemEvent {
-    pub fn new(kind: ItemEventKind, item_id: Uuid) -> Self {
+    pub fn created(item_id: Uuid) -> Self {
+        Self::new("item.created", item_id)
+    }
+
+    pub fn deleted(item_id: Uuid) -> Self {
+        Self::new("item.deleted", item_id)
+    }
+
+    fn new(kind: &'static str, item_id: Uuid) -> Self {
         Self {
             id: Uuid::now_v7(),
-            kind: kind.routing_key(),
+            kind,
             item_id,
             occurred_at: Utc::now(),
         }

@@ -1,7 +1,6 @@
-//! The events consumer: manual acks, bounded prefetch, idempotent processing, and a
-//! dead-letter queue for messages that cannot be parsed or keep failing. Deliveries already arrived
-//! are processed as a batch: one transaction records them (each event id once, so a redelivery
-//! changes nothing) and one `multiple` ack after the commit settles them.
+//! The events consumer (docs/api.md, "Consumer"). Deliveries already arrived are one batch: one
+//! transaction records them (each event id once, so a redelivery changes nothing) and one
+//! `multiple` ack after the commit settles them.
 
 use crate::db::Database;
 use crate::problem::ApiError;
@@ -42,28 +41,6 @@ struct Event {
     id: uuid::Uuid,
     #[serde(rename = "type")]
     kind: String,
-}
-
-/// Why processing an event failed.
-#[derive(Debug, thiserror::Error)]
-enum ProcessError {
-    /// The database could not do the work now; the event is not at fault.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// The event failed on its own account: an attempt.
-    #[error("{0}")]
-    Rejected(String),
-}
-
-impl From<ApiError> for ProcessError {
-    /// The same line the API draws: what would be a 503 is the database being away.
-    fn from(error: ApiError) -> Self {
-        match error {
-            ApiError::Unavailable(reason) => ProcessError::Unavailable(reason),
-            ApiError::Internal(cause) => ProcessError::Rejected(cause),
-            other => ProcessError::Rejected(other.to_string()),
-        }
-    }
 }
 
 /// The consumer task. The database being away (or a conflict a retry resolves) is not the
@@ -215,7 +192,7 @@ impl Consumer {
 
     /// One attempt used, in the event's span: a copy with its count goes to the retry queue (then
     /// the original is acked), or the message is dead-lettered when it has used them all.
-    async fn failed(&self, channel: &Channel, received: Received, error: &ProcessError) {
+    async fn failed(&self, channel: &Channel, received: Received, error: &str) {
         let delivery = &received.delivery;
         async {
             let attempt = attempts_used(delivery.properties.headers().as_ref()) + 1;
@@ -237,11 +214,12 @@ impl Consumer {
     }
 
     /// Processes `events` (whether each was new), waiting out database outages; `None` if stopped.
+    /// An error is an attempt used, and says why.
     async fn process_while_available(
         &self,
         events: &[Event],
         stop: &CancellationToken,
-    ) -> Option<Result<Vec<bool>, ProcessError>> {
+    ) -> Option<Result<Vec<bool>, String>> {
         let first = events.first().map(|event| event.id).unwrap_or_default();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut database = self.database.clone();
@@ -258,8 +236,9 @@ impl Consumer {
                     .await?;
             }
             let work = self.db.run(async |client| record(client, events).await);
-            match work.await.map_err(ProcessError::from) {
-                Err(ProcessError::Unavailable(reason)) => {
+            match work.await {
+                // The same line the API draws: what would be a 503 is the database being away.
+                Err(ApiError::Unavailable(reason)) => {
                     if !waited {
                         tracing::warn!(event_id = %first, events = events.len(), %reason, "consumer: database unavailable, holding the events until it returns");
                         waited = true;
@@ -273,7 +252,7 @@ impl Consumer {
                         .elapsed()
                         >= self.hold_limit
                     {
-                        return Some(Err(ProcessError::Rejected(reason)));
+                        return Some(Err(reason));
                     } else {
                         stop.run_until_cancelled(tokio::time::sleep(backoff.next_delay()))
                             .await?;
@@ -283,7 +262,10 @@ impl Consumer {
                     if waited {
                         tracing::info!(event_id = %first, "consumer: database back, consuming again");
                     }
-                    return Some(outcome);
+                    return Some(outcome.map_err(|error| match error {
+                        ApiError::Internal(cause) => cause,
+                        other => other.to_string(),
+                    }));
                 }
             }
         }

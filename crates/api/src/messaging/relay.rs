@@ -97,14 +97,12 @@ impl Check for OutboxLagCheck {
     }
 }
 
-/// The relay task. The guarantee is **at least once, unordered**: each publishing loop claims the
-/// oldest rows nobody else has claimed (`FOR UPDATE SKIP LOCKED`, then a lease), so loops and
-/// replicas publish interleaved batches, and a crash between the confirm and the mark publishes a
-/// batch again once its lease ends. Consumers must be idempotent (ours records event ids) and not
-/// rely on order (use `occurred_at` or a version where order matters). It works on the background
-/// pool ([`crate::db::background_pool`]), holding a connection only for the claim and the mark,
-/// never while the broker confirms: its loops share a few connections with the other background
-/// tasks, whatever their number.
+/// The relay task. The guarantee is **at least once, unordered** (docs/api.md): each publishing
+/// loop claims the oldest rows nobody else has claimed (`FOR UPDATE SKIP LOCKED`, then a lease),
+/// so loops and replicas publish interleaved batches, and a crash between the confirm and the mark
+/// publishes a batch again once its lease ends. It holds a background pool connection only for the
+/// claim and the mark, never while the broker confirms: its loops share a few connections with the
+/// other background tasks, whatever their number.
 #[derive(Debug, Clone)]
 pub struct Relay {
     pub pool: Pool,

@@ -1,8 +1,8 @@
 //! `Idempotency-Key` on a write: any handler that creates something makes its retries safe with
-//! [`key`], [`replayed`] and [`record`], inside the transaction of the write.
+//! [`key`], [`replayed`] and [`record`], inside the transaction of the write: the first response
+//! to a key is stored in the transaction that produced it.
 
 use crate::auth::Caller;
-use crate::db::idempotency::{self, ScopedKey, Stored};
 use crate::problem::ApiError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::LOCATION;
@@ -13,6 +13,14 @@ use serde_json::Value;
 
 /// Longest accepted `Idempotency-Key`.
 const KEY_MAX: usize = 255;
+
+/// An `Idempotency-Key` scoped by method, route pattern and caller (`POST /v1/orders`,
+/// `POST /v1/orders as alice`): one key sent to two endpoints, or by two callers, is two keys.
+#[derive(Debug, Clone)]
+pub struct ScopedKey {
+    scope: String,
+    key: String,
+}
 
 /// The request's key, scoped by method, route pattern and caller; `None` without the header.
 pub fn key(req: &HttpRequest, caller: &Caller) -> Result<Option<ScopedKey>, ApiError> {
@@ -53,22 +61,33 @@ pub async fn replayed(
     request: &Value,
 ) -> Result<Option<HttpResponse>, ApiError> {
     let Some(key) = key else { return Ok(None) };
-    idempotency::lock(tx, key).await?;
-    let Some(stored) = idempotency::find(tx, key).await? else {
+    // Serialises requests with the same key (20 parallel retries: one item, 19 replays). It locks
+    // the unscoped key, as the previous release does, so both releases share the lock during a
+    // rollout; a key sent to two routes at once merely waits.
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .await?;
+    tx.execute(&lock, &[&key.key]).await?;
+    let find = tx
+        .prepare_cached(
+            "SELECT request, status, body, location FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .await?;
+    let Some(row) = tx.query_opt(&find, &[&key.scope, &key.key]).await? else {
         return Ok(None);
     };
-    if stored.request != *request {
+    if row.try_get::<_, Value>("request")? != *request {
         return Err(ApiError::Unprocessable(
             "Idempotency-Key was already used with a different request body".into(),
         ));
     }
-    let mut response =
-        HttpResponse::build(StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK));
-    if let Some(location) = &stored.location {
-        response.insert_header((LOCATION, location.clone()));
+    let status = u16::try_from(row.try_get::<_, i16>("status")?).unwrap_or(500);
+    let mut response = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
+    if let Some(location) = row.try_get::<_, Option<String>>("location")? {
+        response.insert_header((LOCATION, location));
     }
     response.insert_header(("Idempotent-Replayed", "true"));
-    Ok(Some(response.json(&stored.body)))
+    Ok(Some(response.json(row.try_get::<_, Value>("body")?)))
 }
 
 /// Stores a `201 Created` at `location` with `body` under `key`, for [`replayed`] to find.
@@ -80,13 +99,16 @@ pub async fn record(
     location: &str,
 ) -> Result<(), ApiError> {
     let Some(key) = key else { return Ok(()) };
-    let stored = Stored {
-        request,
-        status: 201,
-        body: serde_json::to_value(body).map_err(|e| ApiError::Internal(e.to_string()))?,
-        location: Some(location.to_owned()),
-    };
-    Ok(idempotency::store(tx, key, &stored).await?)
+    let body = serde_json::to_value(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let insert = tx
+        .prepare_cached("INSERT INTO idempotency_keys (scope, key, request, status, body, location) VALUES ($1, $2, $3, $4, $5, $6)")
+        .await?;
+    tx.execute(
+        &insert,
+        &[&key.scope, &key.key, &request, &201i16, &body, &location],
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -118,7 +140,7 @@ mod tests {
             .migrate(&settings, &MigrationSettings::default(), |_, _| {})
             .await
             .unwrap();
-        let pool = crate::db::request_pool(&settings, 2, &health::Alarm::default()).unwrap();
+        let pool = crate::db::pool(&settings, "shipshape", 2, &health::Alarm::default()).unwrap();
         crate::db::Database::new(pool, Duration::from_secs(5))
     }
 

@@ -1,7 +1,5 @@
-//! Layered, typed, validated settings. Layers, lowest first: the type's `Default` <
-//! `config/default.toml` < `config/$APP_ENV.toml` < `APP__SECTION__KEY` variables, read at start,
-//! before any port is bound, into `deny_unknown_fields` structs (a misspelt key is an error). A bad
-//! value becomes a [`ConfigError`] naming variable, value and expectation; the exit code is 2.
+//! Layered, typed, validated settings (docs/configuration.md): a bad value or a misspelt key
+//! becomes a [`ConfigError`] naming variable, value and expectation.
 
 mod sections;
 pub mod value;
@@ -78,10 +76,9 @@ impl Sources {
 /// #[serde(default, deny_unknown_fields)]
 /// struct Settings { cache: Cache }
 ///
-/// #[derive(Debug, serde::Deserialize)]
+/// #[derive(Debug, Default, serde::Deserialize)]
 /// #[serde(default, deny_unknown_fields)]
 /// struct Cache { size: usize }
-/// impl Default for Cache { fn default() -> Self { Self { size: 100 } } }
 ///
 /// let dir = tempfile::tempdir()?;
 /// std::fs::write(dir.path().join("default.toml"), "[cache]\nsize = 5\n")?;

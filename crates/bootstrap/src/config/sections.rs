@@ -7,6 +7,7 @@ use super::value::{
     port, positive_duration,
 };
 use super::{ConfigError, SecretUrl, display, redact};
+use health::{CheckPolicy, PolicyError};
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 use smart_default::SmartDefault;
@@ -346,11 +347,8 @@ impl CheckTuning {
     /// assert_eq!(tuning.policy(true)?.failure_threshold(), 2);
     /// # Ok::<(), health::PolicyError>(())
     /// ```
-    pub fn policy(
-        &self,
-        critical_by_default: bool,
-    ) -> Result<health::CheckPolicy, health::PolicyError> {
-        health::CheckPolicy::builder()
+    pub fn policy(&self, critical_by_default: bool) -> Result<CheckPolicy, PolicyError> {
+        CheckPolicy::builder()
             .interval(self.interval)
             .timeout(self.timeout)
             // Bounded to 1-100 when read.

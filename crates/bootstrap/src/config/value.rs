@@ -90,9 +90,7 @@ pub fn redact(text: &str) -> String {
         let authority = &after[..end];
         match (authority.rfind('@'), authority.find(':')) {
             (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..=colon]);
-                out.push_str("***");
-                out.push_str(&authority[at..]);
+                out.push_str(&format!("{}***{}", &authority[..=colon], &authority[at..]));
             }
             _ => out.push_str(authority),
         }
@@ -108,8 +106,7 @@ fn redact_keywords(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.to_ascii_lowercase().find(KEY) {
-        out.push_str(&rest[..at + KEY.len()]);
-        out.push_str("***");
+        out.push_str(&format!("{}***", &rest[..at + KEY.len()]));
         let value = &rest[at + KEY.len()..];
         let end = match value.strip_prefix('\'') {
             Some(quoted) => quoted.find('\'').map_or(value.len(), |close| close + 2),

@@ -21,15 +21,6 @@ pub static SPANS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("a constant metric definition: {e}"))
 });
 
-/// The batch processor's queue size (`OTEL_BSP_MAX_QUEUE_SIZE`, 2048 by default).
-pub(super) fn queue_size() -> usize {
-    std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
-        .ok()
-        .and_then(|raw| raw.parse().ok())
-        .filter(|size| *size > 0)
-        .unwrap_or(2048)
-}
-
 /// A batch processor whose queued spans are counted: a span that would overflow the queue is
 /// dropped here, where it is counted, rather than inside the SDK, where it is not.
 #[derive(Debug)]
@@ -46,8 +37,13 @@ impl BoundedExport {
             inner: exporter,
             queued: queued.clone(),
         };
-        let limit = queue_size();
-        // The SDK's queue gets the same size, so it never drops a span this count let through.
+        // The SDK's own setting (2048 by default), given to its queue too, so that queue never
+        // drops a span this count let through.
+        let limit: usize = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+            .ok()
+            .and_then(|raw| raw.parse().ok())
+            .filter(|size| *size > 0)
+            .unwrap_or(2048);
         let config = BatchConfigBuilder::default()
             .with_max_queue_size(limit)
             .build();

@@ -13,25 +13,18 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, Socket};
 
-/// Round trip to PostgreSQL on a dedicated connection.
-///
-/// Not from the request pool: under load a busy pool would time the check out, flip readiness
-/// and move the load to the other replicas, which then flip too (a cascade). [`PoolGauges`]
-/// exports saturation instead. When the connection ends with an error (server died, restarted or
-/// reset it) the check's [`Alarm`] is raised; share it with the pool's connections through
+/// Round trip to PostgreSQL on a dedicated connection, never one from the request pool (a busy
+/// pool would time the check out and flip readiness: docs/health.md); [`PoolGauges`] exports
+/// saturation instead. When the connection ends with an error (server died, restarted or reset
+/// it) the check's [`Alarm`] is raised; share it with the pool's connections through
 /// [`PostgresCheck::with_alarm`].
 ///
-/// ```no_run
-/// use health::{Alarm, CheckPolicy, Health};
+/// ```
 /// use health::checks::postgres::PostgresCheck;
-///
 /// let config: tokio_postgres::Config = "postgres://postgres@127.0.0.1/app".parse()?;
-/// let postgres_lost = Alarm::default(); // raised by the pool's connection tasks too
-/// let check = PostgresCheck::new(config, tokio_postgres::NoTls).with_alarm(postgres_lost);
-/// let health = Health::builder("demo", "1.0.0")
-///     .check("postgres", CheckPolicy::default(), check)
-///     .build()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// let postgres_lost = health::Alarm::default(); // raised by the pool's connection tasks too
+/// let _check = PostgresCheck::new(config, tokio_postgres::NoTls).with_alarm(postgres_lost);
+/// # Ok::<(), tokio_postgres::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct PostgresCheck<T> {
@@ -41,13 +34,7 @@ pub struct PostgresCheck<T> {
     alarm: Alarm,
 }
 
-impl<T> PostgresCheck<T>
-where
-    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
-    T::Stream: Send,
-    T::TlsConnect: Send,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
+impl<T> PostgresCheck<T> {
     /// A check connecting with `config` through `tls` (the service's own TLS settings); sets
     /// `application_name` so its session stands out in `pg_stat_activity`.
     pub fn new(mut config: tokio_postgres::Config, tls: T) -> Self {
@@ -66,26 +53,6 @@ where
         self.alarm = alarm;
         self
     }
-
-    /// A new connection; `None` when the server refused it as full (SQLSTATE 53300).
-    async fn connect(&self) -> Result<Option<Client>, CheckFailure> {
-        let (client, connection) = match self.config.connect(self.tls.clone()).await {
-            Ok(pair) => pair,
-            Err(error) if error.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) => {
-                tracing::debug!(error = %describe(&error), "postgres check: the server is full");
-                return Ok(None);
-            }
-            Err(error) => return Err(failure("connecting", &error)),
-        };
-        let alarm = self.alarm.clone();
-        tokio::spawn(async move {
-            // Ends with an error when the server goes away; the next run reconnects.
-            if connection.await.is_err() {
-                alarm.raise();
-            }
-        });
-        Ok(Some(client))
-    }
 }
 
 /// A tokio-postgres error with its cause: alone it prints as "db error" or "error connecting to
@@ -93,10 +60,8 @@ where
 ///
 /// ```
 /// # async fn demo() {
-/// let error = tokio_postgres::connect("host=127.0.0.1 port=1", tokio_postgres::NoTls)
-///     .await
-///     .err()
-///     .unwrap();
+/// use tokio_postgres::{NoTls, connect};
+/// let error = connect("host=127.0.0.1 port=1", NoTls).await.err().unwrap();
 /// assert!(health::checks::postgres::describe(&error).starts_with("error connecting to server: "));
 /// # }
 /// ```
@@ -167,9 +132,24 @@ where
                 return Ok(observation);
             }
         }
-        let Some(client) = self.connect().await? else {
-            return Ok(server_full());
+        let (client, connection) = match self.config.connect(self.tls.clone()).await {
+            Ok(pair) => pair,
+            // Full (53300) means up: other clients holding every slot is pressure, not an outage.
+            Err(error) if error.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) => {
+                tracing::debug!(error = %describe(&error), "postgres check: the server is full");
+                return Ok(Observation::text(
+                    "server full (too many clients): up, not reached",
+                ));
+            }
+            Err(error) => return Err(failure("connecting", &error)),
         };
+        let alarm = self.alarm.clone();
+        tokio::spawn(async move {
+            // Ends with an error when the server goes away; the next run reconnects.
+            if connection.await.is_err() {
+                alarm.raise();
+            }
+        });
         let observation = select_one(&client)
             .await
             .map_err(|e| failure("SELECT 1", &e))?;
@@ -182,14 +162,6 @@ async fn select_one(client: &Client) -> Result<Observation, tokio_postgres::Erro
     let started = Instant::now();
     client.simple_query("SELECT 1").await?;
     Ok(Observation::latency(started.elapsed()))
-}
-
-/// Refused as full means up: other clients holding every slot is pressure, not an outage.
-fn server_full() -> Observation {
-    Observation {
-        output: Some("server full (too many clients): up, not reached".into()),
-        ..Observation::default()
-    }
 }
 
 /// Request-pool gauges (`db_pool_connections{state=...}`), read at scrape time: free in between.

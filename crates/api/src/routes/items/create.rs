@@ -1,7 +1,7 @@
 use crate::auth::Caller;
 use crate::db;
+use crate::domain::item::ItemEvent; // @rabbitmq
 use crate::domain::item::{Item, NewItem};
-use crate::domain::item::{ItemEvent, ItemEventKind}; // @rabbitmq
 use crate::problem::{ApiError, Problem};
 use crate::routes::{AppState, idempotency};
 use actix_web::http::header::LOCATION;
@@ -33,10 +33,7 @@ pub async fn create(
     caller: Caller,
     body: web::Json<NewItem>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = body
-        .into_inner()
-        .parse()
-        .map_err(|invalid| ApiError::Unprocessable(invalid.to_string()))?;
+    let new = body.into_inner().parse().map_err(ApiError::Unprocessable)?;
     let key = idempotency::key(&req, &caller)?;
     let request = serde_json::to_value(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
 
@@ -51,7 +48,7 @@ pub async fn create(
             }
             let item = db::items::insert(&tx, &new).await?;
             // @rabbitmq-begin
-            let event = ItemEvent::new(ItemEventKind::Created, item.id);
+            let event = ItemEvent::created(item.id);
             db::outbox::enqueue(&tx, &event, &headers).await?;
             // @rabbitmq-end
             let location = super::location(item.id);

@@ -1,5 +1,5 @@
 use crate::db;
-use crate::domain::item::{ItemEvent, ItemEventKind}; // @rabbitmq
+use crate::domain::item::ItemEvent; // @rabbitmq
 use crate::problem::{ApiError, Problem};
 use crate::routes::AppState;
 use actix_web::{HttpResponse, web};
@@ -34,7 +34,7 @@ pub async fn delete(
                 return Err(ApiError::NotFound("item", id));
             }
             // @rabbitmq-begin
-            let event = ItemEvent::new(ItemEventKind::Deleted, id);
+            let event = ItemEvent::deleted(id);
             db::outbox::enqueue(&tx, &event, &headers).await?;
             // @rabbitmq-end
             tx.commit().await?;
