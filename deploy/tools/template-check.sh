@@ -280,7 +280,8 @@ replace_example() { # $1: a copy of the project, $2: rabbitmq choice
   }
   rm -r "$api/src/routes/items" "$api/src/domain" "$api/src/db/items.rs" "$api/tests/items.rs"
   edit "$api/src/main.rs" '/^mod domain;$/d'
-  edit "$api/src/db/mod.rs" '/^pub mod items;$/d'
+  # With the line, the blank one after it when it was the only module (no broker: no outbox).
+  edit "$api/src/db/mod.rs" '/^pub mod items;$/{N;/\n$/d;s/^pub mod items;\n//}'
   edit "$api/src/routes/mod.rs" 's/^pub mod items;$/pub mod notes;/' 's/items::mount/notes::mount/'
   edit "$api/src/openapi.rs" 's/routes::items;/routes::notes;/' 's/items::Api/notes::Api/'
   "$PYTHON" deploy/tools/template-sync.py --file "$variant" deploy/template/replacement/notes.rs \

@@ -82,14 +82,10 @@ impl BrokerSupervisor {
         self.alarm.clone()
     }
 
-    /// Waits until a connection with its topology is up.
-    pub async fn connected(&self) -> Arc<Connection> {
-        // A stop that never comes: a connection, or (the supervisor gone) a wait for good.
+    /// Waits until a connection with its topology is up (for good, once the supervisor is gone).
+    pub async fn connected(&self) {
         let never = CancellationToken::new();
-        match next_connection(&mut self.link(), &never).await {
-            Some(connection) => connection,
-            None => std::future::pending().await,
-        }
+        next_connection(&mut self.link(), &never).await;
     }
 
     /// Stops reconnecting and closes the connection (200, "shutdown").
@@ -200,14 +196,10 @@ async fn connect(
         topology(connection.clone()).await?;
         Ok::<_, lapin::Error>(connection)
     };
-    tokio::time::timeout(settings.connect_timeout, attempt)
+    let limit = settings.connect_timeout;
+    tokio::time::timeout(limit, attempt)
         .await
-        .map_err(|_| {
-            format!(
-                "no answer within {}",
-                humantime::format_duration(settings.connect_timeout)
-            )
-        })?
+        .map_err(|_| format!("no answer within {}", humantime::format_duration(limit)))?
         .map_err(|e| crate::config::redact(&e.to_string()))
 }
 

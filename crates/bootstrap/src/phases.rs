@@ -5,34 +5,26 @@ use std::fmt::Display;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// One step of a service's startup: its name in logs, the dependency it waits for and the backoff
-/// between attempts. A service declares its phases and runs them in order through [`Startup`].
+/// One step of a service's startup: its name in logs and the dependency it waits for. A service
+/// declares its phases and runs them in order through [`Startup`].
 ///
 /// ```
 /// use bootstrap::StartupPhase;
-/// use std::time::Duration;
-///
-/// const MIGRATIONS: StartupPhase = StartupPhase::new("migrations")
-///     .waiting_for("postgres")
-///     .backoff(Duration::from_millis(500), Duration::from_secs(10));
+/// const MIGRATIONS: StartupPhase = StartupPhase::new("migrations").waiting_for("postgres");
 /// assert_eq!(MIGRATIONS.to_string(), "migrations");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StartupPhase {
     name: &'static str,
     dependency: Option<&'static str>,
-    first_retry: Duration,
-    max_retry: Duration,
 }
 
 impl StartupPhase {
-    /// A phase called `name`, waiting on no dependency, retried after 100 ms doubling to 5 s.
+    /// A phase called `name`, waiting on no dependency.
     pub const fn new(name: &'static str) -> Self {
         Self {
             name,
             dependency: None,
-            first_retry: Duration::from_millis(100),
-            max_retry: Duration::from_secs(5),
         }
     }
 
@@ -40,14 +32,6 @@ impl StartupPhase {
     #[must_use]
     pub const fn waiting_for(mut self, dependency: &'static str) -> Self {
         self.dependency = Some(dependency);
-        self
-    }
-
-    /// The same phase, retried after `first`, doubling (with jitter) up to `max`.
-    #[must_use]
-    pub const fn backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.first_retry = first;
-        self.max_retry = max;
         self
     }
 }
@@ -58,19 +42,10 @@ impl Display for StartupPhase {
     }
 }
 
-/// A required phase did not finish before the startup deadline.
+/// A required phase did not finish before the startup deadline; the message says which and why.
 #[derive(Debug, thiserror::Error)]
-#[error("startup deadline of {} exceeded in phase \"{phase}\"{} after {attempts} attempt(s): {last_error}", humantime::format_duration(*deadline), phase.dependency.map(|d| format!(" waiting for {d}")).unwrap_or_default())]
-pub struct StartupError {
-    /// The phase that did not finish.
-    pub phase: StartupPhase,
-    /// The deadline that passed.
-    pub deadline: Duration,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last error, redacted.
-    pub last_error: String,
-}
+#[error("{0}")]
+pub struct StartupError(String);
 
 /// Runs the phases of one startup against one deadline.
 ///
@@ -114,7 +89,8 @@ impl Startup {
         self.began.elapsed()
     }
 
-    /// Runs `attempt` until it succeeds, with backoff, each attempt bounded by the time left.
+    /// Runs `attempt` until it succeeds, each bounded by the time left, retried after 100 ms
+    /// doubling (with jitter) to 5 s.
     pub async fn run<T, E, F, Fut>(
         &self,
         phase: StartupPhase,
@@ -126,7 +102,7 @@ impl Startup {
         E: Into<anyhow::Error>,
     {
         let began = Instant::now();
-        let mut backoff = Backoff::new(phase.first_retry, phase.max_retry);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempts = 0;
         let mut last_error = String::from("no attempt finished");
         loop {
@@ -147,12 +123,12 @@ impl Startup {
             }
             let delay = backoff.next_delay().min(self.remaining());
             if delay.is_zero() {
-                return Err(StartupError {
-                    phase,
-                    deadline: self.deadline,
-                    attempts,
-                    last_error,
-                });
+                let waiting = phase.dependency.map(|d| format!(" waiting for {d}"));
+                return Err(StartupError(format!(
+                    "startup deadline of {} exceeded in phase \"{phase}\"{} after {attempts} attempt(s): {last_error}",
+                    humantime::format_duration(self.deadline),
+                    waiting.unwrap_or_default()
+                )));
             }
             tokio::time::sleep(delay).await;
         }

@@ -25,10 +25,8 @@ pub const NO_TRANSACTION: &str = "-- shipshape:no-transaction";
 /// One migration as the history names it: `V2__items_priority`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
-    /// Its number.
-    pub number: i32,
-    /// The rest of its file name.
-    pub name: String,
+    number: i32,
+    name: String,
 }
 
 impl fmt::Display for Version {
@@ -184,11 +182,7 @@ impl Schema {
                         );
                         tokio::time::sleep(delay).await;
                     }
-                    Err(error) => {
-                        return Err(
-                            anyhow::Error::new(error).context(format!("applying {version}"))
-                        );
-                    }
+                    Err(error) => return Err(error).with_context(|| format!("applying {version}")),
                 }
             }
             applied(&version, began.elapsed());

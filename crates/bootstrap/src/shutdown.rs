@@ -48,35 +48,23 @@ pub fn listen() -> std::io::Result<CancellationToken> {
 ///
 /// let deadline = ShutdownDeadline::after(Duration::from_millis(50));
 /// assert_eq!(deadline.step("quick", async { 1 }).await, Some(1));
-/// // A step that would outlive the budget is cut short, and the next ones get no time at all.
-/// let stuck = deadline.step("stuck", std::future::pending::<()>()).await;
-/// assert_eq!(stuck, None);
-/// assert!(deadline.remaining().is_zero());
+/// // A step that would outlive the budget is cut short.
+/// assert_eq!(deadline.step("stuck", std::future::pending::<()>()).await, None);
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy)]
-pub struct ShutdownDeadline {
-    at: tokio::time::Instant,
-}
+pub struct ShutdownDeadline(tokio::time::Instant);
 
 impl ShutdownDeadline {
     /// A deadline `budget` from now.
     pub fn after(budget: std::time::Duration) -> Self {
-        Self {
-            at: tokio::time::Instant::now() + budget,
-        }
-    }
-
-    /// What is left of the budget.
-    pub fn remaining(&self) -> std::time::Duration {
-        self.at
-            .saturating_duration_since(tokio::time::Instant::now())
+        Self(tokio::time::Instant::now() + budget)
     }
 
     /// Runs `work` until it finishes or the deadline passes; `None`, logged by step name, when cut
     /// short. Work already finished completes even after the deadline.
     pub async fn step<T>(&self, name: &'static str, work: impl Future<Output = T>) -> Option<T> {
-        let output = tokio::time::timeout_at(self.at, work).await.ok();
+        let output = tokio::time::timeout_at(self.0, work).await.ok();
         if output.is_none() {
             tracing::warn!(
                 step = name,

@@ -135,17 +135,14 @@ pub fn postgres(
             settings.url
         )
     })?;
-    let has_ca_file = settings.ca_file.is_some();
-    config.ssl_mode(match settings.ssl_mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+    let verification = Verification::for_postgres(settings.ssl_mode, settings.ca_file.is_some());
+    config.ssl_mode(match (settings.ssl_mode, verification) {
+        (SslMode::Disable, _) => tokio_postgres::config::SslMode::Disable,
         // A CA file asks for verification, and `prefer` would fall back to plain TCP when the
         // server (or somebody in between) declines TLS: with one, TLS is required.
-        SslMode::Prefer if !has_ca_file => tokio_postgres::config::SslMode::Prefer,
-        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            tokio_postgres::config::SslMode::Require
-        }
+        (SslMode::Prefer, Verification::EncryptOnly) => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
     });
-    let verification = Verification::for_postgres(settings.ssl_mode, has_ca_file);
     let tls = client_config(settings.ca_file.as_deref(), verification)
         .context("APP__DATABASE__CA_FILE")?;
     Ok((config, MakeRustlsConnect::new(tls)))

@@ -9,14 +9,10 @@ mod startup;
 use crate::settings::Settings;
 use anyhow::Context;
 use bootstrap::shutdown::ShutdownDeadline;
-use bootstrap::{Lifecycle, Startup, Telemetry};
-use health::CancellationToken;
+use bootstrap::{Startup, Telemetry};
 use shutdown::RunningServer;
 use std::process::ExitCode;
 use std::time::Instant;
-
-/// Version reported by the probes.
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs the service until it is told to stop; returns the process exit code.
 pub async fn run(settings: Settings) -> ExitCode {
@@ -27,10 +23,12 @@ pub async fn run(settings: Settings) -> ExitCode {
     };
     let startup = Startup::new(settings.startup.deadline);
     startup.record(startup::TELEMETRY, began.elapsed());
-    let (outcome, deadline) = match serve(&settings, &startup).await {
-        Ok((result, deadline)) => (result, Some(deadline)),
-        Err(error) => (Err(error), None),
-    };
+    // The trace flush is the last step under the shutdown deadline (or its own budget when the
+    // service never got to draining).
+    let (outcome, deadline) = serve(&settings, &startup).await.unwrap_or_else(|error| {
+        let own_budget = ShutdownDeadline::after(settings.shutdown.timeout);
+        (Err(error), own_budget)
+    });
     let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.is::<bootstrap::StartupError>() => {
@@ -43,25 +41,9 @@ pub async fn run(settings: Settings) -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    // The trace flush is the last step under the shutdown deadline (or its own budget when the
-    // service never got to draining).
-    let deadline = deadline.unwrap_or_else(|| ShutdownDeadline::after(settings.shutdown.timeout));
     let flush = tokio::task::spawn_blocking(move || telemetry.shutdown());
     deadline.step("trace flush", flush).await;
     code
-}
-
-/// The management server, first: /livez and /startupz answer during the whole startup; stopped
-/// last, so the probes answer until the end.
-fn start_management(
-    settings: &Settings,
-    startup: &Startup,
-    health: &health::Health,
-) -> anyhow::Result<RunningServer> {
-    let began = Instant::now();
-    let management = RunningServer::spawn(servers::management_server(settings, health)?);
-    startup.record(startup::MANAGEMENT_SERVER, began.elapsed());
-    Ok(management)
 }
 
 /// Runs until stopped: the outcome, and the shutdown deadline whose remainder the caller's
@@ -72,45 +54,38 @@ async fn serve(
 ) -> anyhow::Result<(anyhow::Result<()>, ShutdownDeadline)> {
     let terminate = bootstrap::shutdown::listen().context("installing signal handlers")?;
     let parts = startup::parts(settings)?;
-    let lifecycle = Lifecycle::new(parts.health.clone());
-    // Two stop signals: background workers stop after the API; the health scheduler and the
-    // watchdog keep running until the very end so probes stay truthful.
-    let stop_workers = CancellationToken::new();
-    let stop_health = CancellationToken::new();
-    let _watchdog = parts.health.spawn_watchdog(stop_health.clone());
+    let _watchdog = parts.health.spawn_watchdog(parts.stop_health.clone());
     // Detached: it only logs, and ends with the runtime.
     let every = std::time::Duration::from_secs(60);
     tokio::spawn(bootstrap::telemetry::report_client_protocol_errors(every));
 
-    let management = start_management(settings, startup, &parts.health)?;
+    // The management server, first: /livez and /startupz answer during the whole startup;
+    // stopped last, so the probes answer until the end.
+    let began = Instant::now();
+    let management = RunningServer::spawn(servers::management_server(settings, &parts.health)?);
+    startup.record(startup::MANAGEMENT_SERVER, began.elapsed());
 
     // The remaining phases race the termination signal: SIGTERM during startup stops at once.
     let started = tokio::select! {
         _ = terminate.cancelled() => None,
-        result = startup::start(settings, startup, &parts, &stop_workers, &stop_health) => Some(result?),
+        result = startup::start(settings, startup, &parts) => Some(result?),
     };
     let Some(mut serving) = started else {
         tracing::info!("terminated during startup");
-        stop_workers.cancel();
-        stop_health.cancel();
+        parts.stop_workers.cancel();
+        parts.stop_health.cancel();
         let deadline = ShutdownDeadline::after(settings.shutdown.timeout);
         let broker = parts.messaging.close(); // @rabbitmq
         deadline.step("broker connection", broker).await; // @rabbitmq
         management.stop("management server", &deadline).await;
         return Ok((Ok(()), deadline));
     };
-    lifecycle.ready();
+    parts.lifecycle.ready();
     tracing::info!(
         ready_after_ms = startup.elapsed().as_millis() as u64,
         "service ready"
     );
     let result = serving.until_stopped(&terminate).await;
-    let shutdown = shutdown::Shutdown {
-        settings: &settings.shutdown,
-        lifecycle: &lifecycle,
-        stop_workers: &stop_workers,
-        stop_health: &stop_health,
-    };
-    let deadline = shutdown.run(serving, parts, management).await;
+    let deadline = shutdown::run(&settings.shutdown, serving, parts, management).await;
     Ok((result, deadline))
 }

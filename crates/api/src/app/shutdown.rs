@@ -3,7 +3,6 @@
 
 use super::startup::Parts;
 use actix_web::dev::{Server, ServerHandle};
-use bootstrap::Lifecycle;
 use bootstrap::config::ShutdownSettings;
 use bootstrap::shutdown::ShutdownDeadline;
 use health::CancellationToken;
@@ -40,22 +39,14 @@ impl RunningServer {
 /// The service while it serves: what startup produced, with the API running.
 pub(super) struct Serving {
     /// Every background task.
-    workers: JoinSet<()>,
+    pub(super) workers: JoinSet<()>,
     /// One task per check; stopped last.
-    scheduler: JoinSet<()>,
+    pub(super) scheduler: JoinSet<()>,
     /// `None` once the server ended on its own: a finished task must not be awaited again.
-    api: Option<RunningServer>,
+    pub(super) api: Option<RunningServer>,
 }
 
 impl Serving {
-    pub(super) fn start(workers: JoinSet<()>, scheduler: JoinSet<()>, api: Server) -> Serving {
-        Serving {
-            workers,
-            scheduler,
-            api: Some(RunningServer::spawn(api)),
-        }
-    }
-
     /// Waits for a termination signal; fails early if the API server or a background worker stops
     /// on its own (a panic), so the process exits 1 and Kubernetes restarts it.
     pub(super) async fn until_stopped(
@@ -78,62 +69,52 @@ impl Serving {
     }
 }
 
-/// The steps after the termination signal; [`Shutdown::run`] returns the deadline whose
-/// remainder the trace flush gets.
-pub(super) struct Shutdown<'a> {
-    pub(super) settings: &'a ShutdownSettings,
-    pub(super) lifecycle: &'a Lifecycle,
-    pub(super) stop_workers: &'a CancellationToken,
-    pub(super) stop_health: &'a CancellationToken,
-}
-
-impl Shutdown<'_> {
-    pub(super) async fn run(
-        self,
-        serving: Serving,
-        parts: Parts,
-        management: RunningServer,
-    ) -> ShutdownDeadline {
-        let Serving {
-            mut workers,
-            scheduler,
-            api,
-        } = serving;
-        // Draining: not ready from this instant, still serving while endpoints are removed.
-        self.lifecycle.draining();
-        tokio::time::sleep(self.settings.drain_delay).await;
-        tracing::info!("drain delay over: closing the API listener, finishing in-flight requests");
-        // From here every step shares one budget: the chart's grace period is drain + this.
-        let deadline = ShutdownDeadline::after(self.settings.timeout);
-        // The API and the background work stop side by side, so a slow request cannot leave
-        // the background work no time; both end before the last steps' reserve.
-        let side_by_side =
-            ShutdownDeadline::after(self.settings.timeout.saturating_sub(LAST_STEPS));
-        let api = async {
-            if let Some(api) = api {
-                api.stop("api server", &side_by_side).await;
-            }
-        };
-        self.stop_workers.cancel();
-        let background = async {
-            side_by_side
-                .step("background workers", async {
-                    while workers.join_next().await.is_some() {}
-                })
-                .await;
-            let broker = parts.messaging.close(); // @rabbitmq
-            side_by_side.step("broker connection", broker).await; // @rabbitmq
-        };
-        tokio::join!(api, background);
-        parts.background_pool.close();
-        parts.request_pool.close();
-        self.lifecycle.stopped();
-        self.stop_health.cancel();
-        deadline
-            .step("health scheduler", scheduler.join_all())
+/// The steps after the termination signal; returns the deadline whose remainder the trace flush
+/// gets.
+pub(super) async fn run(
+    settings: &ShutdownSettings,
+    serving: Serving,
+    parts: Parts,
+    management: RunningServer,
+) -> ShutdownDeadline {
+    let Serving {
+        mut workers,
+        scheduler,
+        api,
+    } = serving;
+    // Draining: not ready from this instant, still serving while endpoints are removed.
+    parts.lifecycle.draining();
+    tokio::time::sleep(settings.drain_delay).await;
+    tracing::info!("drain delay over: closing the API listener, finishing in-flight requests");
+    // From here every step shares one budget: the chart's grace period is drain + this.
+    let deadline = ShutdownDeadline::after(settings.timeout);
+    // The API and the background work stop side by side, so a slow request cannot leave
+    // the background work no time; both end before the last steps' reserve.
+    let side_by_side = ShutdownDeadline::after(settings.timeout.saturating_sub(LAST_STEPS));
+    let api = async {
+        if let Some(api) = api {
+            api.stop("api server", &side_by_side).await;
+        }
+    };
+    parts.stop_workers.cancel();
+    let background = async {
+        side_by_side
+            .step("background workers", async {
+                while workers.join_next().await.is_some() {}
+            })
             .await;
-        management.stop("management server", &deadline).await;
-        tracing::info!("stopped");
-        deadline
-    }
+        let broker = parts.messaging.close(); // @rabbitmq
+        side_by_side.step("broker connection", broker).await; // @rabbitmq
+    };
+    tokio::join!(api, background);
+    parts.background_pool.close();
+    parts.request_pool.close();
+    parts.lifecycle.stopped();
+    parts.stop_health.cancel();
+    deadline
+        .step("health scheduler", scheduler.join_all())
+        .await;
+    management.stop("management server", &deadline).await;
+    tracing::info!("stopped");
+    deadline
 }

@@ -1,8 +1,7 @@
 //! Startup: the phases of this service, in order, under one deadline.
 
-use super::VERSION;
 use super::servers::api_server;
-use super::shutdown::Serving;
+use super::shutdown::{RunningServer, Serving};
 use crate::db;
 use crate::housekeeping::{self, Prunable};
 use crate::messaging::Messaging; // @rabbitmq
@@ -12,7 +11,7 @@ use bootstrap::config::{ConnectionBudget, DatabaseSettings, SslMode};
 use bootstrap::schema::Version;
 use bootstrap::telemetry::{CLIENT_PROTOCOL_ERRORS, SPANS_DROPPED};
 use bootstrap::tls::Verification;
-use bootstrap::{Startup, StartupPhase};
+use bootstrap::{Lifecycle, Startup, StartupPhase};
 use health::checks::postgres::{PoolGauges, PostgresCheck};
 use health::{Alarm, CancellationToken, Health, ProbeQuery, Status};
 use std::time::{Duration, Instant};
@@ -36,7 +35,11 @@ const API_SERVER: StartupPhase = StartupPhase::new("api server");
 /// What the process holds while it runs, created before the dependencies are reached.
 pub(super) struct Parts {
     pub(super) health: Health,
-    pub(super) registry: prometheus::Registry,
+    pub(super) lifecycle: Lifecycle,
+    /// Stops the background workers, after the API.
+    pub(super) stop_workers: CancellationToken,
+    /// Stops the health scheduler and the watchdog at the very end, so probes stay truthful.
+    pub(super) stop_health: CancellationToken,
     pub(super) messaging: Messaging, // @rabbitmq
     /// Shared by the background tasks: few connections, as a task holds one only for a statement
     /// or short transaction, never across a call out. Used on the main runtime, which outlives
@@ -57,7 +60,7 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
     // the pools': readiness follows a dead server within a second, not a poll interval.
     let postgres_lost = Alarm::default();
     let (background_pool, request_pool) = database_pools(settings, &registry, &postgres_lost)?;
-    let health = Health::builder(settings.service.name.clone(), VERSION)
+    let health = Health::builder(settings.service.name.clone(), env!("CARGO_PKG_VERSION"))
         .registry(registry.clone())
         .liveness_stall_after(settings.health.liveness.stall_after)
         .check("postgres", settings.health.postgres.policy(true)?, {
@@ -66,9 +69,12 @@ pub(super) fn parts(settings: &Settings) -> anyhow::Result<Parts> {
         });
     let messaging = Messaging::new(settings, &registry, &background_pool)?; // @rabbitmq
     let health = messaging.checks(health)?; // @rabbitmq
+    let health = health.build()?;
     Ok(Parts {
-        health: health.build()?,
-        registry,
+        lifecycle: Lifecycle::new(health.clone()),
+        stop_workers: CancellationToken::new(),
+        stop_health: CancellationToken::new(),
+        health,
         messaging, // @rabbitmq
         background_pool,
         request_pool,
@@ -132,14 +138,12 @@ pub(super) async fn start(
     settings: &Settings,
     startup: &Startup,
     parts: &Parts,
-    stop_workers: &CancellationToken,
-    stop_health: &CancellationToken,
 ) -> anyhow::Result<Serving> {
     database(settings, startup, parts).await?;
     parts.messaging.connected(startup).await?; // @rabbitmq
     let began = Instant::now();
-    let scheduler = parts.health.spawn_scheduler(stop_health.clone());
-    let workers = background_workers(settings, parts, stop_workers)?;
+    let scheduler = parts.health.spawn_scheduler(parts.stop_health.clone());
+    let workers = background_workers(settings, parts)?;
     startup.record(BACKGROUND_WORKERS, began.elapsed());
 
     // Warm-up: wait for the first verdict of every critical check, so the pod turns ready on
@@ -162,11 +166,15 @@ pub(super) async fn start(
         db: db::Database::new(parts.request_pool.clone(), settings.database.query_timeout),
         outbox_written: parts.messaging.outbox_written.clone(), // @rabbitmq
     };
-    let api = api_server(settings, state, &parts.registry)?;
+    let api = api_server(settings, state, parts.health.registry())?;
     startup.record(API_SERVER, began.elapsed());
     // Spawned last, with no await after it: `serve` races this future against SIGTERM, and one
     // dropped after the spawn would leave the API serving with nobody to stop it.
-    Ok(Serving::start(workers, scheduler, api))
+    Ok(Serving {
+        workers,
+        scheduler,
+        api: Some(RunningServer::spawn(api)),
+    })
 }
 
 /// A first connection working, and the schema migrated.
@@ -211,13 +219,10 @@ async fn database(settings: &Settings, startup: &Startup, parts: &Parts) -> anyh
     Ok(())
 }
 
-/// The background tasks, each stopped by `stop`.
-fn background_workers(
-    settings: &Settings,
-    parts: &Parts,
-    stop: &CancellationToken,
-) -> anyhow::Result<JoinSet<()>> {
+/// The background tasks, each stopped by `parts.stop_workers`.
+fn background_workers(settings: &Settings, parts: &Parts) -> anyhow::Result<JoinSet<()>> {
     let mut workers = JoinSet::new();
+    let stop = &parts.stop_workers;
     parts.messaging.spawn(&parts.health, &mut workers, stop)?; // @rabbitmq
     let idempotency_keys = Prunable {
         table: "idempotency_keys",

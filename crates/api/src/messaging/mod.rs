@@ -93,7 +93,6 @@ impl Messaging {
                     .map_err(|_| anyhow::anyhow!("broker not connected yet"))
             })
             .await
-            .map(|_| ())
     }
 
     /// The relay's publishers and the consumers, each stopped by `stop`.

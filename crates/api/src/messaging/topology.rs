@@ -5,6 +5,7 @@ use bootstrap::broker::Topology;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ExchangeKind};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Routing pattern of the events the consumer handles: every event on the service's exchange.
@@ -70,14 +71,9 @@ async fn declare_on(connection: &Connection, exchange: &str, queue: &str) -> lap
 /// Queue arguments that send a queue's dead letters (rejected or expired messages) through the
 /// default exchange to `queue`.
 fn dead_letters_to(queue: &str) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(queue.into()),
-    );
-    arguments
+    let text = |value: &str| AMQPValue::LongString(value.into());
+    FieldTable::from(BTreeMap::from([
+        ("x-dead-letter-exchange".into(), text("")),
+        ("x-dead-letter-routing-key".into(), text(queue)),
+    ]))
 }

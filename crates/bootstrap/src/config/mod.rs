@@ -8,7 +8,7 @@ pub use sections::*;
 pub use value::{SecretUrl, constant_url, redact};
 
 use serde::de::DeserializeOwned;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A setting that could not be used.
 ///
@@ -92,10 +92,7 @@ impl Sources {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load<T: DeserializeOwned>(sources: &Sources) -> Result<T, ConfigError> {
-    from_layers(&layered(sources)?)
-}
-
-fn from_layers<T: DeserializeOwned>(raw: &config::Config) -> Result<T, ConfigError> {
+    let raw = layered(sources)?;
     serde_path_to_error::deserialize(raw.clone()).map_err(|error| {
         let key = error.path().to_string();
         let message = error.inner().to_string();
@@ -132,7 +129,7 @@ fn layered(sources: &Sources) -> Result<config::Config, ConfigError> {
             return Err(ConfigError::new(
                 "APP_ENV",
                 Some(env.clone()),
-                format!("an environment with a file {}", display(&file)),
+                format!("an environment with a file {}", file.display()),
             ));
         }
         builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
@@ -151,8 +148,4 @@ fn layered(sources: &Sources) -> Result<config::Config, ConfigError> {
                 format!("readable configuration files ({})", redact(&e.to_string())),
             )
         })
-}
-
-fn display(path: &Path) -> String {
-    path.display().to_string()
 }

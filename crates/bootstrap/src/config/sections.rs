@@ -3,10 +3,10 @@
 //! `crates/api/src/settings.rs`) and loaded with [`super::load`].
 
 use super::value::{
-    boolean, constant_url, count, duration, ip_address, networks, optional_file, optional_flag,
-    port, positive_duration,
+    boolean, constant_url, count, duration, ip_address, networks, optional_file, port,
+    positive_duration,
 };
-use super::{ConfigError, SecretUrl, display, redact};
+use super::{ConfigError, SecretUrl, redact};
 use health::{CheckPolicy, PolicyError};
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
@@ -210,14 +210,8 @@ impl DatabaseSettings {
         require_scheme("database.url", &self.url, &["postgres", "postgresql"])?;
         self.take_ssl_mode()?;
         if let Some(path) = &self.ca_file {
-            if self.ssl_mode == SslMode::Disable {
-                return Err(ConfigError::new(
-                    "database.ca_file",
-                    Some(display(path)),
-                    "no CA file with sslmode=disable (TLS is off)",
-                ));
-            }
-            check_ca_file("database.ca_file", path)?;
+            let off = (self.ssl_mode == SslMode::Disable).then_some("sslmode=disable (TLS is off)");
+            check_ca_file("database.ca_file", path, off)?;
         }
         Ok(())
     }
@@ -225,17 +219,12 @@ impl DatabaseSettings {
     /// Moves `sslmode` out of the URL: tokio-postgres knows only disable/prefer/require. The other
     /// parameters keep their encoding byte for byte.
     pub(crate) fn take_ssl_mode(&mut self) -> Result<(), ConfigError> {
-        let url = self.url.url();
-        let Some(query) = url.query() else {
-            return Ok(());
-        };
+        // No query splits into one empty segment, which holds no sslmode.
+        let query = self.url.url().query().unwrap_or_default();
         let (modes, kept): (Vec<&str>, Vec<&str>) = query
             .split('&')
             .partition(|segment| segment.starts_with("sslmode="));
-        let Some(mode) = modes
-            .last()
-            .and_then(|segment| segment.strip_prefix("sslmode="))
-        else {
+        let Some(mode) = modes.last().and_then(|mode| mode.strip_prefix("sslmode=")) else {
             return Ok(());
         };
         let parsed = SslMode::deserialize(mode.into_deserializer());
@@ -334,7 +323,7 @@ pub struct CheckTuning {
     #[default(1)]
     pub success_threshold: usize,
     /// Overrides whether a failure makes the pod unready.
-    #[serde(deserialize_with = "optional_flag")]
+    #[serde(deserialize_with = "boolean")]
     pub critical: Option<bool>,
 }
 
@@ -380,9 +369,15 @@ pub fn require_scheme(key: &str, url: &SecretUrl, schemes: &[&str]) -> Result<()
     Err(ConfigError::new(key, Some(url.to_string()), expected))
 }
 
-/// Refuses a CA file that is not a readable PEM bundle, naming the variable of `key`.
-pub fn check_ca_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+/// Refuses a CA file that is not a readable PEM bundle, or that comes while TLS is off (`tls_off`
+/// says by what), naming the variable of `key`.
+pub fn check_ca_file(key: &str, path: &Path, tls_off: Option<&str>) -> Result<(), ConfigError> {
+    let refused =
+        |expected: String| ConfigError::new(key, Some(path.display().to_string()), expected);
+    if let Some(off) = tls_off {
+        return Err(refused(format!("no CA file with {off}")));
+    }
     crate::tls::read_ca_file(path)
         .map(|_| ())
-        .map_err(|e| ConfigError::new(key, Some(display(path)), format!("a PEM CA bundle ({e:#})")))
+        .map_err(|e| refused(format!("a PEM CA bundle ({e:#})")))
 }

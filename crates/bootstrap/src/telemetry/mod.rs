@@ -27,10 +27,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes it.
 #[derive(Debug)]
-pub struct Telemetry {
-    provider: SdkTracerProvider,
-    exporting: bool,
-}
+pub struct Telemetry(SdkTracerProvider);
 
 /// Telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,29 +47,22 @@ impl Telemetry {
     /// Installs the global subscriber for `service_name`; an error names the variable at fault.
     pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        let filter = match std::env::var("RUST_LOG") {
-            Ok(raw) if !raw.is_empty() => {
-                EnvFilter::try_new(&raw).map_err(|e| TelemetryError::Filter(e.to_string()))?
-            }
-            _ => EnvFilter::new("info"),
-        };
-        let (provider, exporting) = tracer_provider(service_name)?;
+        let filter = EnvFilter::builder()
+            .with_default_directive(LevelFilter::INFO.into())
+            .from_env()
+            .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+        let provider = tracer_provider(service_name)?;
         let tracer = provider.tracer(service_name.to_owned());
         subscriber(filter, std::io::stdout().is_terminal(), tracer)
             .try_init()
             .map_err(|e| TelemetryError::Install(e.to_string()))?;
         opentelemetry::global::set_tracer_provider(provider.clone());
-        Ok(Telemetry {
-            provider,
-            exporting,
-        })
+        Ok(Telemetry(provider))
     }
 
-    /// Flushes and stops the exporter; the last step of a graceful shutdown.
+    /// Flushes and stops the exporter, if any; the last step of a graceful shutdown.
     pub fn shutdown(self) {
-        if self.exporting
-            && let Err(error) = self.provider.shutdown()
-        {
+        if let Err(error) = self.0.shutdown() {
             tracing::warn!(%error, "flushing traces at shutdown");
         }
     }
@@ -134,7 +124,7 @@ fn shown<S>(spans: bool, events: LevelFilter, most_verbose: LevelFilter) -> impl
 
 /// A provider that exports over OTLP when an endpoint is configured, and otherwise only gives
 /// spans their trace context (no processor, nothing leaves the process).
-fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), TelemetryError> {
+fn tracer_provider(service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
     let endpoint_set = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -142,7 +132,7 @@ fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), Tele
     .iter()
     .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
     if !endpoint_set {
-        return Ok((SdkTracerProvider::builder().build(), false));
+        return Ok(SdkTracerProvider::builder().build());
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -157,7 +147,7 @@ fn tracer_provider(service_name: &str) -> Result<(SdkTracerProvider, bool), Tele
         .with_span_processor(export::BoundedExport::new(exporter))
         .with_resource(resource)
         .build();
-    Ok((provider, true))
+    Ok(provider)
 }
 
 /// JSON log lines led by the `trace_id` and `span_id` of their span (when valid), so a log search

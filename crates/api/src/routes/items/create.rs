@@ -51,7 +51,7 @@ pub async fn create(
             let event = ItemEvent::created(item.id);
             db::outbox::enqueue(&tx, &event, &headers).await?;
             // @rabbitmq-end
-            let location = super::location(item.id);
+            let location = format!("/v1/items/{}", item.id);
             idempotency::record(&tx, key.as_ref(), request, &item, &location).await?;
             tx.commit().await?;
             written.notify_one(); // @rabbitmq

@@ -9,12 +9,6 @@ pub mod list;
 use crate::domain::item::{Item, NewItem};
 use crate::problem;
 use actix_web::web;
-use uuid::Uuid;
-
-/// `Location` of an item.
-pub fn location(id: Uuid) -> String {
-    format!("/v1/items/{id}")
-}
 
 /// The example's routes; other methods get a 405 problem.
 pub fn mount(cfg: &mut web::ServiceConfig) {
