@@ -82,7 +82,7 @@ impl BrokerSupervisor {
         self.alarm.clone()
     }
 
-    /// Waits until a connection with its topology is up (for good, once the supervisor is gone).
+    /// Waits until a connection with its topology is up; forever once the supervisor is gone.
     pub async fn connected(&self) {
         let never = CancellationToken::new();
         next_connection(&mut self.link(), &never).await;

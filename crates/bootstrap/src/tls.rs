@@ -138,10 +138,12 @@ pub fn postgres(
     let verification = Verification::for_postgres(settings.ssl_mode, settings.ca_file.is_some());
     config.ssl_mode(match (settings.ssl_mode, verification) {
         (SslMode::Disable, _) => tokio_postgres::config::SslMode::Disable,
-        // A CA file asks for verification, and `prefer` would fall back to plain TCP when the
-        // server (or somebody in between) declines TLS: with one, TLS is required.
+        // A CA file asks for verification (not EncryptOnly), and `prefer` would fall back to
+        // plain TCP when the server (or somebody in between) declines TLS: then TLS is required.
         (SslMode::Prefer, Verification::EncryptOnly) => tokio_postgres::config::SslMode::Prefer,
-        _ => tokio_postgres::config::SslMode::Require,
+        (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull, _) => {
+            tokio_postgres::config::SslMode::Require
+        }
     });
     let tls = client_config(settings.ca_file.as_deref(), verification)
         .context("APP__DATABASE__CA_FILE")?;

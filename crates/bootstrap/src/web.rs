@@ -4,7 +4,7 @@
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Extensions, Payload, ServiceRequest, ServiceResponse};
-use actix_web::error::{InternalError, PayloadError};
+use actix_web::error::PayloadError;
 use actix_web::http::Version;
 use actix_web::http::header::{
     CONTENT_LENGTH, HeaderName, HeaderValue, RETRY_AFTER, TRANSFER_ENCODING, USER_AGENT,
@@ -491,6 +491,19 @@ impl AdmissionLimit {
 /// The body of the answer to a request whose handler panicked (RFC 9457, no internals).
 const PANIC_PROBLEM: &str = r#"{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"an unexpected error occurred"}"#;
 
+/// A handler panicked: answered as one 500 problem, however often the error is rendered.
+#[derive(Debug, thiserror::Error)]
+#[error("a handler panicked")]
+struct HandlerPanicked;
+
+impl actix_web::ResponseError for HandlerPanicked {
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::InternalServerError()
+            .content_type("application/problem+json")
+            .body(PANIC_PROBLEM)
+    }
+}
+
 /// Middleware (for `actix_web::middleware::from_fn`) that turns a handler's panic into one 500
 /// problem and an ERROR log line, instead of a dropped connection for every request on that worker
 /// (or, with `panic = "abort"`, the process). Mount it innermost, so [`observe`] counts the 500.
@@ -515,10 +528,7 @@ pub async fn catch_panics(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_owned());
             tracing::error!(panic = %message, %path, "handler panicked: answered 500, the process goes on");
-            let problem = HttpResponse::InternalServerError()
-                .content_type("application/problem+json")
-                .body(PANIC_PROBLEM);
-            Err(InternalError::from_response("a handler panicked", problem).into())
+            Err(HandlerPanicked.into())
         }
     }
 }
@@ -812,18 +822,57 @@ mod tests {
                 .await
                 .err()
                 .expect("the panic surfaces as an error");
-        let response = error.error_response();
-        assert_eq!(response.status(), 500);
-        assert_eq!(
-            response.headers().get("content-type").unwrap(),
-            "application/problem+json"
-        );
-        let body = actix_web::body::to_bytes(response.into_body())
-            .await
-            .unwrap();
-        assert_eq!(body, PANIC_PROBLEM.as_bytes());
+        // Rendered as often as a middleware asks (a logger, then the dispatcher): the same answer.
+        for _ in 0..2 {
+            let response = error.error_response();
+            assert_eq!(response.status(), 500);
+            assert_eq!(
+                response.headers().get("content-type").unwrap(),
+                "application/problem+json"
+            );
+            let body = actix_web::body::to_bytes(response.into_body())
+                .await
+                .unwrap();
+            assert_eq!(body, PANIC_PROBLEM.as_bytes());
+        }
         let response =
             test::call_service(&app, test::TestRequest::get().uri("/fine").to_request()).await;
         assert_eq!(response.status(), 200);
+    }
+
+    #[actix_web::test]
+    async fn past_the_limit_in_flight_a_request_is_refused_at_once_with_retry_after() {
+        let registry = Registry::new();
+        let metrics = HttpMetrics::register(&registry).unwrap();
+        // No place at all: every request is past the limit.
+        let limit = AdmissionLimit::register(&registry, 0, &metrics).unwrap();
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(move |req, next| limit.clone().admit(req, next)))
+                .route("/", web::get().to(HttpResponse::Ok)),
+        )
+        .await;
+        let response = test::call_service(&app, test::TestRequest::get().to_request()).await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+        let body = test::read_body(response).await;
+        assert_eq!(body, OVERLOADED_PROBLEM.as_bytes());
+        let shed = registry.gather();
+        let shed = shed.iter().find(|f| f.name() == "http_requests_shed_total");
+        assert_eq!(shed.unwrap().get_metric()[0].get_counter().get_value(), 1.0);
+    }
+
+    #[actix_web::test]
+    async fn a_body_received_whole_reaches_the_handler_unchanged() {
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(|req, next| {
+                    receive_body(Duration::from_secs(10), 64 * 1024, req, next)
+                }))
+                .route("/", web::post().to(|body: String| async move { body })),
+        )
+        .await;
+        let request = test::TestRequest::post().set_payload("hello").to_request();
+        assert_eq!(test::call_and_read_body(&app, request).await, "hello");
     }
 }

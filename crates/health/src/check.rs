@@ -108,11 +108,16 @@ pub trait Check: Send + Sync + 'static {
 /// # Ok::<(), health::HealthError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct Alarm(pub(crate) Arc<Notify>);
+pub struct Alarm(Arc<Notify>);
 
 impl Alarm {
     /// Asks for a run of the check now (one pending request at most); never waits.
     pub fn raise(&self) {
         self.0.notify_one();
+    }
+
+    /// Resolves once the alarm has been raised (at once if it was raised since the last time).
+    pub(crate) async fn raised(&self) {
+        self.0.notified().await;
     }
 }

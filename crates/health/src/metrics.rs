@@ -62,7 +62,7 @@ impl HealthMetrics {
     }
 
     /// Sets the status gauge only (staleness is not a transition of the check itself). A check's
-    /// status is `pass` or `fail`, never `warn`.
+    /// status is `pass` or `fail` (a check never warns).
     pub(crate) fn check_shown_as(&self, check: &str, critical: bool, status: Status) {
         let critical = if critical { "true" } else { "false" };
         let value = if status == Status::Pass { 1.0 } else { 0.0 };

@@ -45,7 +45,7 @@ impl Health {
                     let alarmed = tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = ticker.tick() => false,
-                        () = slot.alarm.0.notified() => true,
+                        () = slot.alarm.raised() => true,
                     };
                     let runs = run_until_decided(&health, slot, alarmed, &mut last_alarm);
                     if shutdown.run_until_cancelled(runs).await.is_none() {

@@ -39,14 +39,22 @@ impl RunningServer {
 /// The service while it serves: what startup produced, with the API running.
 pub(super) struct Serving {
     /// Every background task.
-    pub(super) workers: JoinSet<()>,
+    workers: JoinSet<()>,
     /// One task per check; stopped last.
-    pub(super) scheduler: JoinSet<()>,
+    scheduler: JoinSet<()>,
     /// `None` once the server ended on its own: a finished task must not be awaited again.
-    pub(super) api: Option<RunningServer>,
+    api: Option<RunningServer>,
 }
 
 impl Serving {
+    pub(super) fn start(workers: JoinSet<()>, scheduler: JoinSet<()>, api: Server) -> Serving {
+        Serving {
+            workers,
+            scheduler,
+            api: Some(RunningServer::spawn(api)),
+        }
+    }
+
     /// Waits for a termination signal; fails early if the API server or a background worker stops
     /// on its own (a panic), so the process exits 1 and Kubernetes restarts it.
     pub(super) async fn until_stopped(

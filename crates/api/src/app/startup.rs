@@ -1,7 +1,7 @@
 //! Startup: the phases of this service, in order, under one deadline.
 
 use super::servers::api_server;
-use super::shutdown::{RunningServer, Serving};
+use super::shutdown::Serving;
 use crate::db;
 use crate::housekeeping::{self, Prunable};
 use crate::messaging::Messaging; // @rabbitmq
@@ -170,11 +170,7 @@ pub(super) async fn start(
     startup.record(API_SERVER, began.elapsed());
     // Spawned last, with no await after it: `serve` races this future against SIGTERM, and one
     // dropped after the spawn would leave the API serving with nobody to stop it.
-    Ok(Serving {
-        workers,
-        scheduler,
-        api: Some(RunningServer::spawn(api)),
-    })
+    Ok(Serving::start(workers, scheduler, api))
 }
 
 /// A first connection working, and the schema migrated.

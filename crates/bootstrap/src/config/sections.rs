@@ -3,8 +3,8 @@
 //! `crates/api/src/settings.rs`) and loaded with [`super::load`].
 
 use super::value::{
-    boolean, constant_url, count, duration, ip_address, networks, optional_file, port,
-    positive_duration,
+    boolean, constant_url, count, duration, ip_address, networks, optional_file, optional_flag,
+    port, positive_duration,
 };
 use super::{ConfigError, SecretUrl, redact};
 use health::{CheckPolicy, PolicyError};
@@ -323,7 +323,7 @@ pub struct CheckTuning {
     #[default(1)]
     pub success_threshold: usize,
     /// Overrides whether a failure makes the pod unready.
-    #[serde(deserialize_with = "boolean")]
+    #[serde(deserialize_with = "optional_flag")]
     pub critical: Option<bool>,
 }
 

@@ -171,15 +171,19 @@ pub fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D:
     )
 }
 
-/// `true` or `false` (also `1`/`0`, `yes`/`no`); into an `Option<bool>` too, whose unset leaves
-/// the choice to the code.
-pub fn boolean<'de, D: Deserializer<'de>, T: From<bool>>(d: D) -> Result<T, D::Error> {
+/// `true` or `false` (also `1`/`0`, `yes`/`no`).
+pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     let flag = |raw: &str| match raw.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Some(T::from(true)),
-        "false" | "0" | "no" => Some(T::from(false)),
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
         _ => None,
     };
     text(d, "true or false", flag)
+}
+
+/// A flag that, when unset, leaves the choice to the code.
+pub fn optional_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    boolean(d).map(Some)
 }
 
 /// An empty value means unset, so a chart can always render the variable.
